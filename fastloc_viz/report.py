@@ -1,0 +1,273 @@
+"""A self-contained HTML report: one file, plotly.js inline once, no network needed to view it.
+
+The report shows, for one image: the image with the combined map and box, the k neuron maps
+with their scores, the rank-score chart, the methods side by side on one colour scale, the
+top-5 predictions, and the timings. The explanations' JSON (``Explanation.to_dict``) is
+embedded too, in a ``<script type="application/json" id="fastloc-data">`` element.
+
+The file is written atomically: to a temporary file in the same directory, then renamed
+over the target, so an interrupted run never leaves a half-written report in place of a
+good one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import plotly
+import plotly.graph_objects as go
+
+from . import plots
+from .explanation import Box, Explanation
+
+__all__ = ["write_report", "render_report", "write_text_atomic"]
+
+_FASTLOC = ("fastloc", "fastloc_rescored")
+
+_CSS = """
+:root { --fg:#1d2330; --muted:#5b6578; --line:#e3e7ee; --accent:#3b6fd4; --bg:#f7f8fb; }
+* { box-sizing: border-box; }
+body { margin:0; font-family: Inter, system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
+       color: var(--fg); background: var(--bg); line-height: 1.45; }
+header { background: #fff; border-bottom: 1px solid var(--line); padding: 18px 28px; }
+header h1 { margin: 0 0 4px; font-size: 22px; font-weight: 650; }
+header .sub { color: var(--muted); font-size: 14px; }
+main { padding: 18px 28px 40px; max-width: 1400px; }
+section { background:#fff; border:1px solid var(--line); border-radius: 10px; padding: 14px 18px;
+          margin: 0 0 18px; }
+section h2 { font-size: 16px; margin: 0 0 10px; font-weight: 620; }
+.row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
+table { border-collapse: collapse; font-size: 13.5px; }
+th, td { text-align: left; padding: 4px 12px 4px 0; border-bottom: 1px solid var(--line);
+         font-variant-numeric: tabular-nums; }
+th { color: var(--muted); font-weight: 560; }
+td.num, th.num { text-align: right; }
+.bar { display:inline-block; height: 9px; background: var(--accent); border-radius: 3px;
+       vertical-align: middle; margin-right: 6px; }
+.tag { display:inline-block; padding: 1px 7px; border-radius: 9px; background:#eef2fb; color: var(--accent);
+       font-size: 12px; margin-right: 4px; }
+.muted { color: var(--muted); font-size: 12.5px; }
+code { font-size: 12.5px; }
+"""
+
+
+def _fig_div(fig: go.Figure, first: bool) -> str:
+    # plotly.js goes inline exactly once, in the first figure: no CDN, works offline.
+    return fig.to_html(
+        full_html=False,
+        include_plotlyjs=True if first else False,
+        config={"displayModeBar": False, "responsive": False},
+    )
+
+
+def _esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def _predictions_table(expl: Explanation) -> str:
+    rows = []
+    for p in expl.top5:
+        mark = " <span class='tag'>explained</span>" if p.index == expl.target else ""
+        rows.append(
+            f"<tr><td class='num'>{p.index}</td><td>{_esc(p.name)}{mark}</td>"
+            f"<td><span class='bar' style='width:{max(1.0, 120 * p.probability):.0f}px'></span>"
+            f"{p.probability:.1%}</td></tr>"
+        )
+    return ("<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _neurons_table(expl: Explanation) -> str:
+    assert expl.neurons is not None
+    resc = any(n.rescored is not None for n in expl.neurons)
+    head = ("<tr><th class='num'>rank</th><th class='num'>channel</th><th class='num'>y, x</th>"
+            "<th class='num'>score</th><th class='num'>activation</th><th class='num'>gradient</th>"
+            + ("<th class='num'>rescored</th>" if resc else "") + "</tr>")
+    rows = []
+    for n in expl.neurons:
+        rows.append(
+            f"<tr><td class='num'>{n.rank}</td><td class='num'>{n.channel}</td>"
+            f"<td class='num'>{n.y}, {n.x}</td><td class='num'>{n.score:.4g}</td>"
+            f"<td class='num'>{n.activation:.4g}</td><td class='num'>{n.gradient:.4g}</td>"
+            + (f"<td class='num'>{'' if n.rescored is None else format(n.rescored, '.4g')}</td>"
+               if resc else "") + "</tr>"
+        )
+    return "<table>" + head + "".join(rows) + "</table>"
+
+
+def _timings_table(explanations: Mapping[str, Explanation], gt_box: Box | None) -> str:
+    head = ("<tr><th>method</th><th class='num'>time</th><th>stages</th><th class='num'>box</th>"
+            + ("<th class='num'>IoU vs GT</th>" if gt_box is not None else "") + "<th>layer</th></tr>")
+    rows = []
+    for name, e in explanations.items():
+        stages = ", ".join(f"{_esc(k)} {v * 1000:.0f} ms" for k, v in e.timings.items())
+        iou = (f"<td class='num'>{plots.box_iou(e.box, gt_box):.2f}</td>" if gt_box is not None else "")
+        rows.append(
+            f"<tr><td>{_esc(plots.method_label(name))}</td><td class='num'>{e.time_s * 1000:.0f} ms</td>"
+            f"<td class='muted'>{stages}</td><td class='num'>{tuple(e.box)}</td>{iou}"
+            f"<td><code>{_esc(e.layer or '')}</code></td></tr>"
+        )
+    return "<table>" + head + "".join(rows) + "</table>"
+
+
+def render_report(
+    explanations: Mapping[str, Explanation],
+    *,
+    title: str = "fastloc_viz report",
+    gt_box: Box | None = None,
+) -> str:
+    """The report's HTML as a string (see :func:`write_report`)."""
+    if not isinstance(explanations, Mapping) or not explanations:
+        raise ValueError(
+            "explanations must be a non-empty mapping of method name -> Explanation, "
+            f"got {type(explanations).__name__} {explanations!r:.80}"
+        )
+    for name, e in explanations.items():
+        if not isinstance(e, Explanation):
+            raise TypeError(f"explanations[{name!r}] is a {type(e).__name__}, expected an Explanation")
+    sizes = {name: e.input_size for name, e in explanations.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"all explanations must share one input grid, got sizes {sizes}")
+
+    # The lead explanation: the first fastloc one, else the first.
+    lead_name = next((n for n, e in explanations.items() if e.method in _FASTLOC), next(iter(explanations)))
+    lead = explanations[lead_name]
+    figs: list[tuple[str, go.Figure]] = []
+    parts: list[str] = []
+    first = True
+
+    def fig(f: go.Figure) -> str:
+        nonlocal first
+        out = _fig_div(f, first)
+        first = False
+        return out
+
+    h, w = lead.input_size
+    sub = (f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
+           f"input {h}×{w} · {len(explanations)} method(s) · "
+           f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+
+    params = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in lead.params.items())
+    parts.append(
+        "<section><h2>Localization · " + _esc(plots.method_label(lead.method)) + "</h2><div class='row'>"
+        + fig(plots.overlay(lead, gt_box=gt_box, size=380))
+        + "<div><h2>Top-5 predictions</h2>" + _predictions_table(lead)
+        + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges)"
+        + (f" · ground truth {tuple(gt_box)} · IoU {plots.box_iou(lead.box, gt_box):.2f}" if gt_box else "")
+        + f"<br>time {lead.time_s * 1000:.0f} ms · {params}</p></div></div></section>"
+    )
+    if lead.neurons is not None and lead.neuron_maps is not None:
+        parts.append(
+            f"<section><h2>The {len(lead.neurons)} neurons</h2>"
+            "<p class='muted'>Each panel: the neuron's guided-backprop map on the dimmed photo; "
+            "the square marks the neuron's cell on the layer grid, the dotted box the extent of "
+            "its map (its effective receptive field).</p>"
+            + fig(plots.neuron_grid(lead, cell=180))
+            + "<div class='row'>" + fig(plots.rank_scores(lead)) + _neurons_table(lead) + "</div></section>"
+        )
+    if len(explanations) > 1:
+        parts.append(
+            "<section><h2>Methods side by side</h2><p class='muted'>One colour scale for all "
+            "panels ([0, 1]); cyan: each method's box"
+            + ("; dashed green: ground truth" if gt_box else "") + ".</p>"
+            + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240)) + "</section>"
+        )
+    parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
+
+    data = {name: e.to_dict() for name, e in explanations.items()}
+    if gt_box is not None:
+        data = {"gt_box": list(gt_box), "explanations": data}
+    blob = json.dumps(data).replace("</", "<\\/")
+    del figs
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
+        f"<meta name='generator' content='fastloc_viz (plotly {plotly.__version__})'>"
+        f"<style>{_CSS}</style></head><body><header><h1>{_esc(title)}</h1><div class='sub'>{sub}</div></header>"
+        "<main>" + "".join(parts) + "</main>"
+        f"<script type='application/json' id='fastloc-data'>{blob}</script></body></html>\n"
+    )
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "file") -> pathlib.Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then a rename.
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+        IsADirectoryError: ``path`` is a directory.
+        PermissionError: the directory is not writable.
+        OSError: any other failure (disk full, ...), naming the path.
+    """
+    target = pathlib.Path(path).expanduser()
+    parent = target.parent if str(target.parent) else pathlib.Path(".")
+    if target.is_dir():
+        raise IsADirectoryError(f"cannot write the {what} to {str(target)!r}: it is a directory; give a file name")
+    if not parent.is_dir():
+        raise FileNotFoundError(
+            f"cannot write the {what} to {str(target)!r}: the directory {str(parent)!r} does not exist"
+        )
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    except PermissionError as err:
+        raise PermissionError(
+            f"cannot write the {what} to {str(target)!r}: the directory {str(parent)!r} is not writable"
+        ) from err
+    except OSError as err:
+        raise OSError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException as err:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(err, PermissionError):
+            raise PermissionError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
+        if isinstance(err, OSError):
+            raise OSError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
+        raise
+    return target
+
+
+def write_report(
+    path: str | os.PathLike[str],
+    explanations: Mapping[str, Explanation],
+    *,
+    title: str = "fastloc_viz report",
+    gt_box: Box | None = None,
+) -> pathlib.Path:
+    """Write one self-contained HTML report for one image.
+
+    Args:
+        path: the ``.html`` file to write (its directory must exist and be writable).
+        explanations: method name -> :class:`Explanation`, all for the same image and input
+            grid (``H x W``). The first fastloc explanation leads the report (overlay, neuron
+            grid, rank scores); with more than one method, all appear side by side.
+        title: the page title.
+        gt_box: ``(x0, y0, x1, y1)`` ground-truth box: drawn, and IoUs reported.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError / TypeError: empty or malformed ``explanations``.
+        FileNotFoundError, IsADirectoryError, PermissionError, OSError: the location is not
+            writable; the message names the path. An existing file there is left untouched.
+    """
+    text = render_report(explanations, title=title, gt_box=gt_box)
+    return write_text_atomic(path, text, what="report")
