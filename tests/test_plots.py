@@ -1,0 +1,225 @@
+"""plots and report: real figures from hand-built explanations (no model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import viz_fixtures as vf
+from fastloc_viz import plots, report
+
+
+@pytest.fixture(scope="module")
+def expl():
+    return vf.explanation()
+
+
+@pytest.fixture(scope="module")
+def methods():
+    names = ["fastloc", "gradcam", "guided_backprop", "guided_gradcam"]
+    return {m: vf.explanation(m, seed=i) for i, m in enumerate(names)}
+
+
+def _shape_box(shape) -> tuple[float, float, float, float]:
+    return (shape.x0 + 0.5, shape.y0 + 0.5, shape.x1 + 0.5, shape.y1 + 0.5)
+
+
+def test_box_iou_known_values():
+    assert plots.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert plots.box_iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
+    assert plots.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+
+
+def test_downsample_keeps_sparse_pixels_with_max_and_averages_with_mean():
+    m = np.zeros((224, 224), np.float32)
+    m[101, 37] = 1.0
+    small, f = plots.downsample(m, 112, reduce="max")
+    assert f == 2 and small.shape == (112, 112)
+    assert small[50, 18] == 1.0 and small.sum() == 1.0
+    mean, _ = plots.downsample(m, 112)
+    assert mean[50, 18] == pytest.approx(0.25)
+    same, f1 = plots.downsample(m, 300)
+    assert f1 == 1 and same is not None and same.shape == (224, 224)
+
+
+def test_overlay_draws_photo_map_box_and_gt(expl):
+    gt = (40, 30, 200, 210)
+    fig = plots.overlay(expl, gt_box=gt, opacity=0.4, colorscale="Viridis")
+    assert isinstance(fig, go.Figure)
+    assert fig.data[0].type == "image" and fig.data[0].source.startswith("data:image/jpeg;base64,")
+    hm = fig.data[1]
+    assert hm.type == "heatmap" and hm.opacity == 0.4
+    z = np.asarray(hm.z)
+    assert z.shape == (112, 112) and 0.0 <= z.min() and z.max() <= 1.0
+    # the heatmap cell centres sit on the input grid: cell 0 covers pixels 0 and 1
+    assert hm.x0 == 0.5 and hm.dx == 2
+    assert _shape_box(fig.layout.shapes[0]) == expl.box
+    assert _shape_box(fig.layout.shapes[1]) == gt and fig.layout.shapes[1].line.dash == "dash"
+    assert f"IoU {plots.box_iou(expl.box, gt):.2f}" in fig.layout.title.text
+    # weak map values are transparent, so the photo shows through
+    assert fig.data[1].colorscale[0][1].endswith(",0.000)")
+
+
+def test_overlay_accepts_override_map_and_rejects_bad_opacity(expl):
+    flat = np.zeros_like(expl.saliency)
+    fig = plots.overlay(expl, saliency=flat, box=(1, 2, 3, 4), show_box=True)
+    assert np.asarray(fig.data[1].z).max() == 0.0
+    assert _shape_box(fig.layout.shapes[0]) == (1, 2, 3, 4)
+    with pytest.raises(ValueError, match="opacity=1.5"):
+        plots.overlay(expl, opacity=1.5)
+    with pytest.raises(ValueError, match="colorscale='nope'"):
+        plots.overlay(expl, colorscale="nope")
+
+
+def test_neuron_grid_titles_positions_and_disabled(expl):
+    fig = plots.neuron_grid(expl, enabled=(1, 3))
+    titles = [a.text for a in fig.layout.annotations]
+    assert len(titles) == 5
+    n1 = expl.neurons[0]
+    assert f"#{n1.rank}</b> ch {n1.channel} @({n1.y},{n1.x})" in titles[0]
+    assert f"score {n1.score:.3g}" in titles[0] and f"g {n1.gradient:.3g}" in titles[0]
+    images = [t for t in fig.data if t.type == "image"]
+    markers = [t for t in fig.data if t.type == "scatter"]
+    assert len(images) == 5 and len(markers) == 5
+    # marker at the centre of the neuron's 16 x 16 cell on the 224 grid (14 x 14 layer)
+    assert markers[0].x[0] == pytest.approx((n1.x + 0.5) * 16 - 0.5)
+    assert markers[0].y[0] == pytest.approx((n1.y + 0.5) * 16 - 0.5)
+    # a disabled neuron's thumbnail differs from its enabled rendering
+    all_on = plots.neuron_grid(expl)
+    on_images = [t for t in all_on.data if t.type == "image"]
+    assert images[0].source == on_images[0].source
+    assert images[1].source != on_images[1].source
+
+
+def test_receptive_field_boxes_the_blob():
+    m = np.zeros((64, 64), np.float32)
+    m[20:30, 40:50] = 1.0
+    x0, y0, x1, y1 = plots.receptive_field(m, sigma=0)
+    assert (x0, y0, x1, y1) == (40, 20, 50, 30)
+
+
+def test_neuron_grid_and_rank_scores_need_neurons(methods):
+    with pytest.raises(ValueError, match="'gradcam' has no neurons"):
+        plots.neuron_grid(methods["gradcam"])
+    with pytest.raises(ValueError, match="'gradcam' has no neurons"):
+        plots.rank_scores(methods["gradcam"])
+
+
+def test_rank_scores_colours_follow_enabled(expl):
+    fig = plots.rank_scores(expl, enabled=(2,))
+    bar = fig.data[0]
+    assert list(bar.y) == [n.score for n in expl.neurons]
+    assert bar.marker.color[1] == plots.ENABLED_COLOR
+    assert bar.marker.color[0] == plots.DISABLED_COLOR
+    resc = plots.rank_scores(vf.explanation("fastloc_rescored"))
+    assert len(resc.data) == 2 and resc.data[1].name == "rescored logit"
+
+
+def test_predictions_highlights_target(expl):
+    fig = plots.predictions(expl)
+    bar = fig.data[0]
+    assert bar.y[-1].startswith("tabby")  # best at the top of a horizontal bar chart
+    assert bar.marker.color[-1] == plots.ENABLED_COLOR
+
+
+def test_method_grid_one_colour_scale_iou_and_time(methods):
+    gt = (40, 30, 200, 210)
+    fig = plots.method_grid(methods, gt_box=gt)
+    heat = [t for t in fig.data if t.type == "heatmap"]
+    assert len(heat) == 4 and all(t.coloraxis == "coloraxis" for t in heat)
+    assert fig.layout.coloraxis.cmin == 0 and fig.layout.coloraxis.cmax == 1
+    titles = [a.text for a in fig.layout.annotations]
+    for title, (name, e) in zip(titles, methods.items()):
+        assert plots.method_label(name) in title
+        assert f"{e.time_s * 1000:.0f} ms" in title
+        assert f"IoU {plots.box_iou(e.box, gt):.2f}" in title
+    assert len(fig.layout.shapes) == 8  # a box and the GT per panel
+    with pytest.raises(ValueError, match="at least one"):
+        plots.method_grid({})
+
+
+def test_figures_stay_light(expl, methods):
+    assert len(plots.overlay(expl).to_json()) < 150_000
+    assert len(plots.neuron_grid(expl).to_json()) < 80_000
+    assert len(plots.method_grid(methods).to_json()) < 200_000
+
+
+# ----------------------------------------------------------------------------- report
+def test_report_is_self_contained(tmp_path, methods):
+    out = report.write_report(tmp_path / "r.html", methods, title="Cat <test>", gt_box=(40, 30, 200, 210))
+    text = out.read_text(encoding="utf-8")
+    assert out == tmp_path / "r.html"
+    assert text.startswith("<!DOCTYPE html>") and "Cat &lt;test&gt;" in text
+    # plotly.js inline exactly once, nothing loaded from the network
+    assert text.count("Plotly.newPlot") >= 4
+    assert not re.search(r"<script[^>]+src=", text)
+    assert len(re.findall(r"plotly\.js v\d", text)) == 1
+    for label in ("FastLoc", "Grad-CAM", "Guided backprop", "Guided Grad-CAM", "Top-5 predictions",
+                  "tabby, tabby cat", "The 5 neurons", "Timings"):
+        assert label in text
+    blob = re.search(r"<script type='application/json' id='fastloc-data'>(.*?)</script>", text, re.S)
+    data = json.loads(blob.group(1))
+    assert data["gt_box"] == [40, 30, 200, 210]
+    assert data["explanations"]["fastloc"]["neurons"][0]["rank"] == 1
+    assert len(text) < 7_000_000
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temp file left behind
+
+
+def test_report_single_method_without_neurons(tmp_path, methods):
+    out = report.write_report(tmp_path / "g.html", {"gradcam": methods["gradcam"]})
+    text = out.read_text(encoding="utf-8")
+    assert "Grad-CAM" in text and "neurons</h2>" not in text and "Methods side by side" not in text
+
+
+def test_report_rejects_bad_input(tmp_path, methods):
+    with pytest.raises(ValueError, match="non-empty mapping"):
+        report.write_report(tmp_path / "x.html", {})
+    with pytest.raises(TypeError, match=r"explanations\['a'\] is a int"):
+        report.write_report(tmp_path / "x.html", {"a": 3})
+
+
+def test_report_unwritable_locations_name_the_path(tmp_path, methods):
+    one = {"gradcam": methods["gradcam"]}
+    missing = tmp_path / "no" / "such" / "r.html"
+    with pytest.raises(FileNotFoundError, match=re.escape(str(missing.parent))):
+        report.write_report(missing, one)
+    with pytest.raises(IsADirectoryError, match=re.escape(str(tmp_path))):
+        report.write_report(tmp_path, one)
+    if os.geteuid() != 0:  # root ignores directory permissions
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(PermissionError, match="not writable"):
+                report.write_report(ro / "r.html", one)
+        finally:
+            ro.chmod(0o700)
+
+
+def test_report_write_is_atomic(tmp_path, methods, monkeypatch):
+    good = report.write_report(tmp_path / "r.html", methods)
+    before = good.read_bytes()
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report.os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(tmp_path / "r.html", {"gradcam": methods["gradcam"]})
+    assert good.read_bytes() == before  # the old report is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]  # temp file removed
+
+
+def test_report_file_mode_follows_umask(tmp_path, methods):
+    old = os.umask(0o022)
+    try:
+        out = report.write_report(tmp_path / "m.html", {"gradcam": methods["gradcam"]})
+    finally:
+        os.umask(old)
+    assert (out.stat().st_mode & 0o777) == 0o644
