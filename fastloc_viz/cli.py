@@ -1,0 +1,183 @@
+"""The ``fastloc-viz`` command: ``explain``, ``demo`` and ``evaluate``.
+
+Errors end the command with one readable line on stderr and exit code 2 (``--debug`` shows
+the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+BASELINES = ("gradcam", "guided_backprop", "guided_gradcam")
+DEMO_PHOTOS = ("chelsea", "coffee")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import METHODS, __version__
+
+    p = argparse.ArgumentParser(prog="fastloc-viz", description="Fast object localization from a classifier.")
+    p.add_argument("--version", action="version", version=f"fastloc-viz {__version__}")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on error")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("explain", help="explain one image and write an HTML report")
+    e.add_argument("image", help="image file (or 'sample:NAME' for a scikit-image photo, e.g. sample:chelsea)")
+    e.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    e.add_argument("--target", default=None, help="class index or name (default: the top-1 prediction)")
+    e.add_argument("--method", default="fastloc", choices=METHODS)
+    e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
+    e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
+    e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
+    e.add_argument("--no-baselines", action="store_true", help="skip the baselines in the report")
+    e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
+    e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
+
+    d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
+    d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
+    d.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
+
+    from . import evaluate
+
+    ev = sub.add_parser("evaluate", help="localization metrics on a data set in the shared CSV format")
+    evaluate.add_arguments(ev)
+    return p
+
+
+def _image_arg(text: str):
+    from .images import sample_image
+
+    if text.startswith("sample:"):
+        return sample_image(text.split(":", 1)[1])
+    return Path(text)
+
+
+def _target_arg(text: str | None):
+    if text is None:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
+    from . import explain
+
+    results = {method: explain(bundle, image, method=method, **kwargs)}
+    target = results[method].target
+    if baselines:
+        for name in BASELINES:
+            if name != method:
+                results[name] = explain(
+                    bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3)
+                )
+    return results
+
+
+def _summary(name: str, results: dict, report: Path) -> str:
+    main = next(iter(results.values()))
+    lines = [
+        f"{name}: {main.top5[0].name} ({main.top5[0].probability:.0%}); explaining "
+        f"{main.target_name!r} with {main.method} at layer {main.layer}",
+    ]
+    for n in main.neurons or ():
+        lines.append(
+            f"  neuron {n.rank}: channel {n.channel:4d} at (y={n.y:2d}, x={n.x:2d})  score {n.score:9.4f}  "
+            f"activation {n.activation:8.3f}  gradient {n.gradient:8.4f}"
+        )
+    for method, e in results.items():
+        lines.append(f"  {method:16s} box {e.box}  {e.time_s * 1000:7.1f} ms")
+    lines.append(f"  report: {report}")
+    return "\n".join(lines)
+
+
+def _as_json(name: str, results: dict, report: Path) -> dict:
+    main = next(iter(results.values()))
+    d = main.to_dict()
+    d["image"] = name
+    d["report"] = str(report)
+    d["baselines"] = {m: {"box": list(e.box), "time_s": e.time_s} for m, e in list(results.items())[1:]}
+    return d
+
+
+def _cmd_explain(args) -> int:
+    from . import load_model
+    from .report import write_report
+
+    bundle = load_model(args.model)
+    image = _image_arg(args.image)
+    results = _run_all(
+        bundle,
+        image,
+        args.method,
+        not args.no_baselines,
+        target=_target_arg(args.target),
+        layer=args.layer,
+        k=args.k,
+        threshold=args.threshold,
+    )
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}")
+    if args.json:
+        print(json.dumps(_as_json(args.image, results, report), indent=2))
+    else:
+        print(_summary(args.image, results, report))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from . import load_model, sample_image
+    from .report import write_report
+
+    t0 = time.perf_counter()
+    bundle = load_model("efficientnet_lite0")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs = []
+    for photo in DEMO_PHOTOS:
+        results = _run_all(bundle, sample_image(photo), "fastloc", True)
+        report = write_report(out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}")
+        docs.append(_as_json(photo, results, report))
+        if not args.json:
+            print(_summary(photo, results, report.resolve()))
+            print()
+    if args.json:
+        print(json.dumps(docs, indent=2))
+    else:
+        print(f"demo done in {time.perf_counter() - t0:.1f} s (EfficientNet-Lite0, CPU); open the reports above in a browser")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fastloc-viz`` console script; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="fastloc-viz: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            if args.command == "explain":
+                return _cmd_explain(args)
+            if args.command == "demo":
+                return _cmd_demo(args)
+            from . import evaluate
+
+            return evaluate.run(args)
+    except KeyboardInterrupt:
+        print("fastloc-viz: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one readable line, no traceback, unless --debug
+        if args.debug or os.environ.get("FASTLOC_DEBUG"):
+            raise
+        print(f"fastloc-viz: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
