@@ -152,8 +152,8 @@ def explain(
 def _explain_chunk(bundle, images, targets, method, layer_ref, params) -> list[Explanation]:
     t0 = time.perf_counter()
     model = bundle.model
-    x = bundle.preprocess(images.to(bundle.device))
-    with preserved(model):
+    with preserved(model):  # also leaves inference mode, so x is a normal tensor
+        x = bundle.preprocess(images.to(bundle.device)).detach()
         if method.startswith("fastloc"):
             k_pass = params["kmax"] if method == "fastloc_rescored" else params["k"]
             npass = neuron_pass(

@@ -72,19 +72,6 @@ _UNTREATED = {
     F.prelu: "prelu",
     F.rrelu: "rrelu",
 }
-_UNTREATED_MODULES = (
-    nn.SiLU,
-    nn.GELU,
-    nn.Hardswish,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.Mish,
-    nn.Softplus,
-    nn.PReLU,
-    nn.RReLU,
-)
 _TREATED_MODULES = (nn.ReLU, nn.ReLU6)
 
 
@@ -134,14 +121,15 @@ class GuidedMode(TorchFunctionMode):
 
 
 def untreated_activation_modules(model: nn.Module) -> set[str]:
-    """Class names of activation modules in ``model`` the guided rule does not cover."""
-    names = set()
-    for m in model.modules():
-        if isinstance(m, _UNTREATED_MODULES) or (
-            "swish" in type(m).__name__.lower() and not isinstance(m, _TREATED_MODULES)
-        ):
-            names.add(type(m).__name__)
-    return names
+    """Class names of custom activation modules (outside ``torch.nn``, e.g. a memory-efficient
+    Swish written as an autograd Function) that no functional call would reveal."""
+    words = ("swish", "silu", "gelu", "mish")
+    return {
+        type(m).__name__
+        for m in model.modules()
+        if not type(m).__module__.startswith("torch.nn")
+        and any(w in type(m).__name__.lower() for w in words)
+    }
 
 
 def has_relu_family(model: nn.Module) -> bool:
@@ -157,12 +145,12 @@ def warn_untreated(names: set[str], treated: int) -> None:
             "through them unchanged (plain gradient), so the map is only guided at the "
             f"{treated} ReLU/ReLU6 call(s) of the forward pass.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     if treated == 0:
         warnings.warn(
             "the model made no ReLU-family call (relu, relu6, hardtanh(0, x)) in its forward "
             "pass: guided backprop equals the plain gradient for this model.",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )

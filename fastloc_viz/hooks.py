@@ -121,8 +121,9 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
 
 
 def default_layer(model: nn.Module, x: torch.Tensor, stride: int = 16) -> str:
-    """Pick a probe layer by a dry forward: the last module to finish whose output is the
-    stride-``stride`` feature map (``h == ceil(H / stride)``), called once per forward.
+    """Pick a probe layer by a dry forward: among the shallowest modules whose output is the
+    stride-``stride`` feature map (``h == ceil(H / stride)``) and that run once per forward,
+    the last to finish (a whole block, e.g. ResNet's ``layer3``, VGG's ``features.29``).
 
     Falls back to the last spatial (4-D, h > 1) output. ``x`` is one normalized input batch.
     """
@@ -145,7 +146,10 @@ def default_layer(model: nn.Module, x: torch.Tensor, stride: int = 16) -> str:
     want = (-(-height // stride), -(-width // stride))
     once = [(n, s) for n, s in outputs if calls[n] == 1]
     pick = [n for n, s in once if s[-2:] == want] or [n for n, s in once if s[-1] > 1 and s[-2] > 1]
-    if not pick:
+    if pick:  # the shallowest such modules (whole blocks, not a conv inside the next stage)
+        depth = min(n.count(".") for n in pick)
+        pick = [n for n in pick if n.count(".") == depth]
+    else:
         raise ValueError(
             "the model has no module with a spatial (N x C x h x w) output to probe; "
             "pass layer= explicitly"

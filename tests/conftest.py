@@ -1,0 +1,108 @@
+"""Shared fixtures: tiny hand-set models, the real pretrained model, the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """EfficientNet-Lite0, pretrained, offline (the ``lite0`` extra)."""
+    from fastloc_viz import load_model
+
+    return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not (SHARED_DATA / "annotations.csv").exists():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+class TinyNet(nn.Module):
+    """conv -> act -> conv -> act -> (probe) conv -> act -> global pool -> linear, 8x8 inputs.
+
+    ``act`` picks the activation flavour the guided rule must handle: ``"relu"``,
+    ``"relu_inplace"``, ``"relu6"``, ``"reused"`` (one ReLU module called three times) or
+    ``"functional"`` (``F.relu`` / ``torch.relu`` inside forward).
+    """
+
+    def __init__(self, act: str = "relu", seed: int = 0, classes: int = 4):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.act = act
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, stride=2)
+        self.conv3 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, classes)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        if act == "relu":
+            self.a1, self.a2, self.a3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        elif act == "relu_inplace":
+            self.a1, self.a2, self.a3 = nn.ReLU(inplace=True), nn.ReLU(inplace=True), nn.ReLU(inplace=True)
+        elif act == "relu6":
+            self.a1, self.a2, self.a3 = nn.ReLU6(), nn.ReLU6(inplace=True), nn.ReLU6()
+        elif act == "reused":
+            self.shared = nn.ReLU(inplace=True)
+        elif act != "functional":
+            raise ValueError(act)
+
+    def _act(self, i: int, x):
+        if self.act == "reused":
+            return self.shared(x)
+        if self.act == "functional":
+            return F.relu(x) if i % 2 else torch.relu(x)
+        return getattr(self, f"a{i}")(x)
+
+    def forward(self, x):
+        x = self._act(1, self.conv1(x))
+        x = self._act(2, self.conv2(x))
+        x = self._act(3, self.conv3(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+ACTS = ("relu", "relu_inplace", "relu6", "reused", "functional")
+
+
+@pytest.fixture(params=ACTS)
+def tiny(request) -> TinyNet:
+    return TinyNet(request.param).eval()
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything explain() promises to leave untouched."""
+    from fastloc_viz.hooks import hook_counts
+
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "training": [m.training for m in model.modules()],
+        "inplace": [getattr(m, "inplace", None) for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "grad": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "grad_ids": [id(p.grad) for p in model.parameters()],
+        "hooks": hook_counts(model),
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["hooks"] == after["hooks"]
+    assert before["training"] == after["training"]
+    assert before["inplace"] == after["inplace"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["grad_ids"] == after["grad_ids"]
+    for a, b in zip(before["grad"], after["grad"]):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert before["params"].keys() == after["params"].keys()
+    for k in before["params"]:
+        assert torch.equal(before["params"][k], after["params"][k]), k
