@@ -414,7 +414,7 @@ def test_cli_explain_writes_html_and_json(tmp_path, capsys):
     assert len(doc["box"]) == 4 and doc["timings"]
     html = out.read_text()
     assert html.startswith("<!DOCTYPE html>") or "<html" in html[:500]
-    assert "cdn.plot.ly" not in html
+    assert "Plotly.newPlot" in html and '<script src="http' not in html  # self-contained
 
 
 @pytest.mark.slow
