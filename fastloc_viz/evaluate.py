@@ -180,7 +180,12 @@ class ResultCache:
 
     def append(self, query: Query, result: QueryResult) -> None:
         if self._file is None:
-            self._file = open(self.path, "a")  # noqa: SIM115 - kept open across queries
+            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across queries
+            # An interrupted run may have left half a line: end it, so it spoils only itself.
+            if self._file.tell() > 0:
+                self._file.seek(self._file.tell() - 1)
+                if self._file.read(1) != "\n":
+                    self._file.write("\n")
         d = result.to_dict()
         d["image"] = query.image.name
         self._file.write(json.dumps(d) + "\n")
@@ -326,6 +331,7 @@ def evaluate(
 
     shard = [q for q in dataset if q.row % dist.world_size == dist.rank]
     peak: dict[str, float] = {s.label: 0.0 for s in specs}
+    layers: dict[str, str | None] = {}
     bar = None
     if progress and dist.is_main:
         from tqdm import tqdm
@@ -345,13 +351,14 @@ def evaluate(
             gt = q.boxes_at(input_size)
             for spec in missing:
                 kwargs = dict(spec.kwargs)
-                if layer is not None and "layer" not in kwargs and spec.method != "guided_backprop":
+                if layer is not None and "layer" not in kwargs:
                     kwargs["layer"] = layer
                 _reset_peak(device)
                 start = time.perf_counter()
                 exp = explain_fn(bundle, image, method=spec.method, target=q.label, **kwargs)
                 elapsed = time.perf_counter() - start
                 peak[spec.label] = max(peak[spec.label], _peak_memory_mb(device))
+                layers.setdefault(spec.label, exp.layer)
                 result = score_query(
                     exp.saliency, exp.box, gt, row=q.row, label=q.label,
                     prediction=exp.top5[0].index, thresholds=thresholds, tolerance=tolerance,
@@ -381,6 +388,13 @@ def evaluate(
         summary = counts.summary()
         summary["curves"] = counts.curves()
         summary["method"] = spec.method
+        summary["layer"] = layers.get(spec.label, "?")
+        if summary["layer"] == "?":  # every query came from the cache: ask the method once
+            kwargs = dict(spec.kwargs)
+            if layer is not None and "layer" not in kwargs:
+                kwargs["layer"] = layer
+            summary["layer"] = explain_fn(bundle, dataset[0].load_image(), method=spec.method,
+                                          target=dataset[0].label, **kwargs).layer
         summary["params"] = dict(spec.kwargs)
         out_methods[spec.label] = summary
         n_total = max(n_total, counts.n)
@@ -388,7 +402,7 @@ def evaluate(
         "n": n_total,
         "model": bundle.name,
         "data": str(dataset.csv_path),
-        "layer": layer or getattr(bundle, "default_layer", None),
+        "layer": layer,
         "thresholds": [float(t) for t in thresholds],
         "iou_levels": list(IOU_LEVELS),
         "pointing_tolerance": tolerance,
@@ -427,19 +441,18 @@ def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
 def markdown_table(results: Mapping[str, Any]) -> str:
     """A markdown table of the headline metrics, one row per method."""
     head = (
-        "| method | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t (0.5) | MaxBoxAccV2 | GT-known loc "
+        "| method | layer | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t (0.5) | MaxBoxAccV2 | GT-known loc "
         "| top-1 loc | pointing | centre in box | s/image | peak MiB |"
     )
     lines = [
-        f"{results['n']} queries, model `{results['model']}`, layer `{results.get('layer')}`, "
-        f"data `{results['data']}`.",
+        f"{results['n']} queries, model `{results['model']}`, data `{results['data']}`.",
         "",
         head,
         "|" + "---|" * (head.count("|") - 1),
     ]
     for label, m in results["methods"].items():
         lines.append(
-            f"| `{label}` | {m['maxboxacc_30']:.3f} | {m['maxboxacc_50']:.3f} | "
+            f"| `{label}` | {m.get('layer') or '-'} | {m['maxboxacc_30']:.3f} | {m['maxboxacc_50']:.3f} | "
             f"{m['maxboxacc_70']:.3f} | {m['best_threshold_50']:.2f} | {m['maxboxacc_v2']:.3f} | "
             f"{m['gt_known_loc']:.3f} | {m['top1_loc']:.3f} | {m['pointing']:.3f} | "
             f"{m['centre_in_box']:.3f} | {m['sec_per_image']:.3f} | {m['peak_memory_mb']:.0f} |"
@@ -489,7 +502,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
         "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
     )
-    parser.add_argument("--layer", default=None, help="probe layer (default: the model's)")
+    parser.add_argument(
+        "--layer", default=None,
+        help="layer for every method that uses one (default: each method's own default)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
     parser.add_argument("--out", default=None, help="write results.json, results.md and a plot here")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")

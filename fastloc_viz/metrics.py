@@ -153,9 +153,12 @@ def sweep_ious(
     # Masks of ascending thresholds are nested, so an unchanged pixel count means an
     # unchanged mask: reuse the previous threshold's answer instead of labelling again.
     ascending = bool(np.all(np.diff(np.asarray(thresholds, dtype=np.float64)) >= 0))
+    # With ascending thresholds each mask lies inside the previous one's extent: label only
+    # that window (the raster order, hence the component order, is unchanged by cropping).
+    y0, y1, x0, x1 = 0, h, 0, w
     previous = -1
     for i, t in enumerate(thresholds):
-        mask = s >= np.float32(t) * np.float32(top)
+        mask = s[y0:y1, x0:x1] >= np.float32(t) * np.float32(top)
         count = int(np.count_nonzero(mask))
         if ascending and count == previous:
             largest[i], all_[i] = largest[i - 1], all_[i - 1]
@@ -165,9 +168,13 @@ def sweep_ious(
         if len(boxes) == 0:
             largest[i] = all_[i] = whole
             continue
+        boxes = boxes + np.array([x0, y0, x0, y0])
         best = iou_matrix(boxes, gt).max(axis=1)
         largest[i] = best[int(np.argmax(sizes))]
         all_[i] = best.max()
+        if ascending:
+            y0, x0 = int(boxes[:, 1].min()), int(boxes[:, 0].min())
+            y1, x1 = int(boxes[:, 3].max()), int(boxes[:, 2].max())
     return largest, all_
 
 

@@ -1,0 +1,286 @@
+"""``fastloc-viz evaluate``: the pipeline on a stub, then the real model on the shared images.
+
+The data tests read ``../shared/data/imagenet-val-wsol`` seen from the repository root and are
+skipped when it (or the ``lite0`` extra) is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastloc_viz import evaluate as ev
+from fastloc_viz.data import LocalizationDataset, parse_boxes
+from fastloc_viz.explanation import Explanation, Prediction
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
+SCHEMA = {
+    "maxboxacc_30", "maxboxacc_50", "maxboxacc_70", "maxboxacc_v2", "gt_known_loc",
+    "top1_loc", "pointing", "centre_in_box", "sec_per_image",
+}
+# what may differ between runs of the same queries: wall time, memory, the machine
+VOLATILE = {"sec_per_image", "peak_memory_mb"}
+
+
+# ------------------------------------------------------------------ stub pipeline tests
+def _write_dataset(root: Path, rows: list[tuple[int, str]], size: int = 32) -> Path:
+    """Tiny PNGs and a CSV; ``rows`` are ``(label, boxes)`` per image."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    lines = ["image,label,wnid,width,height,orig_width,orig_height,boxes"]
+    for i, (label, boxes) in enumerate(rows):
+        Image.new("RGB", (size, size), (i * 10 % 255, 0, 0)).save(root / f"images/{i}.png")
+        lines.append(f"images/{i}.png,{label},n{label:08d},{size},{size},{size * 2},{size * 2},{boxes}")
+    (root / "annotations.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+class _Bundle:
+    name = "stub"
+    input_size = (16, 16)  # half the stored 32 px: boxes scale by 0.5
+    default_layer = None
+    device = None
+
+
+def _stub_explain(calls: list):
+    """An ``explain`` whose map is 1 inside box ``(4, 4, 12, 12)`` of the 16 px grid and whose
+    prediction is always class 1."""
+
+    def explain(bundle, image, *, method, target, **kwargs):
+        calls.append((method, target, kwargs))
+        sal = np.zeros((16, 16), dtype=np.float32)
+        sal[4:12, 4:12] = 1.0
+        return Explanation(
+            method=method, target=target, target_name=str(target),
+            top5=(Prediction(1, "one", 0.9),), layer=None, saliency=sal, box=(4, 4, 12, 12),
+            image=np.zeros((16, 16, 3), dtype=np.float32), time_s=0.0,
+        )
+
+    return explain
+
+
+@pytest.fixture
+def stub_data(tmp_path, monkeypatch):
+    # stored boxes (8, 8, 24, 24) = (4, 4, 12, 12) on the 16 px grid: a perfect hit;
+    # (0, 0, 8, 8) -> (0, 0, 4, 4): a miss; two boxes, one of them the hit.
+    root = _write_dataset(tmp_path / "d", [
+        (1, "8 8 24 24"), (2, "0 0 8 8"), (1, "0 0 8 8;8 8 24 24"), (3, "8 8 24 24"),
+    ])
+    calls: list = []
+    monkeypatch.setattr(ev, "_explain_function", lambda: _stub_explain(calls))
+    return LocalizationDataset(root), calls
+
+
+def test_evaluate_pipeline_counts_exactly(stub_data):
+    data, calls = stub_data
+    r = ev.evaluate(_Bundle(), data, ["gradcam", ev.MethodSpec("fastloc", {"k": 3})], layer="L")
+    assert r["n"] == 4
+    m = r["methods"]["gradcam"]
+    assert m["gt_known_loc"] == 0.75 and m["maxboxacc_50"] == 0.75
+    assert m["top1_acc"] == 0.5  # labels 1, 2, 1, 3 against prediction 1
+    assert m["top1_loc"] == 0.5  # rows 0 and 2
+    assert m["pointing"] == 1.0  # peak (4.5, 4.5) is 5 px from the miss box (0, 0, 4, 4)
+    assert m["centre_in_box"] == 0.75
+    assert set(r["methods"]) == {"gradcam", "fastloc[k=3]"}
+    # each row's label is the target; the spec's kwargs and the layer reach explain()
+    assert [c[1] for c in calls if c[0] == "gradcam"] == [1, 2, 1, 3]
+    assert calls[1] == ("fastloc", 1, {"k": 3, "layer": "L"})
+
+
+def test_shards_cover_every_row_once_and_merge_to_the_whole(stub_data):
+    data, _ = stub_data
+    whole = ev.evaluate(_Bundle(), data, ["gradcam"])["methods"]["gradcam"]
+    parts = [ev.evaluate(_Bundle(), data, ["gradcam"], dist=ev.Dist(rank=r, world_size=3))
+             for r in range(3)]
+    assert [p["n"] for p in parts] == [2, 1, 1]  # rows 0,3 | 1 | 2
+    hits = sum(p["methods"]["gradcam"]["gt_known_loc"] * p["n"] for p in parts)
+    assert hits == whole["gt_known_loc"] * 4
+
+
+def test_cache_resumes_and_ignores_a_cut_line(stub_data, tmp_path):
+    data, calls = stub_data
+    cache = tmp_path / "cache"
+    first = ev.evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache, max_queries=2)
+    assert first["n"] == 2 and len(calls) == 2
+    (part,) = cache.glob("*/part-0.jsonl")
+    with open(part, "a") as f:
+        f.write('{"row": 2, "label": 1, "imag')  # a run killed mid-write
+    again = ev.evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache)
+    assert [c[1] for c in calls] == [1, 2, 1, 3]  # only rows 2 and 3 were computed again
+    fresh = ev.evaluate(_Bundle(), data, ["gradcam"])
+    assert _stable(again) == _stable(fresh)
+    lines = part.read_text().splitlines()
+    assert len(lines) == 5 and sum(1 for ln in lines if ln.endswith("}")) == 4
+    # a cached row whose label has changed in the CSV is not reused
+    spec = json.loads((part.parent / "spec.json").read_text())
+    assert len(ev.ResultCache(cache, spec).load(data)) == 4
+    csv = data.csv_path.read_text().replace("images/3.png,3,", "images/3.png,4,")
+    data.csv_path.write_text(csv)
+    assert sorted(ev.ResultCache(cache, spec).load(LocalizationDataset(data.root))) == [0, 1, 2]
+
+
+def test_parse_methods_and_errors():
+    specs = ev.parse_methods("gradcam, fastloc[k=10,rank_grad=plain,sigma=8.5,combine=none]")
+    assert specs[0] == ev.MethodSpec("gradcam")
+    assert dict(specs[1].kwargs) == {"k": 10, "rank_grad": "plain", "sigma": 8.5, "combine": None}
+    assert specs[1].label == "fastloc[combine=none,k=10,rank_grad=plain,sigma=8.5]"
+    with pytest.raises(ValueError, match=r"unknown method 'gradcan'; choose from \['gradcam'"):
+        ev.parse_methods("gradcan", known=("gradcam", "fastloc"))
+    with pytest.raises(ValueError, match="'k' in method 'fastloc\\[k\\]' is not key=value"):
+        ev.parse_methods("fastloc[k]")
+    with pytest.raises(ValueError, match="methods repeat"):
+        ev.parse_methods("gradcam,gradcam")
+
+
+def test_data_reader_scales_boxes_and_names_bad_rows(tmp_path):
+    root = _write_dataset(tmp_path / "d", [(5, "3.2 4 10 30.5;0 0 32 32")])
+    (q,) = LocalizationDataset(root)
+    np.testing.assert_allclose(q.boxes_at((16, 64)), [[6.4, 2, 20, 15.25], [0, 0, 64, 16]])
+    assert q.load_image().size == (32, 32)
+    with pytest.raises(ValueError, match="box '1 2 3' must be four numbers"):
+        parse_boxes("1 2 3")
+    with pytest.raises(ValueError, match="x1 < x0"):
+        parse_boxes("5 0 1 1")
+    bad = tmp_path / "bad.csv"
+    bad.write_text((root / "annotations.csv").read_text().replace("5,n", "five,n"))
+    with pytest.raises(ValueError, match=r"bad.csv row 0 \('images/0.png'\)"):
+        LocalizationDataset(bad)
+    with pytest.raises(FileNotFoundError, match="no annotations.csv"):
+        LocalizationDataset(tmp_path)
+
+
+def test_outputs_are_written(stub_data, tmp_path):
+    data, _ = stub_data
+    r = ev.evaluate(_Bundle(), data, ["gradcam"])
+    paths = ev.write_outputs(r, tmp_path / "out")
+    assert [p.name for p in paths] == ["results.json", "results.md", "accuracy_vs_threshold.html"]
+    assert json.loads(paths[0].read_text())["methods"]["gradcam"]["maxboxacc_50"] == 0.75
+    assert "| `gradcam` | - | 0.750 | 0.750 | 0.750 | 0.01 | 0.750 | 0.750 | 0.500 | 1.000 | 0.750 |" in (
+        paths[1].read_text()
+    )
+    assert set(ev.json_summary(r)) == {"n", "model", "methods"}
+
+
+# ------------------------------------------------------------------ the real model
+needs_data = pytest.mark.skipif(
+    not (DATA / "annotations.csv").is_file(), reason=f"shared data set not found at {DATA}"
+)
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "fastloc_viz.evaluate", str(DATA), *args]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _stable(results: dict) -> dict:
+    return {label: {k: v for k, v in m.items() if k not in VOLATILE}
+            for label, m in results["methods"].items()}
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the lite0 extra")
+    from fastloc_viz import load_model
+
+    return load_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def reference20(bundle):
+    """Single-process, uncached results on the first 20 images (gradcam, fastloc)."""
+    return ev.evaluate(bundle, LocalizationDataset(DATA, limit=20), ["gradcam", "fastloc"])
+
+
+@pytest.mark.slow
+@needs_data
+def test_first_50_images_sane_numbers_and_exact_json_schema(bundle, tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args([str(DATA), "--methods", "gradcam,fastloc", "--limit", "50",
+                              "--json", "--no-progress", "--out", str(tmp_path)])
+    assert ev.run(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"n", "model", "methods"}
+    assert out["n"] == 50 and out["model"] == "efficientnet_lite0"
+    assert set(out["methods"]) == {"gradcam", "fastloc"}
+    for m in out["methods"].values():
+        assert set(m) == SCHEMA
+        for k, v in m.items():
+            assert isinstance(v, float)
+            assert v > 0 if k == "sec_per_image" else 0.0 <= v <= 1.0
+    assert out["methods"]["gradcam"]["maxboxacc_50"] >= 0.5
+    assert out["methods"]["fastloc"]["pointing"] >= 0.5
+    assert (tmp_path / "results.md").read_text().count("| `") == 2
+    full = json.loads((tmp_path / "results.json").read_text())
+    assert full["methods"]["gradcam"]["maxboxacc_50"] == out["methods"]["gradcam"]["maxboxacc_50"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@needs_data
+def test_torchrun_two_processes_equal_single_process(reference20, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "-m", "fastloc_viz.evaluate", str(DATA), "--methods", "gradcam,fastloc",
+           "--limit", "20", "--no-cache", "--no-progress", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["world_size"] == 2 and results["n"] == 20
+    assert _stable(results) == _stable(reference20)
+
+
+@pytest.mark.slow
+@needs_data
+def test_interrupted_run_resumes_to_the_same_results(reference20, tmp_path):
+    cache = tmp_path / "cache"
+    cmd = _cli("--methods", "gradcam,fastloc", "--limit", "20", "--cache", str(cache),
+               "--no-progress", "--json")
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        parts = list(cache.glob("*/part-0.jsonl"))
+        if len(parts) == 2 and min(len(p.read_text().splitlines()) for p in parts) >= 4:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    before = {p.parent.name: len(p.read_text().splitlines()) for p in cache.glob("*/part-0.jsonl")}
+    assert all(4 <= n < 20 for n in before.values())
+
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    ref = ev.json_summary(reference20)
+    for label in ("gradcam", "fastloc"):
+        got = {k: v for k, v in out["methods"][label].items() if k != "sec_per_image"}
+        want = {k: v for k, v in ref["methods"][label].items() if k != "sec_per_image"}
+        assert got == want
+    after = {p.parent.name: p.read_text().splitlines() for p in cache.glob("*/part-0.jsonl")}
+    # the restart appended only the missing rows (a line cut by the kill may remain)
+    for key, lines in after.items():
+        rows = [json.loads(ln)["row"] for ln in lines if ln.endswith("}")]
+        assert sorted(rows) == list(range(20))
