@@ -3,16 +3,26 @@
 Accepted: a path (``str`` / ``pathlib.Path``), a PIL image, a NumPy array (``H x W``,
 ``H x W x 1|3|4``; uint8, uint16, bool or float in ``[0, 1]``), a tensor (``H x W``,
 ``1|3 x H x W`` or ``N x 1|3 x H x W``; uint8 or float in ``[0, 1]``), or a list of these.
-Conversions: grayscale is repeated to RGB; alpha is dropped (composited on white) with a
-warning; palette, 16-bit and CMYK images are converted to 8-bit RGB. Every image is resized
+Conversions (see ``docs/robustness.md``): grayscale, bilevel and palette images are expanded
+to RGB; 16-bit grayscale keeps its precision (scaled by 1/65535); 16-bit RGB PNGs are decoded
+to 8 bits per channel by Pillow; 32-bit float images (mode ``F``) are used as they are when in
+``[0, 1]``, divided by 255 when in ``[0, 255]``. With a warning: alpha is dropped (composited
+on white), CMYK is converted to RGB without a colour profile, and images over
+:data:`MAX_PIXELS` are downscaled (JPEGs while decoding) before the resize. Files whose
+decoded pixels would need more than :data:`MAX_DECODE_BYTES` are refused, naming the memory
+needed; images under :data:`MIN_SIDE` pixels a side are refused. Float64 / float16 inputs
+become float32; tensors on another device are copied to the CPU. Every image is resized
 (stretched, not cropped) to the model's input size, so a list may mix sizes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+log = logging.getLogger("fastloc_viz")
+
 MIN_SIDE = 8
 MAX_PIXELS = 64_000_000  # larger decoded images are downscaled with a warning
+MAX_DECODE_BYTES = 2**31  # a file whose decoded pixels need more is refused (2 GiB)
+_PIL_LIMIT_LOCK = threading.Lock()
 
 ImageLike = "str | os.PathLike | Image.Image | np.ndarray | torch.Tensor"
 
@@ -47,6 +61,8 @@ def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
             raise ValueError("an empty list of images was given; pass at least one image")
         return torch.cat([load_batch(im, size) for im in image])
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        if image.shape[0] == 0:
+            raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
         return torch.cat([load_batch(im, size) for im in image])
     return _resize(_to_tensor(image), size)
 
@@ -73,33 +89,84 @@ def _open(path: Path) -> Image.Image:
     if path.is_dir():
         raise IsADirectoryError(f"image path {str(path)!r} is a directory, not an image file")
     try:
-        with Image.open(path) as img:
-            if _too_big(img):  # JPEG can decode straight to a smaller scale
-                img.draft("RGB", (img.width // 8 or 1, img.height // 8 or 1))
-            img.load()
-            return img.copy()
+        with _own_size_check():
+            img = Image.open(path)
     except UnidentifiedImageError:
-        raise ValueError(f"{str(path)!r} is not an image file PIL can read") from None
-    except (OSError, SyntaxError) as e:
+        raise ValueError(
+            f"{str(path)!r} is not an image file PIL can read (its content is not a known image "
+            "format, whatever its extension)"
+        ) from None
+    except PermissionError as e:
+        raise PermissionError(f"image file {str(path)!r} cannot be read: {e.strerror or e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
+    with img:
+        if _too_big(img):  # JPEG can decode straight to a smaller scale
+            s = np.sqrt(img.width * img.height / MAX_PIXELS)
+            size = img.size
+            img.draft(img.mode, (int(img.width / s) or 1, int(img.height / s) or 1))
+            if img.size != size:
+                warnings.warn(
+                    f"image file {str(path)!r} of {size[0]} x {size[1]} pixels is decoded at a "
+                    f"reduced scale, {img.width} x {img.height}, to save memory",
+                    UserWarning,
+                    stacklevel=5,
+                )
+        need = _decoded_bytes(img)
+        if need > MAX_DECODE_BYTES:
+            raise ValueError(
+                f"image file {str(path)!r} is {img.width} x {img.height} pixels: decoding it needs "
+                f"{need / 2**30:.1f} GiB of memory ({img.width * img.height * 12 / 2**30:.1f} GiB as a "
+                f"float tensor), over the {MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
+                "(fastloc_viz.images.MAX_DECODE_BYTES); downscale it first (for example "
+                "`vipsthumbnail`), or save it as JPEG, which decodes at a reduced scale"
+            )
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
+    return img  # loaded: usable after the file is closed
+
+
+@contextmanager
+def _own_size_check() -> Iterator[None]:
+    """Open files without PIL's decompression-bomb limit: :func:`_open` checks the decoded
+    size itself, after a JPEG's reduced-scale draft, and names the memory needed."""
+    with _PIL_LIMIT_LOCK:
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+
+
+def _decoded_bytes(img: Image.Image) -> int:
+    depth = 4 if img.mode in ("I", "F") else 2 if img.mode.startswith("I;16") else 1
+    return img.width * img.height * len(img.getbands()) * depth
 
 
 def _too_big(img: Image.Image) -> bool:
     return img.width * img.height > MAX_PIXELS
 
 
+def _reduced(img: Image.Image) -> Image.Image:
+    """``img`` shrunk by an integer factor to at most :data:`MAX_PIXELS` pixels, with a warning."""
+    need = img.width * img.height * 3 * 4 / 2**30
+    factor = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
+    warnings.warn(
+        f"image of {img.width} x {img.height} pixels would take {need:.1f} GiB as a float "
+        f"tensor; downscaling it by {factor} before resizing to the model's input",
+        UserWarning,
+        stacklevel=5,
+    )
+    return img.reduce(factor)
+
+
 def _from_pil(img: Image.Image) -> torch.Tensor:
     if _too_big(img):
-        need = img.width * img.height * 3 * 4 / 2**30
-        factor = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
-        warnings.warn(
-            f"image of {img.width} x {img.height} pixels would take {need:.1f} GiB as a float "
-            f"tensor; downscaling it by {factor} before resizing to the model's input",
-            UserWarning,
-            stacklevel=4,
-        )
-        img = img.reduce(factor)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = _reduced(img)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         warnings.warn(
             f"image mode {img.mode} has an alpha channel: composited on white, alpha dropped",
             UserWarning,
@@ -108,11 +175,28 @@ def _from_pil(img: Image.Image) -> torch.Tensor:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode == "CMYK":
+        warnings.warn(
+            "CMYK image: converted to RGB without a colour profile (colours are approximate)",
+            UserWarning,
+            stacklevel=4,
+        )
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float32)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         return _from_array(np.clip(arr / top, 0, 1))
-    return _from_array(np.asarray(img.convert("RGB")))
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if np.isfinite(arr).all() and arr.size and arr.max() > 1 and arr.min() >= 0 and arr.max() <= 255:
+            arr = arr / 255.0
+        return _from_array(arr)
+    if img.mode not in ("RGB", "L", "1", "P", "CMYK", "RGBA"):
+        log.info("fastloc_viz: image mode %s converted to RGB", img.mode)
+    try:
+        rgb = img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise ValueError(f"image mode {img.mode} cannot be converted to RGB: {e}") from None
+    return _from_array(np.asarray(rgb))
 
 
 def _from_array(arr: np.ndarray) -> torch.Tensor:
@@ -123,22 +207,60 @@ def _from_array(arr: np.ndarray) -> torch.Tensor:
             f"a numpy image must be H x W or H x W x 1|3|4 (channels last), got shape {arr.shape}"
         )
     if arr.shape[2] == 4:
+        warnings.warn(
+            "a 4-channel array is taken as RGBA: the 4th channel is dropped (not composited)",
+            UserWarning,
+            stacklevel=4,
+        )
         arr = arr[:, :, :3]
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}.get(arr.dtype)
+    if arr.shape[0] * arr.shape[1] > MAX_PIXELS and scale is not None:
+        return _three_channels(torch.from_numpy(_block_mean(arr) / scale).permute(2, 0, 1)[None])
     if arr.dtype == np.uint8:
         t = torch.from_numpy(arr.astype(np.float32) / 255.0)
     elif arr.dtype == np.uint16:
         t = torch.from_numpy(arr.astype(np.float32) / 65535.0)
     elif arr.dtype == np.bool_:
         t = torch.from_numpy(arr.astype(np.float32))
-    elif np.issubdtype(arr.dtype, np.floating):
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        _check_unit_range(t)
+    elif arr.dtype == np.float16 or arr.dtype == np.float32 or arr.dtype == np.float64:
+        _check_unit_range(arr)
+        # A copy: the caller's array is never aliased (nor written to by a later clamp).
+        huge = arr.shape[0] * arr.shape[1] > MAX_PIXELS
+        t = torch.from_numpy(_block_mean(arr) if huge else np.array(arr, dtype=np.float32))
     else:
-        raise TypeError(f"numpy image dtype {arr.dtype} is not supported; use uint8, uint16 or float in [0, 1]")
+        raise TypeError(
+            f"numpy image dtype {arr.dtype} is not supported; use uint8, uint16, bool or float in [0, 1]"
+        )
     return _three_channels(t.permute(2, 0, 1)[None])
 
 
+def _block_mean(arr: np.ndarray) -> np.ndarray:
+    """``H x W x C`` -> mean over ``f x f`` blocks (float32, same value scale), ``f`` the
+    smallest factor reaching :data:`MAX_PIXELS`; a band of rows at a time, with a warning."""
+    h, w, c = arr.shape
+    f = int(np.ceil(np.sqrt(h * w / MAX_PIXELS)))
+    warnings.warn(
+        f"image of {w} x {h} pixels would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
+        f"downscaling it by {f} before resizing to the model's input",
+        UserWarning,
+        stacklevel=5,
+    )
+    ho, wo = h // f, w // f
+    out = np.empty((ho, wo, c), dtype=np.float32)
+    step = max(1, 4096 // f)
+    for r in range(0, ho, step):
+        band = arr[r * f : min(ho, r + step) * f, : wo * f].astype(np.float32)
+        out[r : r + step] = band.reshape(-1, f, wo, f, c).mean(axis=(1, 3))
+    return out
+
+
 def _from_tensor(t: torch.Tensor) -> torch.Tensor:
+    if t.is_meta or t.layout != torch.strided:
+        what = "meta" if t.is_meta else str(t.layout)
+        raise TypeError(
+            f"a tensor image must be a dense tensor holding data, got a {what} tensor of shape "
+            f"{tuple(t.shape)}; pass a strided tensor on the CPU or a GPU"
+        )
     t = t.detach()
     if t.ndim == 2:
         t = t[None]
@@ -147,20 +269,23 @@ def _from_tensor(t: torch.Tensor) -> torch.Tensor:
             f"a tensor image must be H x W, 1|3 x H x W or N x 1|3 x H x W (channels first), "
             f"got shape {tuple(t.shape)}"
         )
-    if t.dtype == torch.uint8:
-        t = t.float() / 255.0
-    elif t.is_floating_point():
+    if t.dtype == torch.bool:
         t = t.float()
-        _check_unit_range(t)
-    else:
-        raise TypeError(f"tensor image dtype {t.dtype} is not supported; use uint8 or float in [0, 1]")
-    return _three_channels(t.cpu()[None])
+    if t.dtype == torch.uint8 or t.is_floating_point():
+        # On the CPU first: the image is then resized and moved to the model's device.
+        return _from_array(t.cpu().permute(1, 2, 0).numpy())
+    raise TypeError(
+        f"tensor image dtype {t.dtype} is not supported; use uint8, bool or float in [0, 1]"
+    )
 
 
-def _check_unit_range(t: torch.Tensor) -> None:
-    if not torch.isfinite(t).all():
-        raise ValueError("the image holds NaN or inf values")
-    lo, hi = float(t.min()), float(t.max())
+def _check_unit_range(arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        bad = int(arr.size - np.isfinite(arr).sum())
+        raise ValueError(
+            f"the image holds NaN or inf values ({bad} of {arr.size}); pass finite values in [0, 1]"
+        )
+    lo, hi = float(arr.min()), float(arr.max())
     if lo < 0 or hi > 1:
         hint = (
             " (it looks already normalized: pass the raw RGB image, fastloc_viz normalizes it)"
