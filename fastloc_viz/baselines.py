@@ -24,12 +24,36 @@ def _forward(model: nn.Module, as_logits: Callable | None) -> Callable:
 
 
 def gradcam(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module, targets: torch.Tensor, as_logits=None
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: nn.Module,
+    targets: torch.Tensor,
+    as_logits=None,
+    name: str | None = None,
 ) -> torch.Tensor:
-    """Grad-CAM at ``layer`` (ReLU on), bilinearly upsampled to the input: ``N x 1 x H x W``."""
-    cam = LayerGradCam(_forward(model, as_logits), layer).attribute(
-        x, target=targets, relu_attributions=True
-    )
+    """Grad-CAM at ``layer`` (ReLU on), bilinearly upsampled to the input: ``N x 1 x H x W``.
+
+    Raises:
+        ValueError: ``layer`` (called ``name`` in messages) has no spatial map.
+    """
+    try:
+        cam = LayerGradCam(_forward(model, as_logits), layer).attribute(
+            x, target=targets, relu_attributions=True
+        )
+    except AssertionError as e:  # Captum asserts when the layer's hook never fired
+        if "did not obtain any outputs" not in str(e):
+            raise
+        raise ValueError(
+            f"layer {name or type(layer).__name__!r} was not called in the model's forward pass; "
+            "pick a layer that runs"
+        ) from None
+    if not (isinstance(cam, torch.Tensor) and cam.dim() == 4 and cam.shape[-1] * cam.shape[-2] > 1):
+        shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
+        raise ValueError(
+            f"layer {name or type(layer).__name__!r} gives a Grad-CAM of shape {shape}, not an "
+            "N x 1 x h x w map: it has no spatial map (after global pooling or a fully connected "
+            "layer); pick a conv layer or block"
+        )
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").detach()
 
 
@@ -49,8 +73,14 @@ def guided_backprop(
 
 
 def guided_gradcam(
-    model: nn.Module, x: torch.Tensor, layer: nn.Module, targets: torch.Tensor, as_logits=None
+    model: nn.Module,
+    x: torch.Tensor,
+    layer: nn.Module,
+    targets: torch.Tensor,
+    as_logits=None,
+    name: str | None = None,
 ) -> tuple[torch.Tensor, GuidedMode]:
     """Guided Grad-CAM: guided backprop times the upsampled Grad-CAM, ``N x 3 x H x W``."""
+    cam = gradcam(model, x, layer, targets, as_logits, name)
     gbp, mode = guided_backprop(model, x, targets, as_logits)
-    return gbp * gradcam(model, x, layer, targets, as_logits), mode
+    return gbp * cam, mode

@@ -107,7 +107,7 @@ def explain(
         _check_choice("combine", combine, COMBINES)
     _check_choice("components", components, boxes.COMPONENTS)
     _check_int("k", k, 1)
-    _check_int("kmax", kmax, k, "at least k=%d" % k)
+    _check_int("kmax", kmax, k if method == "fastloc_rescored" else 1, "at least k=%d" % k)
     _check_int("batch_size", batch_size, 1)
     if not (isinstance(threshold, (int, float)) and 0 <= threshold <= 1):
         raise ValueError(f"threshold={threshold!r} must be a fraction of the map's maximum in [0, 1]")
@@ -172,13 +172,13 @@ def _explain_chunk(bundle, images, targets, method, layer_ref, params) -> list[E
             t = time.perf_counter()
             mode = None
             if method == "gradcam":
-                attr = baselines.gradcam(model, x, layer_ref[1], tgt, as_logits)
+                attr = baselines.gradcam(model, x, layer_ref[1], tgt, as_logits, layer_ref[0])
             elif method == "guided_backprop":
                 attr, mode = baselines.guided_backprop(model, x, tgt, as_logits)
             else:
-                attr, mode = baselines.guided_gradcam(model, x, layer_ref[1], tgt, as_logits)
+                attr, mode = baselines.guided_gradcam(model, x, layer_ref[1], tgt, as_logits, layer_ref[0])
             timings["attribution"] = time.perf_counter() - t
-            maps = attr.mean(dim=1).clamp(min=0).cpu().numpy().astype(np.float32)
+            maps = attr.float().mean(dim=1).clamp(min=0).cpu().numpy().astype(np.float32)
             rows = [{} for _ in range(len(images))]
     if mode is not None:
         warn_untreated(mode.untreated | untreated_activation_modules(model), mode.treated)
@@ -237,6 +237,8 @@ def _name(bundle: ModelBundle, index: int) -> str:
 
 
 def _targets(bundle: ModelBundle, target, n: int) -> list[int | None]:
+    if isinstance(target, (torch.Tensor, np.ndarray)) and target.ndim == 1:
+        target = target.tolist()
     if isinstance(target, (list, tuple)):
         if len(target) != n:
             raise ValueError(f"target has {len(target)} entries for {n} images; give one per image or a single value")

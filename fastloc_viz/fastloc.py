@@ -157,7 +157,7 @@ def _check_layer_output(name: str, seen: dict) -> None:
             "pick a module that runs once, such as the block containing it"
         )
     out = seen["out"]
-    if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+    if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
             f"layer {name!r} outputs {shape}, not an N x C x h x w feature map: it has no spatial "
@@ -171,7 +171,7 @@ def grads_to_maps(input_grads: torch.Tensor) -> np.ndarray:
     As the authors do: the mean over colour channels, its positive part, each map scaled by
     its own maximum (per-neuron normalization).
     """
-    m = input_grads.mean(dim=-3).clamp(min=0)
+    m = input_grads.float().mean(dim=-3).clamp(min=0)  # float: bfloat16 has no numpy dtype
     top = m.flatten(-2).amax(dim=-1).clamp(min=torch.finfo(m.dtype).tiny)
     return (m / top[..., None, None]).cpu().numpy().astype(np.float32)
 

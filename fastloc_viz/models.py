@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import difflib
 import os
+import pickle
+import re
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,8 +56,18 @@ class ModelBundle:
             return b.device
         return torch.device("cpu")
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the model's floating-point weights (float32 if it has none)."""
+        for p in self.model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return torch.float32
+
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``N x 3 x H x W`` RGB in ``[0, 1]`` -> the model's input."""
+        """``N x 3 x H x W`` RGB in ``[0, 1]`` -> the model's input (on the model's device,
+        in its weights' dtype: a float64 or bfloat16 model gets a float64 / bfloat16 input)."""
+        images = images.to(device=self.device, dtype=self.dtype)
         if self.transform is not None:
             return self.transform(images)
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
@@ -132,7 +145,7 @@ def torchvision_names() -> list[str]:
 def load_model(
     model: str | nn.Module,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | os.PathLike | None = "DEFAULT",
     download: bool = True,
     class_names: Sequence[str] | None = None,
     input_size: tuple[int, int] | int | None = None,
@@ -148,8 +161,16 @@ def load_model(
         model: ``"efficientnet_lite0"`` (offline, pretrained: needs the ``lite0`` extra), any
             torchvision classification architecture by name (``"vgg16"``, ``"resnet50"``, ...),
             or your own ``nn.Module``.
-        weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``) or
-            ``None`` to build the architecture untrained.
+        weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``),
+            ``None`` to build the architecture untrained, or the path of a weight file (a
+            state dict saved with ``torch.save(model.state_dict(), path)``; any string with a
+            ``/`` or a ``.`` is a path). The file is read with ``torch.load(...,
+            weights_only=True)``: a file that needs arbitrary pickled code (a whole pickled
+            model, custom classes) is refused with an explanation. A ``{"state_dict": ...}``
+            checkpoint and DataParallel ``module.`` prefixes are unwrapped; a torchvision
+            classifier head of another size (a fine-tuned model) is rebuilt to fit, with
+            numbered class names unless ``class_names`` is given. With your own module, the
+            file is loaded into it.
         download: let torchvision download missing weights; with ``False`` a missing
             weight file raises instead of touching the network.
         class_names, input_size, mean, std, layer, transform: override the defaults (for your
@@ -159,17 +180,141 @@ def load_model(
     Returns:
         A :class:`ModelBundle` whose model is in eval mode.
     """
+    file = _weights_file(weights)
+    state = None if file is None else read_state_dict(file)  # fail early, before building
     if isinstance(model, nn.Module):
         bundle = ModelBundle(model=model, class_names=[], name=type(model).__name__)
     elif isinstance(model, str):
-        bundle = _lite0() if model.lower().replace("-", "_") == LITE0 else _torchvision(model, weights, download)
+        if model.lower().replace("-", "_") == LITE0:
+            bundle = _lite0()
+        else:
+            bundle = _torchvision(model, None if file is not None else weights, download)
     else:
         raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
+    if state is not None:
+        _load_state(bundle, state, file, rebuild=None if isinstance(model, nn.Module) else model)
     bundle = _with_overrides(bundle, class_names, input_size, mean, std, layer, transform)
     if device is not None:
         bundle.model.to(device)
     bundle.model.eval()
     return bundle
+
+
+def _weights_file(weights) -> Path | None:
+    """The weight file named by ``weights``, or ``None`` for an enum name / ``None``."""
+    if isinstance(weights, os.PathLike):
+        return Path(weights)
+    if isinstance(weights, str) and ("/" in weights or os.sep in weights or "." in weights):
+        return Path(weights)
+    if weights is not None and not isinstance(weights, str):
+        raise TypeError(
+            f"weights must be a weights name ('DEFAULT', 'IMAGENET1K_V1'), None or a file path, "
+            f"got {type(weights).__name__}"
+        )
+    return None
+
+
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "module")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from a weight file, safely (``torch.load(..., weights_only=True)``).
+
+    Unwraps ``{"state_dict": ...}``-style checkpoints and strips the ``module.`` prefix of
+    DataParallel and the ``_orig_mod.`` prefix of ``torch.compile``.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError, PermissionError: bad path.
+        ValueError: a file that needs arbitrary pickled code (refused, with how to re-save
+            it), a file that is not a PyTorch weight file, or one that holds no state dict.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"weight file {str(p)!r} does not exist")
+    if p.is_dir():
+        raise IsADirectoryError(f"weight path {str(p)!r} is a directory, not a weight file")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise PermissionError(f"weight file {str(p)!r} cannot be read: {e.strerror or e}") from None
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found is None:  # not a code reference: garbage or a damaged pickle
+            detail = re.search(r"(Unsupported operand \d+|invalid load key[^\n]*)", text)
+            raise ValueError(
+                f"{str(p)!r} is not a PyTorch weight file, or it is corrupt "
+                f"({detail.group(1) if detail else text.splitlines()[0][:120]})"
+            ) from None
+        what = f" (it references {found.group(1)})"
+        raise ValueError(
+            f"weight file {str(p)!r} needs arbitrary pickled code to load{what}: it holds Python "
+            "objects (such as a whole pickled model), not only tensors, and unpickling it could "
+            "run any code, so it is refused (torch.load(weights_only=True)). If you trust the "
+            "file, re-save it as a plain state dict: obj = torch.load(path, weights_only=False); "
+            "torch.save(obj.state_dict() if isinstance(obj, torch.nn.Module) else obj, 'plain.pth')"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"{str(p)!r} is not a PyTorch weight file, or it is truncated or corrupt ({first})") from None
+    for _ in range(2):  # {"model": {"state_dict": ...}} at most
+        if isinstance(obj, dict) and not _is_state_dict(obj):
+            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+            if inner is not None:
+                obj = inner
+    if not (isinstance(obj, dict) and obj and _is_state_dict(obj)):
+        keys = f" with keys {list(obj)[:8]}" if isinstance(obj, dict) else ""
+        raise ValueError(
+            f"weight file {str(p)!r} holds a {type(obj).__name__}{keys}, not a state dict "
+            "(parameter name -> tensor); save one with torch.save(model.state_dict(), path)"
+        )
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix) :]: v for k, v in obj.items()}
+    return obj
+
+
+def _is_state_dict(d: dict) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
+
+
+def _mismatch(model: nn.Module, state: dict) -> tuple[list, list, list]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state if k in own and state[k].shape != own[k].shape]
+    return missing, unexpected, shapes
+
+
+def _load_state(bundle: ModelBundle, state: dict, file: Path, rebuild: str | None) -> None:
+    """Load ``state`` into the bundle's model (rebuilding a torchvision head of another size)."""
+    missing, unexpected, shapes = _mismatch(bundle.model, state)
+    n_classes = {s[0] for _, s, o in shapes if len(o) >= 1 and o[0] == len(bundle.class_names) and s[1:] == o[1:]}
+    if rebuild and rebuild != LITE0 and shapes and not missing and not unexpected and len(n_classes) == 1 and len(
+        {k for k, _, o in shapes if o[0] == len(bundle.class_names)}
+    ) == len(shapes):
+        import torchvision
+
+        n = n_classes.pop()
+        bundle.model = torchvision.models.get_model(rebuild, weights=None, num_classes=n)
+        bundle.class_names = [f"class {i}" for i in range(n)]
+        missing, unexpected, shapes = _mismatch(bundle.model, state)
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if shapes:
+            k, s, o = shapes[0]
+            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {s}, model {o})")
+        raise ValueError(
+            f"weight file {str(file)!r} does not fit {bundle.name}: parameters "
+            + ", ".join(parts)
+            + "; was it saved from another architecture?"
+        )
+    with torch.no_grad():
+        bundle.model.load_state_dict(state, strict=False)  # only num_batches_tracked may lack
 
 
 _MODULE_BUNDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -221,7 +366,20 @@ def _numbered_classes(bundle: ModelBundle) -> list[str]:
 
     x = torch.zeros(1, 3, *bundle.input_size, device=bundle.device)
     with preserved(bundle.model), torch.no_grad():
-        n = as_logits(bundle.model(bundle.preprocess(x))).shape[-1]
+        try:
+            out = bundle.model(bundle.preprocess(x))
+        except RuntimeError as e:
+            if not re.search(r"shape|size|dimension|channels", str(e)):
+                raise  # the model's own error: its traceback is what the user needs
+            # A torch shape mismatch: most often the model wants another input size.
+            raise ValueError(
+                f"the model fails on a 1 x 3 x {bundle.input_size[0]} x {bundle.input_size[1]} "
+                f"input ({str(e).splitlines()[0]}); if it expects another size, use "
+                "load_model(model, input_size=...) and pass the bundle"
+            ) from e
+        n = as_logits(out).shape[-1]
+    if n < 1:
+        raise ValueError(f"the model's output has {n} classes; a classifier needs at least one")
     return [f"class {i}" for i in range(n)]
 
 
