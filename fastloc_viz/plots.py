@@ -43,6 +43,7 @@ __all__ = [
     "method_title",
     "predictions",
     "neuron_thumbnail",
+    "neuron_card_image",
     "receptive_field",
     "overlay",
     "neuron_grid",
@@ -199,6 +200,43 @@ def neuron_thumbnail(
     col = colorize(m, colorscale).astype(np.float32) / 255.0
     alpha = np.clip(m * 1.2, 0, 1)[..., None]
     return _to_uint8(grey * (1 - alpha) + col * alpha)
+
+
+def neuron_card_image(
+    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = DEFAULT_COLORSCALE
+) -> np.ndarray:
+    """A neuron's thumbnail (see :func:`neuron_thumbnail`) with its marks burnt in: its cell
+    on the layer grid (cyan square) and the extent of its map (dotted white box).
+
+    Args:
+        explanation: a fastloc explanation.
+        index: the neuron's position in ``explanation.neurons`` (0-based).
+
+    Returns:
+        ``h x w x 3`` uint8, ``max(h, w) <= size``.
+    """
+    from PIL import ImageDraw
+
+    if explanation.neurons is None or explanation.neuron_maps is None:
+        raise ValueError(f"method {explanation.method!r} has no neurons")
+    n, nmap = explanation.neurons[index], explanation.neuron_maps[index]
+    thumb = neuron_thumbnail(explanation.image, nmap, size=size, colorscale=colorscale)
+    h, w = explanation.input_size
+    f = math.ceil(max(h, w) / size) if max(h, w) > size else 1
+    img = PILImage.fromarray(thumb)
+    draw = ImageDraw.Draw(img)
+    x0, y0, x1, y1 = (v / f for v in receptive_field(nmap))
+    for a, b in ((x0, x1), ):
+        for x in np.arange(a, b, 4):  # dotted: 2 px on, 2 px off
+            draw.line([(x, y0), (min(x + 2, b), y0)], fill=(255, 255, 255))
+            draw.line([(x, y1 - 1), (min(x + 2, b), y1 - 1)], fill=(255, 255, 255))
+    for y in np.arange(y0, y1, 4):
+        draw.line([(x0, y), (x0, min(y + 2, y1))], fill=(255, 255, 255))
+        draw.line([(x1 - 1, y), (x1 - 1, min(y + 2, y1))], fill=(255, 255, 255))
+    cx, cy, sx, sy = _neuron_centre(explanation, n.y, n.x)
+    cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
+    draw.rectangle([cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1)
+    return np.asarray(img)
 
 
 def receptive_field(neuron_map: np.ndarray, threshold: float = 0.15, sigma: float = 2.0) -> Box:

@@ -302,6 +302,9 @@ class NeuronExplorer(_Base):
         image: anything :func:`~fastloc_viz.explain` accepts (path, PIL, array, tensor).
         debounce: seconds of quiet after the last control event before a recomputation.
         export_dir: where the export button writes (default: the current directory).
+        explanation: a fastloc explanation already computed for ``image`` (by
+            :func:`~fastloc_viz.explain` with the same model): the explorer starts from it
+            instead of computing it again.
         **explain_kwargs: passed to :func:`~fastloc_viz.explain` (``method``, ``target``,
             ``layer``, ``k``, ``kmax``, ``rank_grad``, ``combine``, ``sigma``,
             ``threshold``, ``components``, ``passes``).
@@ -317,9 +320,21 @@ class NeuronExplorer(_Base):
         *,
         debounce: float = 0.25,
         export_dir: str | os.PathLike[str] | None = None,
+        explanation: Explanation | None = None,
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
+        if explanation is not None:
+            # start from an explanation already computed for this image: no explain call
+            if explanation.neurons is None:
+                raise ValueError(
+                    f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {FASTLOC_METHODS}"
+                )
+            p = explanation.params
+            explain_kwargs = {"method": explanation.method, "target": explanation.target,
+                              "layer": explanation.layer, "k": len(explanation.neurons),
+                              "rank_grad": p.get("rank_grad", "guided"), "threshold": p.get("threshold", 0.3),
+                              **explain_kwargs}
         method = explain_kwargs.pop("method", "fastloc")
         if method not in FASTLOC_METHODS:
             raise ValueError(
@@ -346,6 +361,8 @@ class NeuronExplorer(_Base):
         self.export_dir = pathlib.Path(export_dir) if export_dir is not None else None
         self.opacity = 0.75
         self.colorscale = plots.DEFAULT_COLORSCALE
+        if explanation is not None:
+            self._cache[self._key(self._want)] = explanation
 
         with self._lock:
             self._compute(dict(self._want))  # raises on bad arguments, as explain() would
@@ -561,9 +578,11 @@ class NeuronExplorer(_Base):
         self.method_buttons = W.ToggleButtons(options=list(FASTLOC_METHODS), value=e.method,
                                               tooltips=["rank, keep k, guided-backprop each",
                                                         "rescore kmax candidates by masked forwards"],
-                                              style={"button_width": "120px"})
+                                              style={"button_width": "140px"})
         self.rank_grad_buttons = W.ToggleButtons(options=list(RANK_GRADS), value=self.rank_grad,
-                                                 description="rank grad", style={"button_width": "70px", **sty})
+                                                 tooltips=["guided gradient for the ranking (the authors')",
+                                                           "plain gradient for the ranking"],
+                                                 style={"button_width": "74px"})
         self.k_slider = W.IntSlider(value=self.k, min=1, max=20, description="k", continuous_update=True,
                                     layout=W.Layout(width="230px"), style={"description_width": "20px"})
         self.layer_dropdown = W.Dropdown(options=probe_layer_options(b.model, e.layer), value=e.layer,
@@ -608,7 +627,8 @@ class NeuronExplorer(_Base):
         )
         controls = W.VBox([
             W.HBox([self.class_box, self.method_buttons], layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.k_slider, self.layer_dropdown, self.rank_grad_buttons],
+            W.HBox([self.k_slider, self.layer_dropdown,
+                    W.Label("rank grad", layout=W.Layout(margin="0 6px 0 16px")), self.rank_grad_buttons],
                    layout=W.Layout(flex_flow="row wrap")),
             W.HBox([self.threshold_slider, self.combine_dropdown, self.opacity_slider, self.colorscale_dropdown],
                    layout=W.Layout(flex_flow="row wrap")),
@@ -704,10 +724,10 @@ class NeuronExplorer(_Base):
         e = self._current
         while len(self._cards) < len(e.neurons):
             self._cards.append(self._card())
-        for card, n, m in zip(self._cards, e.neurons, e.neuron_maps):
+        for i, (card, n) in enumerate(zip(self._cards, e.neurons)):
             card["rank"] = n.rank
             if rebuild:
-                card["image"].value = _png(plots.neuron_thumbnail(e.image, m, size=112, colorscale=self.colorscale))
+                card["image"].value = _png(plots.neuron_card_image(e, i, size=112, colorscale=self.colorscale))
             resc = "" if n.rescored is None else f"<br>rescored {n.rescored:.3g}"
             card["text"].value = (
                 f"<div class='flv-neuron'><b>#{n.rank}</b> · ch {n.channel} @({n.y},{n.x})<br>"
@@ -817,6 +837,8 @@ class MethodComparison(_Base):
         image: anything :func:`~fastloc_viz.explain` accepts.
         methods: names from :data:`fastloc_viz.METHODS`.
         gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.
+        explanations: method -> explanation already computed for ``image`` (same model and
+            class): reused instead of computed again.
         **explain_kwargs: passed to every :func:`~fastloc_viz.explain` call.
 
     Programmatic access: :attr:`explanations` (method -> explanation), :attr:`target`,
@@ -833,6 +855,7 @@ class MethodComparison(_Base):
         target: int | str | None = None,
         threshold: float = 0.3,
         debounce: float = 0.25,
+        explanations: Mapping[str, Explanation] | None = None,
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
@@ -851,8 +874,12 @@ class MethodComparison(_Base):
         self._want_t: int | None = None if target is None else self.bundle.class_index(target)
         self._base: dict[str, Explanation] = {}
         self._current: dict[str, Explanation] = {}
+        self._seed = dict(explanations or {})
+        if self._seed and target is None:
+            self._want_t = next(iter(self._seed.values())).target
         with self._lock:
             self._compute(self._want_t)
+        self._seed = {}
         self._build()
         self._render()
 
@@ -907,6 +934,10 @@ class MethodComparison(_Base):
         for i, m in enumerate(self.methods):
             if hasattr(self, "widget"):
                 self._set_progress(i / n, f"{m} {i + 1}/{n}")
+            seed = self._seed.get(m)
+            if seed is not None and seed.target == target:
+                out[m] = seed
+                continue
             out[m] = explain(self.bundle, self.image, method=m, target=target,
                              threshold=self._threshold, **self._kwargs)
             self.stats["explain_calls"] += 1

@@ -223,3 +223,14 @@ def test_report_file_mode_follows_umask(tmp_path, methods):
     finally:
         os.umask(old)
     assert (out.stat().st_mode & 0o777) == 0o644
+
+
+def test_neuron_card_image_marks_the_neuron_cell(expl):
+    img = plots.neuron_card_image(expl, 0, size=112)
+    assert img.shape == (112, 112, 3) and img.dtype == np.uint8
+    n = expl.neurons[0]
+    # the 16 px cell of unit (y, x) is 8 px on the half-size thumbnail; its top-left corner is cyan
+    y0, x0 = n.y * 8, n.x * 8
+    assert tuple(img[y0, x0]) == (0, 229, 255)
+    with pytest.raises(ValueError, match="no neurons"):
+        plots.neuron_card_image(vf.explanation("gradcam"), 0)
