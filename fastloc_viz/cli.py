@@ -21,10 +21,17 @@ BASELINES = ("gradcam", "guided_backprop", "guided_gradcam")
 DEMO_PHOTOS = ("chelsea", "coffee")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import METHODS, __version__
 
-    p = argparse.ArgumentParser(prog="fastloc-viz", description="Fast object localization from a classifier.")
+    p = _Parser(prog="fastloc-viz", description="Fast object localization from a classifier.")
     p.add_argument("--version", action="version", version=f"fastloc-viz {__version__}")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on error")
     sub = p.add_subparsers(dest="command", required=True)
@@ -32,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explain", help="explain one image and write an HTML report")
     e.add_argument("image", help="image file (or 'sample:NAME' for a scikit-image photo, e.g. sample:chelsea)")
     e.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    e.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="a state dict file for --model (read with torch.load(weights_only=True))",
+    )
     e.add_argument("--target", default=None, help="class index or name (default: the top-1 prediction)")
     e.add_argument("--method", default="fastloc", choices=METHODS)
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
@@ -50,6 +63,31 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="localization metrics on a data set in the shared CSV format")
     evaluate.add_arguments(ev)
     return p
+
+
+def _make_dir(path: Path) -> None:
+    """Create an output directory, or say clearly why it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(f"cannot create the output directory {str(path)!r}: a file is in the way") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(
+            f"cannot create the output directory {str(path)!r}: a part of the path is a file"
+        ) from None
+    except PermissionError:
+        raise PermissionError(f"cannot create the output directory {str(path)!r}: permission denied") from None
+    except OSError as e:
+        raise OSError(f"cannot create the output directory {str(path)!r}: {e.strerror or e}") from None
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work when the report cannot be written to ``out``."""
+    if out.is_dir():
+        raise IsADirectoryError(f"cannot write the report to {str(out)!r}: it is a directory; give a file name")
+    _make_dir(out.parent)
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"cannot write the report to {str(out)!r}: the directory is not writable")
 
 
 def _image_arg(text: str):
@@ -110,7 +148,10 @@ def _cmd_explain(args) -> int:
     from . import load_model
     from .report import write_report
 
-    bundle = load_model(args.model)
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        _check_writable(out)  # before the slow part
+    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
     image = _image_arg(args.image)
     results = _run_all(
         bundle,
@@ -122,8 +163,7 @@ def _cmd_explain(args) -> int:
         k=args.k,
         threshold=args.threshold,
     )
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out or Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
     report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}")
     if args.json:
         print(json.dumps(_as_json(args.image, results, report), indent=2))
@@ -139,7 +179,7 @@ def _cmd_demo(args) -> int:
     t0 = time.perf_counter()
     bundle = load_model("efficientnet_lite0")
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_dir(out_dir)
     docs = []
     for photo in DEMO_PHOTOS:
         results = _run_all(bundle, sample_image(photo), "fastloc", True)
@@ -158,7 +198,10 @@ def _cmd_demo(args) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastloc-viz`` console script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="fastloc-viz: %(message)s")
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error already printed
+        return 0 if e.code is None else e.code if isinstance(e.code, int) else 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -175,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # one readable line, no traceback, unless --debug
         if args.debug or os.environ.get("FASTLOC_DEBUG"):
             raise
-        print(f"fastloc-viz: error: {type(e).__name__}: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever the exception holds
+        print(f"fastloc-viz: error: {type(e).__name__}: {message}", file=sys.stderr)
         return 2
 
 
