@@ -190,7 +190,10 @@ def neuron_thumbnail(
         ``h x w x 3`` uint8 with ``max(h, w) <= size`` (factor ``f`` from :func:`downsample`).
     """
     m, f = downsample(neuron_map, size, reduce="max")
-    m = normalize(smooth(m, 0.6))
+    m = smooth(m, 0.6)
+    pos = m[m > 0]
+    if pos.size:  # scale by a high percentile, not the single brightest pixel
+        m = np.clip(m / max(float(np.percentile(pos, 99)), 1e-12), 0.0, 1.0)
     m = np.sqrt(m)  # lift faint structure so small thumbnails stay readable
     img = np.asarray(image, dtype=np.float32)
     if f > 1:
@@ -502,6 +505,7 @@ def method_grid(
     cols: int | None = None,
     cell: int = 260,
     max_side: int = 64,
+    show_time: bool = True,
 ) -> go.Figure:
     """Methods side by side on one colour scale (``[0, 1]``), each with its box and time.
 
@@ -512,6 +516,7 @@ def method_grid(
     Args:
         explanations: method name -> explanation, all for the same image and input grid.
         gt_box: ``(x0, y0, x1, y1)`` ground truth.
+        show_time: put each method's wall time in its title.
     """
     if not explanations:
         raise ValueError("method_grid needs at least one explanation, got an empty mapping")
@@ -519,9 +524,10 @@ def method_grid(
     n = len(names)
     cols = cols or min(n, 3 if n > 4 else n)
     rows = math.ceil(n / cols)
-    titles = [method_title(name, explanations[name], gt_box) for name in names]
+    titles = [method_title(name, explanations[name], gt_box, show_time) for name in names]
+    two_lines = show_time or gt_box is not None
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
-                        horizontal_spacing=0.025, vertical_spacing=0.08 / rows)
+                        horizontal_spacing=0.025, vertical_spacing=(0.16 if two_lines else 0.08) / rows)
     first = explanations[names[0]]
     h, w = first.input_size
     for i, name in enumerate(names):
@@ -539,16 +545,16 @@ def method_grid(
     fig.update_layout(
         coloraxis=dict(colorscale=fading_colorscale(colorscale), cmin=0, cmax=1,
                        colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0)),
-        width=cols * cell + 70, height=rows * round(cell * h / w + 44) + 20,
-        margin=dict(l=4, r=4, t=44, b=4), font=_FONT, plot_bgcolor="white", paper_bgcolor="white",
+        width=cols * cell + 70, height=rows * round(cell * h / w + (62 if two_lines else 44)) + 20,
+        margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4), font=_FONT, plot_bgcolor="white", paper_bgcolor="white",
         dragmode=False,
     )
     return fig
 
 
-def method_title(name: str, explanation: Explanation, gt_box: Box | None = None) -> str:
-    """``"<b>Grad-CAM</b> · 41 ms · IoU 0.62"`` for one panel of :func:`method_grid`."""
-    t = f"<b>{method_label(name)}</b> · {explanation.time_s * 1000:.0f} ms"
+def method_title(name: str, explanation: Explanation, gt_box: Box | None = None, show_time: bool = True) -> str:
+    """``"<b>Grad-CAM</b><br>41 ms · IoU 0.62"`` for one panel of :func:`method_grid`."""
+    parts = [f"{explanation.time_s * 1000:.0f} ms"] if show_time else []
     if gt_box is not None:
-        t += f" · IoU {box_iou(explanation.box, gt_box):.2f}"
-    return t
+        parts.append(f"IoU {box_iou(explanation.box, gt_box):.2f}")
+    return f"<b>{method_label(name)}</b>" + ("<br>" + " · ".join(parts) if parts else "")

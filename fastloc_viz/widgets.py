@@ -104,6 +104,12 @@ def _morph(fw: go.FigureWidget, new: go.Figure) -> None:
         fw.layout.update(new.layout.to_plotly_json(), overwrite=True)
 
 
+def _close_tree(widget: W.Widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
+
+
 def _error_html(err: BaseException, context: str) -> str:
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     return (
@@ -149,6 +155,7 @@ class _Debouncer:
         self._idle = threading.Event()
         self._idle.set()
         self._pending = False
+        self._stopped = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="fastloc-viz-widget", daemon=True)
         self._thread.start()
@@ -164,10 +171,18 @@ class _Debouncer:
         """Block until no work is pending or running; ``False`` on timeout."""
         return self._idle.wait(timeout)
 
+    def stop(self) -> None:
+        """End the worker thread (after any work in flight)."""
+        self._stopped = True
+        self._wake.set()
+
     def _loop(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
+            if self._stopped:
+                self._idle.set()
+                return
             while True:  # let the burst settle
                 with self._lock:
                     remaining = self._last + self.delay - time.monotonic()
@@ -278,6 +293,12 @@ class _Base:
     def _work(self) -> None:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Remove the widget from the page and end its worker thread."""
+        self._debouncer.stop()
+        if hasattr(self, "widget"):
+            _close_tree(self.widget)
+
     def _repr_mimebundle_(self, **kwargs: Any):
         return self.widget._repr_mimebundle_(**kwargs)
 
@@ -366,6 +387,7 @@ class NeuronExplorer(_Base):
 
         with self._lock:
             self._compute(dict(self._want))  # raises on bad arguments, as explain() would
+            self._want = dict(self._have)  # the resolved target and layer
         self._build()
         self._render_all()
 
@@ -941,6 +963,8 @@ class MethodComparison(_Base):
             out[m] = explain(self.bundle, self.image, method=m, target=target,
                              threshold=self._threshold, **self._kwargs)
             self.stats["explain_calls"] += 1
+        if hasattr(self, "widget"):
+            self._set_progress(None)
         self._base = out
         self._rebox()
 

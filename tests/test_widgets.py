@@ -273,3 +273,15 @@ def test_method_comparison(bundle, photo, counter):
     assert all(e.target == other.index for e in mc.explanations.values())
     with pytest.raises(ValueError, match="'nope'"):
         MethodComparison(bundle, photo, methods=("nope",))
+
+
+def test_first_toggle_is_immediate_and_close_ends_the_worker(bundle, photo):
+    e = fv.explain(bundle, photo, k=3)
+    ex = NeuronExplorer(bundle, photo, explanation=e, debounce=5.0)
+    assert ex.stats["explain_calls"] == 0  # started from e
+    ex._cards[1]["check"].value = False  # no debounce wait: applied in the handler
+    assert ex.enabled == (1, 3)
+    thread = ex._debouncer._thread
+    ex.close()
+    thread.join(5)
+    assert not thread.is_alive()
