@@ -201,6 +201,7 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "f
 
     Raises:
         FileNotFoundError: the directory does not exist.
+        NotADirectoryError: a component of the directory is a file.
         IsADirectoryError: ``path`` is a directory.
         PermissionError: the directory is not writable.
         OSError: any other failure (disk full, ...), naming the path.
@@ -209,6 +210,11 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "f
     parent = target.parent if str(target.parent) else pathlib.Path(".")
     if target.is_dir():
         raise IsADirectoryError(f"cannot write the {what} to {str(target)!r}: it is a directory; give a file name")
+    for up in (parent, *parent.parents):
+        if up.exists() and not up.is_dir():
+            raise NotADirectoryError(
+                f"cannot write the {what} to {str(target)!r}: {str(up)!r} is a file, not a directory"
+            )
     if not parent.is_dir():
         raise FileNotFoundError(
             f"cannot write the {what} to {str(target)!r}: the directory {str(parent)!r} does not exist"
@@ -266,7 +272,7 @@ def write_report(
 
     Raises:
         ValueError / TypeError: empty or malformed ``explanations``.
-        FileNotFoundError, IsADirectoryError, PermissionError, OSError: the location is not
+        FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, OSError: the location is not
             writable; the message names the path. An existing file there is left untouched.
     """
     text = render_report(explanations, title=title, gt_box=gt_box)

@@ -191,6 +191,11 @@ def test_report_unwritable_locations_name_the_path(tmp_path, methods):
         report.write_report(missing, one)
     with pytest.raises(IsADirectoryError, match=re.escape(str(tmp_path))):
         report.write_report(tmp_path, one)
+    blocker = tmp_path / "a file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError, match=re.escape(str(blocker))):
+        report.write_report(blocker / "sub" / "r.html", one)
+    assert blocker.read_text() == "x"
     if os.geteuid() != 0:  # root ignores directory permissions
         ro = tmp_path / "ro"
         ro.mkdir()
