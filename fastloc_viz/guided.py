@@ -23,21 +23,36 @@ class _GuidedClamp(torch.autograd.Function):
     """``clamp(x, lo, hi)`` forward; backward ``max(grad, 0)`` where ``lo < x < hi``."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, lo: float, hi: float | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, lo: float, hi: float | None, save_input: bool = False) -> torch.Tensor:
         out = x.clamp(min=lo, max=hi)
-        # Same pass-through set as autograd's own relu / hardtanh backward.
-        ctx.save_for_backward((x > lo) if hi is None else (x > lo) & (x < hi))
+        # No mask: the pass-through set ``lo < x < hi`` is recovered in backward by autograd's
+        # own relu / hardtanh backward kernels from the output (``lo < out < hi`` exactly
+        # there), or from the input where the output may be modified in place later (a
+        # non-inplace hardtanh, whose native backward also keeps the input). A bool mask cost
+        # three kernels in forward and a bool->float copy in every backward pass.
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x if save_input else out)
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (passes,) = ctx.saved_tensors
-        return grad.clamp(min=0) * passes, None, None
+        (ref,) = ctx.saved_tensors
+        if ctx.hi is None:
+            g = torch.ops.aten.threshold_backward(grad, ref, ctx.lo)
+        else:
+            g = torch.ops.aten.hardtanh_backward(grad, ref, ctx.lo, ctx.hi)
+        return g.clamp_(min=0), None, None, None
 
 
-def guided_clamp(x: torch.Tensor, lo: float = 0.0, hi: float | None = None) -> torch.Tensor:
-    """ReLU (``hi=None``) or ReLU6-style clamp with the guided backward rule."""
-    return _GuidedClamp.apply(x, lo, hi)
+def guided_clamp(
+    x: torch.Tensor, lo: float = 0.0, hi: float | None = None, save_input: bool = False
+) -> torch.Tensor:
+    """ReLU (``hi=None``) or ReLU6-style clamp with the guided backward rule.
+
+    ``save_input`` keeps ``x`` rather than the output for backward (as autograd's hardtanh
+    does): use it when the caller may modify the output in place.
+    """
+    return _GuidedClamp.apply(x, lo, hi, save_input)
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default):
@@ -111,7 +126,7 @@ class GuidedMode(TorchFunctionMode):
             inplace_at is not None and bool(_arg(args, kwargs, inplace_at, "inplace", False))
         )
         self.treated += 1
-        out = guided_clamp(x, lo, hi)
+        out = guided_clamp(x, lo, hi, save_input=hi is not None and not inplace)
         if not inplace:
             return out
         # Keep in-place semantics (callers may ignore the return value): write the result
