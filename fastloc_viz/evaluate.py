@@ -158,7 +158,9 @@ class ResultCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.dir / "spec.json"
         if not spec_path.exists():
-            spec_path.write_text(json.dumps(spec, indent=1, sort_keys=True, default=str))
+            from .report import write_text_atomic
+
+            write_text_atomic(spec_path, json.dumps(spec, indent=1, sort_keys=True, default=str), what="cache spec")
         self.path = self.dir / f"part-{rank}.jsonl"
         self._file = None
 
@@ -486,9 +488,11 @@ def write_outputs(results: Mapping[str, Any], out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.md", out / "accuracy_vs_threshold.html"]
-    paths[0].write_text(json.dumps(results, indent=1, default=str))
-    paths[1].write_text(markdown_table(results))
-    threshold_figure(results).write_html(paths[2], include_plotlyjs=True)
+    from .report import write_text_atomic  # an interrupted run never leaves half a file
+
+    write_text_atomic(paths[0], json.dumps(results, indent=1, default=str), what="results")
+    write_text_atomic(paths[1], markdown_table(results), what="results table")
+    write_text_atomic(paths[2], threshold_figure(results).to_html(include_plotlyjs=True), what="plot")
     return paths
 
 
