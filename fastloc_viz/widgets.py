@@ -584,6 +584,7 @@ class NeuronExplorer(_Base):
                     self._want = dict(self._have)
                 self._render_light()
                 self.stats.setdefault("light_ms", []).append((time.perf_counter() - t0) * 1000)
+                self._status(self._current)
             finally:
                 self._lock.release()
             return

@@ -100,6 +100,22 @@ def lab(tmp_path_factory):
         log.close()
 
 
+_WATCH_REDRAW = """(before) => {
+  window.__flvT0 = null; window.__flvT1 = null;
+  const root = document.querySelector('.fastloc-explorer');
+  root.querySelector('.flv-card input[type=checkbox]').addEventListener(
+      'click', () => { window.__flvT0 = performance.now(); }, {capture: true, once: true});
+  const plot = root.querySelector('.js-plotly-plot');
+  const obs = new MutationObserver(() => {
+    const img = plot.querySelector('.hm image');
+    if (window.__flvT0 !== null && img && img.getAttribute('href') !== before) {
+      window.__flvT1 = performance.now(); obs.disconnect();
+    }
+  });
+  obs.observe(plot, {subtree: true, childList: true, attributes: true});
+}"""
+
+
 def _png_array(png: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -164,11 +180,21 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             _save(before, shots / "explorer_map.png")
 
             # untick neuron #1: the map is rebuilt from the cached maps and redrawn
+            # time the redraw inside the page: from the click event to the new heatmap image
+            page.evaluate(_WATCH_REDRAW, href_before)
+            t0 = time.perf_counter()
             cards.nth(0).locator("input[type=checkbox]").uncheck()
             page.wait_for_function(
                 "h => { const i = document.querySelector('.fastloc-explorer .js-plotly-plot .hm image');"
                 " return i && i.getAttribute('href') !== h; }",
-                arg=href_before, timeout=30_000)
+                arg=href_before, timeout=30_000, polling=10)
+            redraw_ms = (time.perf_counter() - t0) * 1000
+            page.wait_for_function("window.__flvT1 !== null", timeout=10_000)
+            in_page = page.evaluate("window.__flvT1 - window.__flvT0")
+            page.wait_for_timeout(300)
+            status = explorer.locator(".flv-stat").first.inner_text()
+            print(f"click -> redrawn map: {in_page:.0f} ms in the page ({redraw_ms:.0f} ms seen by "
+                  f"Playwright); kernel side: {status.rsplit('·', 1)[-1].strip()}")
             page.wait_for_timeout(800)
             after = overlay.screenshot()
             _save(explorer.screenshot(), shots / "explorer_toggled.png", width=900)

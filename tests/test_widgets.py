@@ -285,3 +285,14 @@ def test_first_toggle_is_immediate_and_close_ends_the_worker(bundle, photo):
     ex.close()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_png_export_when_kaleido_finds_a_chromium(explorer, tmp_path):
+    pytest.importorskip("kaleido")
+    import shutil
+
+    if not (shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")):
+        pytest.skip("no Chrome/Chromium for kaleido")
+    files = explorer.export(tmp_path / "shot", png=True)
+    png = tmp_path / "shot.png"
+    assert png in files and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
