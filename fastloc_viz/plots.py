@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
-from .boxes import map_to_box, normalize, smooth
+from .boxes import map_to_box, smooth
 from .explanation import Box, Explanation
 
 __all__ = [
@@ -86,7 +86,9 @@ def box_iou(a: Box, b: Box) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def downsample(saliency: np.ndarray, max_side: int = 112, reduce: str = "mean") -> tuple[np.ndarray, int]:
+def downsample(
+    saliency: np.ndarray, max_side: int = 112, reduce: str = "mean"
+) -> tuple[np.ndarray, int]:
     """Block-reduce an ``H x W`` map so that neither side exceeds ``max_side``.
 
     Args:
@@ -147,7 +149,9 @@ def _lut(colorscale: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def fading_colorscale(colorscale: str = DEFAULT_COLORSCALE, ramp: float = 0.3) -> tuple[tuple[float, str], ...]:
+def fading_colorscale(
+    colorscale: str = DEFAULT_COLORSCALE, ramp: float = 0.3
+) -> tuple[tuple[float, str], ...]:
     """A plotly colorscale whose low end fades to transparent.
 
     The map's weak values then leave the photo visible instead of tinting it all: the alpha
@@ -197,7 +201,9 @@ def neuron_thumbnail(
     m = np.sqrt(m)  # lift faint structure so small thumbnails stay readable
     img = np.asarray(image, dtype=np.float32)
     if f > 1:
-        small = PILImage.fromarray(_to_uint8(img)).resize((m.shape[1], m.shape[0]), PILImage.BILINEAR)
+        small = PILImage.fromarray(_to_uint8(img)).resize(
+            (m.shape[1], m.shape[0]), PILImage.BILINEAR
+        )
         img = np.asarray(small, dtype=np.float32) / 255.0
     grey = img.mean(axis=2, keepdims=True) * dim
     col = colorize(m, colorscale).astype(np.float32) / 255.0
@@ -229,7 +235,7 @@ def neuron_card_image(
     img = PILImage.fromarray(thumb)
     draw = ImageDraw.Draw(img)
     x0, y0, x1, y1 = (v / f for v in receptive_field(nmap))
-    for a, b in ((x0, x1), ):
+    for a, b in ((x0, x1),):
         for x in np.arange(a, b, 4):  # dotted: 2 px on, 2 px off
             draw.line([(x, y0), (min(x + 2, b), y0)], fill=(255, 255, 255))
             draw.line([(x, y1 - 1), (min(x + 2, b), y1 - 1)], fill=(255, 255, 255))
@@ -238,7 +244,9 @@ def neuron_card_image(
         draw.line([(x1 - 1, y), (x1 - 1, min(y + 2, y1))], fill=(255, 255, 255))
     cx, cy, sx, sy = _neuron_centre(explanation, n.y, n.x)
     cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
-    draw.rectangle([cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1)
+    draw.rectangle(
+        [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
+    )
     return np.asarray(img)
 
 
@@ -263,21 +271,42 @@ def _neuron_centre(expl: Explanation, y: int, x: int) -> tuple[float, float, flo
     return (x + 0.5) * sx - 0.5, (y + 0.5) * sy - 0.5, sx, sy
 
 
-def _box_shape(box: Box, color: str, name: str, dash: str = "solid", width: float = 2.5,
-               xref: str = "x", yref: str = "y") -> dict[str, Any]:
+def _box_shape(
+    box: Box,
+    color: str,
+    name: str,
+    dash: str = "solid",
+    width: float = 2.5,
+    xref: str = "x",
+    yref: str = "y",
+) -> dict[str, Any]:
     x0, y0, x1, y1 = box
     return dict(
-        type="rect", xref=xref, yref=yref, name=name,
-        x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5,
-        line=dict(color=color, width=width, dash=dash), fillcolor="rgba(0,0,0,0)",
+        type="rect",
+        xref=xref,
+        yref=yref,
+        name=name,
+        x0=x0 - 0.5,
+        y0=y0 - 0.5,
+        x1=x1 - 0.5,
+        y1=y1 - 0.5,
+        line=dict(color=color, width=width, dash=dash),
+        fillcolor="rgba(0,0,0,0)",
     )
 
 
-def _image_axes(fig: go.Figure, h: int, w: int, row: int | None = None, col: int | None = None) -> None:
+def _image_axes(
+    fig: go.Figure, h: int, w: int, row: int | None = None, col: int | None = None
+) -> None:
     kw = dict(row=row, col=col) if row is not None else {}
     fig.update_xaxes(range=[-0.5, w - 0.5], visible=False, constrain="domain", **kw)
-    fig.update_yaxes(range=[h - 0.5, -0.5], visible=False, scaleanchor="x" if row is None else None,
-                     constrain="domain", **kw)
+    fig.update_yaxes(
+        range=[h - 0.5, -0.5],
+        visible=False,
+        scaleanchor="x" if row is None else None,
+        constrain="domain",
+        **kw,
+    )
 
 
 def _photo_trace(image: np.ndarray, max_side: int | None = None, **kw: Any) -> go.Image:
@@ -286,10 +315,13 @@ def _photo_trace(image: np.ndarray, max_side: int | None = None, **kw: Any) -> g
     f = 1
     if max_side is not None and max(h, w) > max_side:
         f = math.ceil(max(h, w) / max_side)
-        img = np.asarray(PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR))
+        img = np.asarray(
+            PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR)
+        )
     # A downsampled photo keeps input-grid coordinates by stretching its pixels by f.
-    return go.Image(source=image_uri(img), x0=(f - 1) / 2, y0=(f - 1) / 2, dx=f, dy=f,
-                    hoverinfo="skip", **kw)
+    return go.Image(
+        source=image_uri(img), x0=(f - 1) / 2, y0=(f - 1) / 2, dx=f, dy=f, hoverinfo="skip", **kw
+    )
 
 
 def heatmap_trace(
@@ -304,14 +336,28 @@ def heatmap_trace(
 ) -> go.Heatmap:
     """The map as a downsampled heatmap placed on the input grid (see :func:`downsample`)."""
     z, f = downsample(saliency, max_side)
-    kw: dict[str, Any] = dict(coloraxis=coloraxis) if coloraxis else dict(
-        colorscale=fading_colorscale(colorscale), zmin=0.0, zmax=1.0, showscale=showscale,
-        colorbar=dict(thickness=10, len=0.8, tickvals=[0, 0.5, 1], outlinewidth=0),
+    kw: dict[str, Any] = (
+        dict(coloraxis=coloraxis)
+        if coloraxis
+        else dict(
+            colorscale=fading_colorscale(colorscale),
+            zmin=0.0,
+            zmax=1.0,
+            showscale=showscale,
+            colorbar=dict(thickness=10, len=0.8, tickvals=[0, 0.5, 1], outlinewidth=0),
+        )
     )
     return go.Heatmap(
-        z=z.astype(np.float32), x0=(f - 1) / 2, dx=f, y0=(f - 1) / 2, dy=f, opacity=opacity,
-        zsmooth="best" if f > 1 else False, name=name,
-        hovertemplate="x=%{x:.0f} y=%{y:.0f}<br>map=%{z:.2f}<extra></extra>", **kw,
+        z=z.astype(np.float32),
+        x0=(f - 1) / 2,
+        dx=f,
+        y0=(f - 1) / 2,
+        dy=f,
+        opacity=opacity,
+        zsmooth="best" if f > 1 else False,
+        name=name,
+        hovertemplate="x=%{x:.0f} y=%{y:.0f}<br>map=%{z:.2f}<extra></extra>",
+        **kw,
     )
 
 
@@ -362,9 +408,15 @@ def overlay(
         if gt_box is not None:
             title += f" · IoU {box_iou(bx, gt_box):.2f}"
     fig.update_layout(
-        shapes=shapes, width=size + 60, height=round(size * h / w) + 44,
-        margin=dict(l=4, r=4, t=40, b=4), title=dict(text=title, x=0.02, font=dict(size=14)),
-        font=_FONT, plot_bgcolor="white", paper_bgcolor="white", dragmode=False,
+        shapes=shapes,
+        width=size + 60,
+        height=round(size * h / w) + 44,
+        margin=dict(l=4, r=4, t=40, b=4),
+        title=dict(text=title, x=0.02, font=dict(size=14)),
+        font=_FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        dragmode=False,
     )
     _image_axes(fig, h, w)
     return fig
@@ -407,8 +459,11 @@ def neuron_grid(
     rows = math.ceil(k / cols)
     on = set(n.rank for n in neurons) if enabled is None else set(enabled)
     fig = make_subplots(
-        rows=rows, cols=cols, subplot_titles=[_neuron_title(n) for n in neurons],
-        horizontal_spacing=0.02, vertical_spacing=0.16 / rows,
+        rows=rows,
+        cols=cols,
+        subplot_titles=[_neuron_title(n) for n in neurons],
+        horizontal_spacing=0.02,
+        vertical_spacing=0.16 / rows,
     )
     h, w = explanation.input_size
     for i, (n, nmap) in enumerate(zip(neurons, explanation.neuron_maps)):
@@ -417,31 +472,72 @@ def neuron_grid(
         if n.rank not in on:
             thumb_img = (thumb_img.astype(np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
         f = math.ceil(max(h, w) / thumb) if max(h, w) > thumb else 1
-        fig.add_trace(go.Image(source=image_uri(thumb_img), x0=(f - 1) / 2, y0=(f - 1) / 2, dx=f, dy=f,
-                               hoverinfo="skip", name=f"neuron {n.rank}"), row=r, col=c)
+        fig.add_trace(
+            go.Image(
+                source=image_uri(thumb_img),
+                x0=(f - 1) / 2,
+                y0=(f - 1) / 2,
+                dx=f,
+                dy=f,
+                hoverinfo="skip",
+                name=f"neuron {n.rank}",
+            ),
+            row=r,
+            col=c,
+        )
         cx, cy, sx, sy = _neuron_centre(explanation, n.y, n.x)
         ref = dict(row=r, col=c)
         rf = receptive_field(nmap)
-        fig.add_shape(_box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref)
-        fig.add_shape(dict(type="rect", x0=cx - sx / 2, x1=cx + sx / 2, y0=cy - sy / 2, y1=cy + sy / 2,
-                           line=dict(color=BOX_COLOR, width=1.5)), **ref)
-        fig.add_trace(go.Scatter(
-            x=[cx], y=[cy], mode="markers", marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
-            hovertemplate=(f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
-                           f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"),
-            showlegend=False), **ref)
+        fig.add_shape(
+            _box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref
+        )
+        fig.add_shape(
+            dict(
+                type="rect",
+                x0=cx - sx / 2,
+                x1=cx + sx / 2,
+                y0=cy - sy / 2,
+                y1=cy + sy / 2,
+                line=dict(color=BOX_COLOR, width=1.5),
+            ),
+            **ref,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[cx],
+                y=[cy],
+                mode="markers",
+                marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
+                hovertemplate=(
+                    f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
+                    f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"
+                ),
+                showlegend=False,
+            ),
+            **ref,
+        )
         _image_axes(fig, h, w, row=r, col=c)
     for ann in fig.layout.annotations:
         ann.font = dict(size=10.5)
     fig.update_layout(
-        width=cell * cols + 20, height=rows * (cell + 30) + 30, margin=dict(l=6, r=6, t=56, b=6),
-        font=_FONT, plot_bgcolor="white", paper_bgcolor="white", showlegend=False, dragmode=False,
+        width=cell * cols + 20,
+        height=rows * (cell + 30) + 30,
+        margin=dict(l=6, r=6, t=56, b=6),
+        font=_FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        showlegend=False,
+        dragmode=False,
     )
     return fig
 
 
 def rank_scores(
-    explanation: Explanation, *, enabled: Sequence[int] | None = None, width: int = 420, height: int = 240
+    explanation: Explanation,
+    *,
+    enabled: Sequence[int] | None = None,
+    width: int = 420,
+    height: int = 240,
 ) -> go.Figure:
     """Bar chart of the kept neurons' rank scores (activation x gradient), best first.
 
@@ -455,25 +551,43 @@ def rank_scores(
     neurons = explanation.neurons
     on = set(n.rank for n in neurons) if enabled is None else set(enabled)
     labels = [f"#{n.rank} ch{n.channel}" for n in neurons]
-    fig = go.Figure(go.Bar(
-        x=labels, y=[n.score for n in neurons], name="rank score",
-        marker_color=[ENABLED_COLOR if n.rank in on else DISABLED_COLOR for n in neurons],
-        customdata=[[n.activation, n.gradient] for n in neurons],
-        hovertemplate="%{x}<br>score %{y:.4g}<br>activation %{customdata[0]:.4g}<br>"
-                      "gradient %{customdata[1]:.4g}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=labels,
+            y=[n.score for n in neurons],
+            name="rank score",
+            marker_color=[ENABLED_COLOR if n.rank in on else DISABLED_COLOR for n in neurons],
+            customdata=[[n.activation, n.gradient] for n in neurons],
+            hovertemplate="%{x}<br>score %{y:.4g}<br>activation %{customdata[0]:.4g}<br>"
+            "gradient %{customdata[1]:.4g}<extra></extra>",
+        )
+    )
     if any(n.rescored is not None for n in neurons):
-        fig.add_trace(go.Scatter(
-            x=labels, y=[n.rescored for n in neurons], name="rescored logit", yaxis="y2",
-            mode="markers+lines", marker=dict(size=8, color="#e8590c"), line=dict(width=1, dash="dot"),
-        ))
-        fig.update_layout(yaxis2=dict(overlaying="y", side="right", title="masked logit", showgrid=False),
-                          legend=dict(orientation="h", y=1.12, x=0))
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=[n.rescored for n in neurons],
+                name="rescored logit",
+                yaxis="y2",
+                mode="markers+lines",
+                marker=dict(size=8, color="#e8590c"),
+                line=dict(width=1, dash="dot"),
+            )
+        )
+        fig.update_layout(
+            yaxis2=dict(overlaying="y", side="right", title="masked logit", showgrid=False),
+            legend=dict(orientation="h", y=1.12, x=0),
+        )
     fig.update_layout(
-        width=width, height=height, margin=dict(l=50, r=20, t=36, b=40), font=_FONT,
+        width=width,
+        height=height,
+        margin=dict(l=50, r=20, t=36, b=40),
+        font=_FONT,
         title=dict(text="Rank scores (activation × gradient)", x=0.02, font=dict(size=13)),
         yaxis=dict(title="score", gridcolor="#eee", zeroline=True, zerolinecolor="#bbb"),
-        plot_bgcolor="white", paper_bgcolor="white", bargap=0.35,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+        bargap=0.35,
     )
     return fig
 
@@ -482,16 +596,27 @@ def predictions(explanation: Explanation, *, width: int = 420, height: int = 220
     """Horizontal bars of the top-5 predicted classes and their probabilities."""
     top = list(explanation.top5)[::-1]
     colors = [ENABLED_COLOR if p.index == explanation.target else "#8fa8d9" for p in top]
-    fig = go.Figure(go.Bar(
-        x=[p.probability for p in top], y=[f"{p.name} ({p.index})" for p in top], orientation="h",
-        marker_color=colors, text=[f"{p.probability:.1%}" for p in top], textposition="auto",
-        hovertemplate="%{y}: %{x:.2%}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=[p.probability for p in top],
+            y=[f"{p.name} ({p.index})" for p in top],
+            orientation="h",
+            marker_color=colors,
+            text=[f"{p.probability:.1%}" for p in top],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.2%}<extra></extra>",
+        )
+    )
     fig.update_layout(
-        width=width, height=height, margin=dict(l=10, r=10, t=36, b=30), font=_FONT,
+        width=width,
+        height=height,
+        margin=dict(l=10, r=10, t=36, b=30),
+        font=_FONT,
         title=dict(text="Top-5 predictions", x=0.02, font=dict(size=13)),
-        xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"), yaxis=dict(automargin=True),
-        plot_bgcolor="white", paper_bgcolor="white",
+        xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"),
+        yaxis=dict(automargin=True),
+        plot_bgcolor="white",
+        paper_bgcolor="white",
     )
     return fig
 
@@ -526,16 +651,26 @@ def method_grid(
     rows = math.ceil(n / cols)
     titles = [method_title(name, explanations[name], gt_box, show_time) for name in names]
     two_lines = show_time or gt_box is not None
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
-                        horizontal_spacing=0.025, vertical_spacing=(0.16 if two_lines else 0.08) / rows)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.025,
+        vertical_spacing=(0.16 if two_lines else 0.08) / rows,
+    )
     first = explanations[names[0]]
     h, w = first.input_size
     for i, name in enumerate(names):
         e = explanations[name]
         r, c = i // cols + 1, i % cols + 1
         fig.add_trace(_photo_trace(e.image, max_side=2 * max_side, name="image"), row=r, col=c)
-        fig.add_trace(heatmap_trace(e.saliency, opacity=opacity, coloraxis="coloraxis",
-                                    max_side=max_side, name=name), row=r, col=c)
+        fig.add_trace(
+            heatmap_trace(
+                e.saliency, opacity=opacity, coloraxis="coloraxis", max_side=max_side, name=name
+            ),
+            row=r,
+            col=c,
+        )
         fig.add_shape(_box_shape(e.box, BOX_COLOR, f"box {name}"), row=r, col=c)
         if gt_box is not None:
             fig.add_shape(_box_shape(gt_box, GT_COLOR, f"gt {name}", dash="dash"), row=r, col=c)
@@ -543,16 +678,26 @@ def method_grid(
     for ann in fig.layout.annotations:
         ann.font = dict(size=11.5)
     fig.update_layout(
-        coloraxis=dict(colorscale=fading_colorscale(colorscale), cmin=0, cmax=1,
-                       colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0)),
-        width=cols * cell + 70, height=rows * round(cell * h / w + (62 if two_lines else 44)) + 20,
-        margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4), font=_FONT, plot_bgcolor="white", paper_bgcolor="white",
+        coloraxis=dict(
+            colorscale=fading_colorscale(colorscale),
+            cmin=0,
+            cmax=1,
+            colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0),
+        ),
+        width=cols * cell + 70,
+        height=rows * round(cell * h / w + (62 if two_lines else 44)) + 20,
+        margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4),
+        font=_FONT,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
         dragmode=False,
     )
     return fig
 
 
-def method_title(name: str, explanation: Explanation, gt_box: Box | None = None, show_time: bool = True) -> str:
+def method_title(
+    name: str, explanation: Explanation, gt_box: Box | None = None, show_time: bool = True
+) -> str:
     """``"<b>Grad-CAM</b><br>41 ms · IoU 0.62"`` for one panel of :func:`method_grid`."""
     parts = [f"{explanation.time_s * 1000:.0f} ms"] if show_time else []
     if gt_box is not None:

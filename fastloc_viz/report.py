@@ -80,35 +80,50 @@ def _predictions_table(expl: Explanation) -> str:
             f"<td><span class='bar' style='width:{max(1.0, 120 * p.probability):.0f}px'></span>"
             f"{p.probability:.1%}</td></tr>"
         )
-    return ("<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
-            + "".join(rows) + "</table>")
+    return (
+        "<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _neurons_table(expl: Explanation) -> str:
     assert expl.neurons is not None
     resc = any(n.rescored is not None for n in expl.neurons)
-    head = ("<tr><th class='num'>rank</th><th class='num'>channel</th><th class='num'>y, x</th>"
-            "<th class='num'>score</th><th class='num'>activation</th><th class='num'>gradient</th>"
-            + ("<th class='num'>rescored</th>" if resc else "") + "</tr>")
+    head = (
+        "<tr><th class='num'>rank</th><th class='num'>channel</th><th class='num'>y, x</th>"
+        "<th class='num'>score</th><th class='num'>activation</th><th class='num'>gradient</th>"
+        + ("<th class='num'>rescored</th>" if resc else "")
+        + "</tr>"
+    )
     rows = []
     for n in expl.neurons:
         rows.append(
             f"<tr><td class='num'>{n.rank}</td><td class='num'>{n.channel}</td>"
             f"<td class='num'>{n.y}, {n.x}</td><td class='num'>{n.score:.4g}</td>"
             f"<td class='num'>{n.activation:.4g}</td><td class='num'>{n.gradient:.4g}</td>"
-            + (f"<td class='num'>{'' if n.rescored is None else format(n.rescored, '.4g')}</td>"
-               if resc else "") + "</tr>"
+            + (
+                f"<td class='num'>{'' if n.rescored is None else format(n.rescored, '.4g')}</td>"
+                if resc
+                else ""
+            )
+            + "</tr>"
         )
     return "<table>" + head + "".join(rows) + "</table>"
 
 
 def _timings_table(explanations: Mapping[str, Explanation], gt_box: Box | None) -> str:
-    head = ("<tr><th>method</th><th class='num'>time</th><th>stages</th><th class='num'>box</th>"
-            + ("<th class='num'>IoU vs GT</th>" if gt_box is not None else "") + "<th>layer</th></tr>")
+    head = (
+        "<tr><th>method</th><th class='num'>time</th><th>stages</th><th class='num'>box</th>"
+        + ("<th class='num'>IoU vs GT</th>" if gt_box is not None else "")
+        + "<th>layer</th></tr>"
+    )
     rows = []
     for name, e in explanations.items():
         stages = ", ".join(f"{_esc(k)} {v * 1000:.0f} ms" for k, v in e.timings.items())
-        iou = (f"<td class='num'>{plots.box_iou(e.box, gt_box):.2f}</td>" if gt_box is not None else "")
+        iou = (
+            f"<td class='num'>{plots.box_iou(e.box, gt_box):.2f}</td>" if gt_box is not None else ""
+        )
         rows.append(
             f"<tr><td>{_esc(plots.method_label(name))}</td><td class='num'>{e.time_s * 1000:.0f} ms</td>"
             f"<td class='muted'>{stages}</td><td class='num'>{tuple(e.box)}</td>{iou}"
@@ -131,13 +146,17 @@ def render_report(
         )
     for name, e in explanations.items():
         if not isinstance(e, Explanation):
-            raise TypeError(f"explanations[{name!r}] is a {type(e).__name__}, expected an Explanation")
+            raise TypeError(
+                f"explanations[{name!r}] is a {type(e).__name__}, expected an Explanation"
+            )
     sizes = {name: e.input_size for name, e in explanations.items()}
     if len(set(sizes.values())) > 1:
         raise ValueError(f"all explanations must share one input grid, got sizes {sizes}")
 
     # The lead explanation: the first fastloc one, else the first.
-    lead_name = next((n for n, e in explanations.items() if e.method in _FASTLOC), next(iter(explanations)))
+    lead_name = next(
+        (n for n, e in explanations.items() if e.method in _FASTLOC), next(iter(explanations))
+    )
     lead = explanations[lead_name]
     figs: list[tuple[str, go.Figure]] = []
     parts: list[str] = []
@@ -150,17 +169,26 @@ def render_report(
         return out
 
     h, w = lead.input_size
-    sub = (f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
-           f"input {h}×{w} · {len(explanations)} method(s) · "
-           f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+    sub = (
+        f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
+        f"input {h}×{w} · {len(explanations)} method(s) · "
+        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+    )
 
     params = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in lead.params.items())
     parts.append(
-        "<section><h2>Localization · " + _esc(plots.method_label(lead.method)) + "</h2><div class='row'>"
+        "<section><h2>Localization · "
+        + _esc(plots.method_label(lead.method))
+        + "</h2><div class='row'>"
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
-        + "<div><h2>Top-5 predictions</h2>" + _predictions_table(lead)
+        + "<div><h2>Top-5 predictions</h2>"
+        + _predictions_table(lead)
         + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges)"
-        + (f" · ground truth {tuple(gt_box)} · IoU {plots.box_iou(lead.box, gt_box):.2f}" if gt_box else "")
+        + (
+            f" · ground truth {tuple(gt_box)} · IoU {plots.box_iou(lead.box, gt_box):.2f}"
+            if gt_box
+            else ""
+        )
         + f"<br>time {lead.time_s * 1000:.0f} ms · {params}</p></div></div></section>"
     )
     if lead.neurons is not None and lead.neuron_maps is not None:
@@ -170,14 +198,19 @@ def render_report(
             "the square marks the neuron's cell on the layer grid, the dotted box the extent of "
             "its map (its effective receptive field).</p>"
             + fig(plots.neuron_grid(lead, cell=180))
-            + "<div class='row'>" + fig(plots.rank_scores(lead)) + _neurons_table(lead) + "</div></section>"
+            + "<div class='row'>"
+            + fig(plots.rank_scores(lead))
+            + _neurons_table(lead)
+            + "</div></section>"
         )
     if len(explanations) > 1:
         parts.append(
             "<section><h2>Methods side by side</h2><p class='muted'>One colour scale for all "
             "panels ([0, 1]); cyan: each method's box"
-            + ("; dashed green: ground truth" if gt_box else "") + ".</p>"
-            + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240)) + "</section>"
+            + ("; dashed green: ground truth" if gt_box else "")
+            + ".</p>"
+            + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240))
+            + "</section>"
         )
     parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
 
@@ -196,7 +229,9 @@ def render_report(
     )
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "file") -> pathlib.Path:
+def write_text_atomic(
+    path: str | os.PathLike[str], text: str, *, what: str = "file"
+) -> pathlib.Path:
     """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then a rename.
 
     Raises:
@@ -209,7 +244,9 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "f
     target = pathlib.Path(path).expanduser()
     parent = target.parent if str(target.parent) else pathlib.Path(".")
     if target.is_dir():
-        raise IsADirectoryError(f"cannot write the {what} to {str(target)!r}: it is a directory; give a file name")
+        raise IsADirectoryError(
+            f"cannot write the {what} to {str(target)!r}: it is a directory; give a file name"
+        )
     for up in (parent, *parent.parents):
         if up.exists() and not up.is_dir():
             raise NotADirectoryError(
@@ -243,9 +280,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "f
         except OSError:
             pass
         if isinstance(err, PermissionError):
-            raise PermissionError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
+            raise PermissionError(
+                f"cannot write the {what} to {str(target)!r}: {err.strerror or err}"
+            ) from err
         if isinstance(err, OSError):
-            raise OSError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
+            raise OSError(
+                f"cannot write the {what} to {str(target)!r}: {err.strerror or err}"
+            ) from err
         raise
     return target
 

@@ -30,7 +30,6 @@ import html
 import io
 import json
 import logging
-import math
 import os
 import pathlib
 import threading
@@ -131,7 +130,11 @@ def probe_layer_options(model: Any, current: str | None = None) -> list[str]:
             continue
         parent_name, _, _ = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        if parent_name.count(".") <= 1 and isinstance(parent, (nn.Sequential, nn.ModuleList)) and parent is not model:
+        if (
+            parent_name.count(".") <= 1
+            and isinstance(parent, (nn.Sequential, nn.ModuleList))
+            and parent is not model
+        ):
             names.append(name)
         elif not parent_name and isinstance(mod, nn.Conv2d):
             names.append(name)
@@ -210,18 +213,32 @@ class _Base:
         self._lock = threading.RLock()  # one computation at a time
         self._muted = 0  # > 0 while controls are set by code (their observers must not fire)
         self._debouncer = _Debouncer(self._work, debounce)
-        self.stats: dict[str, Any] = {"explain_calls": 0, "recombine_calls": 0, "errors": 0,
-                                      "explain_s": [], "update_ms": []}
+        self.stats: dict[str, Any] = {
+            "explain_calls": 0,
+            "recombine_calls": 0,
+            "errors": 0,
+            "explain_s": [],
+            "update_ms": [],
+        }
         names = self.bundle.class_names
         self._class_labels = [f"{n} ({i})" for i, n in enumerate(names)]
         self._label_to_index: dict[str, int] = {lab: i for i, lab in enumerate(self._class_labels)}
-        self.progress = W.FloatProgress(value=0, min=0, max=1, description="", bar_style="info",
-                                        layout=W.Layout(width="160px", visibility="hidden"))
+        self.progress = W.FloatProgress(
+            value=0,
+            min=0,
+            max=1,
+            description="",
+            bar_style="info",
+            layout=W.Layout(width="160px", visibility="hidden"),
+        )
         self.status = W.HTML(layout=W.Layout(margin="0 0 0 8px"))
         self.error = W.HTML(layout=W.Layout(display="none"))
         self.class_box = W.Combobox(
-            placeholder="type to search 1000 classes…", ensure_option=True,
-            description="class", layout=W.Layout(width="360px", margin="0 12px 0 0"), style={"description_width": "42px"},
+            placeholder="type to search 1000 classes…",
+            ensure_option=True,
+            description="class",
+            layout=W.Layout(width="360px", margin="0 12px 0 0"),
+            style={"description_width": "42px"},
         )
         self.class_box.observe(self._on_class, names="value")
 
@@ -352,10 +369,15 @@ class NeuronExplorer(_Base):
                     f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {FASTLOC_METHODS}"
                 )
             p = explanation.params
-            explain_kwargs = {"method": explanation.method, "target": explanation.target,
-                              "layer": explanation.layer, "k": len(explanation.neurons),
-                              "rank_grad": p.get("rank_grad", "guided"), "threshold": p.get("threshold", 0.3),
-                              **explain_kwargs}
+            explain_kwargs = {
+                "method": explanation.method,
+                "target": explanation.target,
+                "layer": explanation.layer,
+                "k": len(explanation.neurons),
+                "rank_grad": p.get("rank_grad", "guided"),
+                "threshold": p.get("threshold", 0.3),
+                **explain_kwargs,
+            }
         method = explain_kwargs.pop("method", "fastloc")
         if method not in FASTLOC_METHODS:
             raise ValueError(
@@ -473,7 +495,9 @@ class NeuronExplorer(_Base):
     @threshold.setter
     def threshold(self, value: float) -> None:
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-            raise ValueError(f"threshold={value!r} must be a fraction of the map's maximum in [0, 1]")
+            raise ValueError(
+                f"threshold={value!r} must be a fraction of the map's maximum in [0, 1]"
+            )
         self._set(threshold=float(value))
 
     def _set(self, **changes: Any) -> None:
@@ -507,9 +531,15 @@ class NeuronExplorer(_Base):
                 kwargs["combine"] = want["combine"]
             t0 = time.perf_counter()
             base = explain(
-                self.bundle, self.image, method=want["method"], target=want["target"],
-                layer=want["layer"], k=want["k"], rank_grad=want["rank_grad"],
-                threshold=want["threshold"], **kwargs,
+                self.bundle,
+                self.image,
+                method=want["method"],
+                target=want["target"],
+                layer=want["layer"],
+                k=want["k"],
+                rank_grad=want["rank_grad"],
+                threshold=want["threshold"],
+                **kwargs,
             )
             self.stats["explain_calls"] += 1
             self.stats["explain_s"].append(time.perf_counter() - t0)
@@ -526,8 +556,13 @@ class NeuronExplorer(_Base):
         current = recombine(base, enabled, threshold=want["threshold"], combine=want["combine"])
         self.stats["recombine_calls"] += 1
         self._base, self._current = base, current
-        self._have = dict(want, target=base.target, layer=base.layer,
-                          combine=current.params["combine"], enabled=tuple(current.params["enabled"]))
+        self._have = dict(
+            want,
+            target=base.target,
+            layer=base.layer,
+            combine=current.params["combine"],
+            enabled=tuple(current.params["enabled"]),
+        )
 
     def _work(self) -> None:
         """Worker thread: bring the widget to the latest wanted state (see _Debouncer)."""
@@ -598,47 +633,122 @@ class NeuronExplorer(_Base):
         e = self._current
         b = self.bundle
         sty = {"description_width": "initial"}
-        self.method_buttons = W.ToggleButtons(options=list(FASTLOC_METHODS), value=e.method,
-                                              tooltips=["rank, keep k, guided-backprop each",
-                                                        "rescore kmax candidates by masked forwards"],
-                                              style={"button_width": "140px"})
-        self.rank_grad_buttons = W.ToggleButtons(options=list(RANK_GRADS), value=self.rank_grad,
-                                                 tooltips=["guided gradient for the ranking (the authors')",
-                                                           "plain gradient for the ranking"],
-                                                 style={"button_width": "74px"})
-        self.k_slider = W.IntSlider(value=self.k, min=1, max=20, description="k", continuous_update=True,
-                                    layout=W.Layout(width="230px"), style={"description_width": "20px"})
-        self.layer_dropdown = W.Dropdown(options=probe_layer_options(b.model, e.layer), value=e.layer,
-                                         description="layer", layout=W.Layout(width="220px"),
-                                         style={"description_width": "40px"})
-        self.threshold_slider = W.FloatSlider(value=self.threshold, min=0.0, max=1.0, step=0.05,
-                                              description="box threshold", continuous_update=True,
-                                              readout_format=".2f", layout=W.Layout(width="300px"), style=sty)
-        self.combine_dropdown = W.Dropdown(options=list(COMBINES), value=e.params["combine"],
-                                           description="combine", layout=W.Layout(width="170px"),
-                                           style={"description_width": "58px"})
-        self.opacity_slider = W.FloatSlider(value=self.opacity, min=0.0, max=1.0, step=0.05,
-                                            description="opacity", readout_format=".2f",
-                                            layout=W.Layout(width="240px"), style={"description_width": "52px"})
-        self.colorscale_dropdown = W.Dropdown(options=list(COLORSCALES), value=self.colorscale,
-                                              description="colours", layout=W.Layout(width="170px"),
-                                              style={"description_width": "52px"})
-        self.export_button = W.Button(description="Export", icon="download", tooltip=self._export_tip(),
-                                      layout=W.Layout(width="100px"))
+        self.method_buttons = W.ToggleButtons(
+            options=list(FASTLOC_METHODS),
+            value=e.method,
+            tooltips=[
+                "rank, keep k, guided-backprop each",
+                "rescore kmax candidates by masked forwards",
+            ],
+            style={"button_width": "140px"},
+        )
+        self.rank_grad_buttons = W.ToggleButtons(
+            options=list(RANK_GRADS),
+            value=self.rank_grad,
+            tooltips=[
+                "guided gradient for the ranking (the authors')",
+                "plain gradient for the ranking",
+            ],
+            style={"button_width": "74px"},
+        )
+        self.k_slider = W.IntSlider(
+            value=self.k,
+            min=1,
+            max=20,
+            description="k",
+            continuous_update=True,
+            layout=W.Layout(width="230px"),
+            style={"description_width": "20px"},
+        )
+        self.layer_dropdown = W.Dropdown(
+            options=probe_layer_options(b.model, e.layer),
+            value=e.layer,
+            description="layer",
+            layout=W.Layout(width="220px"),
+            style={"description_width": "40px"},
+        )
+        self.threshold_slider = W.FloatSlider(
+            value=self.threshold,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="box threshold",
+            continuous_update=True,
+            readout_format=".2f",
+            layout=W.Layout(width="300px"),
+            style=sty,
+        )
+        self.combine_dropdown = W.Dropdown(
+            options=list(COMBINES),
+            value=e.params["combine"],
+            description="combine",
+            layout=W.Layout(width="170px"),
+            style={"description_width": "58px"},
+        )
+        self.opacity_slider = W.FloatSlider(
+            value=self.opacity,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="opacity",
+            readout_format=".2f",
+            layout=W.Layout(width="240px"),
+            style={"description_width": "52px"},
+        )
+        self.colorscale_dropdown = W.Dropdown(
+            options=list(COLORSCALES),
+            value=self.colorscale,
+            description="colours",
+            layout=W.Layout(width="170px"),
+            style={"description_width": "52px"},
+        )
+        self.export_button = W.Button(
+            description="Export",
+            icon="download",
+            tooltip=self._export_tip(),
+            layout=W.Layout(width="100px"),
+        )
         self.export_out = W.HTML()
 
-        self.method_buttons.observe(lambda c: self._ui(lambda: self._request(method=c["new"]), "switching method"), "value")
-        self.rank_grad_buttons.observe(lambda c: self._ui(lambda: self._request(rank_grad=c["new"]), "changing rank_grad"), "value")
-        self.k_slider.observe(lambda c: self._ui(lambda: self._request(k=int(c["new"])), "changing k"), "value")
-        self.layer_dropdown.observe(lambda c: self._ui(lambda: self._request(layer=c["new"]), "changing the layer"), "value")
-        self.threshold_slider.observe(lambda c: self._ui(lambda: self._request(threshold=float(c["new"])), "changing the threshold"), "value")
-        self.combine_dropdown.observe(lambda c: self._ui(lambda: self._request(combine=c["new"]), "changing the combination"), "value")
-        self.opacity_slider.observe(lambda c: self._ui(lambda: self._restyle(opacity=c["new"]), "changing the opacity"), "value")
-        self.colorscale_dropdown.observe(lambda c: self._ui(lambda: self._restyle(colorscale=c["new"]), "changing colours"), "value")
+        self.method_buttons.observe(
+            lambda c: self._ui(lambda: self._request(method=c["new"]), "switching method"), "value"
+        )
+        self.rank_grad_buttons.observe(
+            lambda c: self._ui(lambda: self._request(rank_grad=c["new"]), "changing rank_grad"),
+            "value",
+        )
+        self.k_slider.observe(
+            lambda c: self._ui(lambda: self._request(k=int(c["new"])), "changing k"), "value"
+        )
+        self.layer_dropdown.observe(
+            lambda c: self._ui(lambda: self._request(layer=c["new"]), "changing the layer"), "value"
+        )
+        self.threshold_slider.observe(
+            lambda c: self._ui(
+                lambda: self._request(threshold=float(c["new"])), "changing the threshold"
+            ),
+            "value",
+        )
+        self.combine_dropdown.observe(
+            lambda c: self._ui(lambda: self._request(combine=c["new"]), "changing the combination"),
+            "value",
+        )
+        self.opacity_slider.observe(
+            lambda c: self._ui(lambda: self._restyle(opacity=c["new"]), "changing the opacity"),
+            "value",
+        )
+        self.colorscale_dropdown.observe(
+            lambda c: self._ui(lambda: self._restyle(colorscale=c["new"]), "changing colours"),
+            "value",
+        )
         self.export_button.on_click(lambda _b: self._guarded(self._export_clicked, "exporting"))
 
-        self.overlay_fig = go.FigureWidget(plots.overlay(e, opacity=self.opacity, colorscale=self.colorscale, size=400))
-        self.bars_fig = go.FigureWidget(plots.rank_scores(e, enabled=self.enabled, width=430, height=230))
+        self.overlay_fig = go.FigureWidget(
+            plots.overlay(e, opacity=self.opacity, colorscale=self.colorscale, size=400)
+        )
+        self.bars_fig = go.FigureWidget(
+            plots.rank_scores(e, enabled=self.enabled, width=430, height=230)
+        )
         self.top5_box = W.VBox(layout=W.Layout(width="430px"))
         self._cards: list[dict[str, W.Widget]] = []
         self.cards_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
@@ -648,24 +758,59 @@ class NeuronExplorer(_Base):
             "<span class='flv-muted'>Tick neurons to rebuild the map from cached maps (no backward "
             "pass); class, k, layer, rank grad and method recompute.</span>"
         )
-        controls = W.VBox([
-            W.HBox([self.class_box, self.method_buttons], layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.k_slider, self.layer_dropdown,
-                    W.Label("rank grad", layout=W.Layout(margin="0 6px 0 16px")), self.rank_grad_buttons],
-                   layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.threshold_slider, self.combine_dropdown, self.opacity_slider, self.colorscale_dropdown],
-                   layout=W.Layout(flex_flow="row wrap")),
-        ])
-        right = W.VBox([self.bars_fig, W.HTML("<b style='font-size:13px'>Top-5 predictions</b> "
-                                              "<span class='flv-muted'>(click to explain)</span>"),
-                        self.top5_box])
-        self.widget = W.VBox([
-            header, controls, W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
-            self.error, W.HBox([self.overlay_fig, right], layout=W.Layout(flex_flow="row wrap")),
-            W.HTML("<b style='font-size:13px'>Neurons</b> <span class='flv-muted'>(guided-backprop map of each; "
-                   "square: its cell on the layer grid; dotted: the extent of its map)</span>"),
-            self.cards_box, W.HBox([self.export_button, self.export_out], layout=W.Layout(align_items="center")),
-        ], layout=W.Layout(padding="6px"))
+        controls = W.VBox(
+            [
+                W.HBox(
+                    [self.class_box, self.method_buttons], layout=W.Layout(flex_flow="row wrap")
+                ),
+                W.HBox(
+                    [
+                        self.k_slider,
+                        self.layer_dropdown,
+                        W.Label("rank grad", layout=W.Layout(margin="0 6px 0 16px")),
+                        self.rank_grad_buttons,
+                    ],
+                    layout=W.Layout(flex_flow="row wrap"),
+                ),
+                W.HBox(
+                    [
+                        self.threshold_slider,
+                        self.combine_dropdown,
+                        self.opacity_slider,
+                        self.colorscale_dropdown,
+                    ],
+                    layout=W.Layout(flex_flow="row wrap"),
+                ),
+            ]
+        )
+        right = W.VBox(
+            [
+                self.bars_fig,
+                W.HTML(
+                    "<b style='font-size:13px'>Top-5 predictions</b> "
+                    "<span class='flv-muted'>(click to explain)</span>"
+                ),
+                self.top5_box,
+            ]
+        )
+        self.widget = W.VBox(
+            [
+                header,
+                controls,
+                W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
+                self.error,
+                W.HBox([self.overlay_fig, right], layout=W.Layout(flex_flow="row wrap")),
+                W.HTML(
+                    "<b style='font-size:13px'>Neurons</b> <span class='flv-muted'>(guided-backprop map of each; "
+                    "square: its cell on the layer grid; dotted: the extent of its map)</span>"
+                ),
+                self.cards_box,
+                W.HBox(
+                    [self.export_button, self.export_out], layout=W.Layout(align_items="center")
+                ),
+            ],
+            layout=W.Layout(padding="6px"),
+        )
         self.widget.add_class("fastloc-explorer")
 
     def _ui(self, fn: Callable[[], None], context: str) -> None:
@@ -693,10 +838,13 @@ class NeuronExplorer(_Base):
         x0, y0, x1, y1 = e.box
         with self.overlay_fig.batch_update():
             self.overlay_fig.data[1].z = z
-            self.overlay_fig.layout.shapes[0].update(x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5)
+            self.overlay_fig.layout.shapes[0].update(
+                x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5
+            )
             self.overlay_fig.layout.title.text = self._overlay_title(e)
-        self.bars_fig.data[0].marker.color = [plots.ENABLED_COLOR if n.rank in on else plots.DISABLED_COLOR
-                                              for n in e.neurons]
+        self.bars_fig.data[0].marker.color = [
+            plots.ENABLED_COLOR if n.rank in on else plots.DISABLED_COLOR for n in e.neurons
+        ]
         self._sync_controls()
         self._status(e)
         self.stats["update_ms"].append((time.perf_counter() - t0) * 1000)
@@ -705,8 +853,16 @@ class NeuronExplorer(_Base):
         e = self._current
         if not hasattr(self, "widget"):
             return
-        _morph(self.overlay_fig, plots.overlay(e, opacity=self.opacity, colorscale=self.colorscale, size=400,
-                                               title=self._overlay_title(e)))
+        _morph(
+            self.overlay_fig,
+            plots.overlay(
+                e,
+                opacity=self.opacity,
+                colorscale=self.colorscale,
+                size=400,
+                title=self._overlay_title(e),
+            ),
+        )
         _morph(self.bars_fig, plots.rank_scores(e, enabled=self.enabled, width=430, height=230))
         self._render_top5(e)
         self._render_cards(rebuild=True)
@@ -721,10 +877,15 @@ class NeuronExplorer(_Base):
     def _render_top5(self, e: Explanation) -> None:
         buttons = []
         for p in e.top5:
-            b = W.Button(description=f"{p.name[:34]} · {p.probability:.1%}", tooltip=f"explain class {p.index}: {p.name}",
-                         layout=W.Layout(width="420px", height="28px"),
-                         button_style="info" if p.index == e.target else "")
-            b.on_click(lambda _b, i=p.index: self._ui(lambda: self._request(target=i), "choosing a class"))
+            b = W.Button(
+                description=f"{p.name[:34]} · {p.probability:.1%}",
+                tooltip=f"explain class {p.index}: {p.name}",
+                layout=W.Layout(width="420px", height="28px"),
+                button_style="info" if p.index == e.target else "",
+            )
+            b.on_click(
+                lambda _b, i=p.index: self._ui(lambda: self._request(target=i), "choosing a class")
+            )
             buttons.append(b)
         old = self.top5_box.children
         self.top5_box.children = buttons
@@ -735,12 +896,23 @@ class NeuronExplorer(_Base):
     def _card(self) -> dict[str, W.Widget]:
         img = W.Image(format="png", layout=W.Layout(width="150px", height="150px"))
         text = W.HTML()
-        check = W.Checkbox(value=True, description="use", indent=False, layout=W.Layout(width="auto"))
-        box = W.VBox([img, text, check], layout=W.Layout(padding="4px", width="162px", margin="0 8px 8px 0", border="2px solid #3b6fd4"))
+        check = W.Checkbox(
+            value=True, description="use", indent=False, layout=W.Layout(width="auto")
+        )
+        box = W.VBox(
+            [img, text, check],
+            layout=W.Layout(
+                padding="4px", width="162px", margin="0 8px 8px 0", border="2px solid #3b6fd4"
+            ),
+        )
         box.add_class("flv-card")
         card = {"image": img, "text": text, "check": check, "box": box, "rank": 0}
-        check.observe(lambda c, card=card: self._ui(lambda: self._toggle(card["rank"], c["new"]), "toggling a neuron"),
-                      "value")
+        check.observe(
+            lambda c, card=card: self._ui(
+                lambda: self._toggle(card["rank"], c["new"]), "toggling a neuron"
+            ),
+            "value",
+        )
         return card
 
     def _render_cards(self, rebuild: bool = False) -> None:
@@ -750,7 +922,9 @@ class NeuronExplorer(_Base):
         for i, (card, n) in enumerate(zip(self._cards, e.neurons)):
             card["rank"] = n.rank
             if rebuild:
-                card["image"].value = _png(plots.neuron_card_image(e, i, size=112, colorscale=self.colorscale))
+                card["image"].value = _png(
+                    plots.neuron_card_image(e, i, size=112, colorscale=self.colorscale)
+                )
             resc = "" if n.rescored is None else f"<br>rescored {n.rescored:.3g}"
             card["text"].value = (
                 f"<div class='flv-neuron'><b>#{n.rank}</b> · ch {n.channel} @({n.y},{n.x})<br>"
@@ -770,7 +944,9 @@ class NeuronExplorer(_Base):
         self._set_quiet(self.rank_grad_buttons, value=self.rank_grad)
         self._set_quiet(self.k_slider, value=len(e.neurons))
         if e.layer not in self.layer_dropdown.options:
-            self._set_quiet(self.layer_dropdown, options=list(self.layer_dropdown.options) + [e.layer])
+            self._set_quiet(
+                self.layer_dropdown, options=list(self.layer_dropdown.options) + [e.layer]
+            )
         self._set_quiet(self.layer_dropdown, value=e.layer)
         self._set_quiet(self.threshold_slider, value=float(h["threshold"]))
         self._set_quiet(self.combine_dropdown, value=e.params["combine"])
@@ -793,7 +969,9 @@ class NeuronExplorer(_Base):
     def _export_tip(self) -> str:
         return "write the current state as HTML + JSON (and PNG when kaleido and Chrome/Chromium are available)"
 
-    def export(self, path: str | os.PathLike[str] | None = None, *, png: bool | None = None) -> list[pathlib.Path]:
+    def export(
+        self, path: str | os.PathLike[str] | None = None, *, png: bool | None = None
+    ) -> list[pathlib.Path]:
         """Save the current state: ``<stem>.html`` (self-contained report), ``<stem>.json``
         (the explanation's metadata, the enabled ranks and the controls' values) and, when
         ``png`` is true or ``None`` and kaleido can find a Chrome/Chromium, ``<stem>.png``.
@@ -815,12 +993,26 @@ class NeuronExplorer(_Base):
         else:
             p = pathlib.Path(path).expanduser()
             stem = p / default if p.is_dir() else p.with_suffix("")
-        written = [write_report(stem.with_suffix(".html"), {e.method: e},
-                                title=f"fastloc_viz · {e.target_name} · neurons {', '.join(map(str, self.enabled))}")]
-        state = {"explanation": e.to_dict(), "enabled": list(self.enabled), "k": self.k, "layer": self.layer,
-                 "method": self.method, "rank_grad": self.rank_grad, "threshold": self.threshold,
-                 "model": self.bundle.name}
-        written.append(write_text_atomic(stem.with_suffix(".json"), json.dumps(state, indent=2), what="export"))
+        written = [
+            write_report(
+                stem.with_suffix(".html"),
+                {e.method: e},
+                title=f"fastloc_viz · {e.target_name} · neurons {', '.join(map(str, self.enabled))}",
+            )
+        ]
+        state = {
+            "explanation": e.to_dict(),
+            "enabled": list(self.enabled),
+            "k": self.k,
+            "layer": self.layer,
+            "method": self.method,
+            "rank_grad": self.rank_grad,
+            "threshold": self.threshold,
+            "model": self.bundle.name,
+        }
+        written.append(
+            write_text_atomic(stem.with_suffix(".json"), json.dumps(state, indent=2), what="export")
+        )
         if png is not False:
             try:
                 fig = go.Figure(self.overlay_fig)
@@ -844,8 +1036,11 @@ class NeuronExplorer(_Base):
             files = self.export()
         finally:
             self._set_progress(None)
-        self.export_out.value = "<span class='flv-stat'>wrote " + ", ".join(
-            f"<code>{html.escape(str(f))}</code>" for f in files) + "</span>"
+        self.export_out.value = (
+            "<span class='flv-stat'>wrote "
+            + ", ".join(f"<code>{html.escape(str(f))}</code>" for f in files)
+            + "</span>"
+        )
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -889,7 +1084,9 @@ class MethodComparison(_Base):
         if gt_box is not None and len(tuple(gt_box)) != 4:
             raise ValueError(f"gt_box={gt_box!r} must be (x0, y0, x1, y1)")
         if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"threshold={threshold!r} must be a fraction of the map's maximum in [0, 1]")
+            raise ValueError(
+                f"threshold={threshold!r} must be a fraction of the map's maximum in [0, 1]"
+            )
         self.methods = methods
         self._gt = None if gt_box is None else tuple(int(v) for v in gt_box)
         self._kwargs = explain_kwargs
@@ -930,7 +1127,9 @@ class MethodComparison(_Base):
     @threshold.setter
     def threshold(self, value: float) -> None:
         if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-            raise ValueError(f"threshold={value!r} must be a fraction of the map's maximum in [0, 1]")
+            raise ValueError(
+                f"threshold={value!r} must be a fraction of the map's maximum in [0, 1]"
+            )
         with self._lock:
             self._threshold = float(value)
             self._rebox()
@@ -961,8 +1160,14 @@ class MethodComparison(_Base):
             if seed is not None and seed.target == target:
                 out[m] = seed
                 continue
-            out[m] = explain(self.bundle, self.image, method=m, target=target,
-                             threshold=self._threshold, **self._kwargs)
+            out[m] = explain(
+                self.bundle,
+                self.image,
+                method=m,
+                target=target,
+                threshold=self._threshold,
+                **self._kwargs,
+            )
             self.stats["explain_calls"] += 1
         if hasattr(self, "widget"):
             self._set_progress(None)
@@ -971,8 +1176,10 @@ class MethodComparison(_Base):
 
     def _rebox(self) -> None:
         self._current = {
-            m: e.replace(box=map_to_box(e.saliency, self._threshold, e.params.get("components", "largest")),
-                         params={**e.params, "threshold": self._threshold})
+            m: e.replace(
+                box=map_to_box(e.saliency, self._threshold, e.params.get("components", "largest")),
+                params={**e.params, "threshold": self._threshold},
+            )
             for m, e in self._base.items()
         }
 
@@ -1001,20 +1208,44 @@ class MethodComparison(_Base):
         return next(iter(self._current.values()))
 
     def _build(self) -> None:
-        self.threshold_slider = W.FloatSlider(value=self._threshold, min=0.0, max=1.0, step=0.05,
-                                              description="box threshold", readout_format=".2f",
-                                              style={"description_width": "initial"}, layout=W.Layout(width="300px"))
+        self.threshold_slider = W.FloatSlider(
+            value=self._threshold,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="box threshold",
+            readout_format=".2f",
+            style={"description_width": "initial"},
+            layout=W.Layout(width="300px"),
+        )
         self.threshold_slider.observe(
-            lambda c: None if self._muted else self._guarded(lambda: setattr(self, "threshold", float(c["new"])),
-                                                             "changing the threshold"), "value")
+            lambda c: (
+                None
+                if self._muted
+                else self._guarded(
+                    lambda: setattr(self, "threshold", float(c["new"])), "changing the threshold"
+                )
+            ),
+            "value",
+        )
         self.grid_fig = go.FigureWidget(plots.method_grid(self._current, gt_box=self._gt, cell=230))
         self.table = W.HTML()
-        self.widget = W.VBox([
-            W.HTML(_CSS + f"<p class='flv-title'>MethodComparison · {html.escape(self.bundle.name)}</p>"),
-            W.HBox([self.class_box, self.threshold_slider], layout=W.Layout(flex_flow="row wrap")),
-            W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
-            self.error, self.grid_fig, self.table,
-        ], layout=W.Layout(padding="6px"))
+        self.widget = W.VBox(
+            [
+                W.HTML(
+                    _CSS
+                    + f"<p class='flv-title'>MethodComparison · {html.escape(self.bundle.name)}</p>"
+                ),
+                W.HBox(
+                    [self.class_box, self.threshold_slider], layout=W.Layout(flex_flow="row wrap")
+                ),
+                W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
+                self.error,
+                self.grid_fig,
+                self.table,
+            ],
+            layout=W.Layout(padding="6px"),
+        )
         self.widget.add_class("fastloc-comparison")
 
     def _render(self) -> None:
@@ -1029,12 +1260,19 @@ class MethodComparison(_Base):
         rows = "".join(
             f"<tr><td>{html.escape(plots.method_label(m))}</td><td style='text-align:right'>{e.time_s * 1000:.0f} ms</td>"
             f"<td style='text-align:right'>{tuple(e.box)}</td>"
-            + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "") + "</tr>"
+            + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "")
+            + "</tr>"
             for m, e in self._current.items()
         )
         self.table.value = (
             "<table class='flv-stat' style='border-collapse:collapse'><tr><th style='text-align:left'>method</th>"
-            "<th>time</th><th>box</th>" + ("<th>IoU vs GT</th>" if ious else "") + "</tr>" + rows + "</table>"
+            "<th>time</th><th>box</th>"
+            + ("<th>IoU vs GT</th>" if ious else "")
+            + "</tr>"
+            + rows
+            + "</table>"
         )
-        self.status.value = (f"<span class='flv-stat'>class {html.escape(e0.target_name)} ({e0.target}) · "
-                             f"total {sum(e.time_s for e in self._current.values()) * 1000:.0f} ms</span>")
+        self.status.value = (
+            f"<span class='flv-stat'>class {html.escape(e0.target_name)} ({e0.target}) · "
+            f"total {sum(e.time_s for e in self._current.values()) * 1000:.0f} ms</span>"
+        )

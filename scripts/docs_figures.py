@@ -23,8 +23,9 @@ OUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "img"
 
 def save(fig, name: str) -> None:
     img = Image.open(io.BytesIO(fig.to_image(format="png", scale=1))).convert("RGB")
-    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
-        OUT / name, optimize=True)
+    img.quantize(
+        colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG
+    ).save(OUT / name, optimize=True)
 
 
 def main() -> None:
@@ -37,8 +38,15 @@ def main() -> None:
     save(plots.neuron_grid(results["fastloc"], cell=170), "guide_neurons.png")
     board = collage([fv.sample_image(n) for n in ("chelsea", "coffee", "rocket", "camera")])
     queries = {"Egyptian cat": "chelsea", "espresso": "coffee", "tripod": "camera"}
-    save(plots.method_grid({f"{c} ({p})": fv.explain(bundle, board, target=c) for c, p in queries.items()},
-                           cols=3, cell=230, show_time=False), "guide_class_query.png")
+    save(
+        plots.method_grid(
+            {f"{c} ({p})": fv.explain(bundle, board, target=c) for c, p in queries.items()},
+            cols=3,
+            cell=230,
+            show_time=False,
+        ),
+        "guide_class_query.png",
+    )
 
 
 if __name__ == "__main__":

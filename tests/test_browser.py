@@ -29,8 +29,13 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("FASTLOC_CHROMIUM", "/usr/bin/chromium")
 REQUIRE = os.environ.get("FASTLOC_REQUIRE_BROWSER") == "1"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -60,23 +65,39 @@ def lab(tmp_path_factory):
     settings.mkdir(parents=True)
     # offline: no news or update checks
     (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    )
     # render every cell, also off-screen ones, so the widgets can be found and measured
     nb_settings = work / "settings" / "@jupyterlab" / "notebook-extension"
     nb_settings.mkdir(parents=True)
-    (nb_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True}))
+    (nb_settings / "tracker.jupyterlab-settings").write_text(
+        json.dumps({"windowingMode": "none", "autoStartDefaultKernel": True})
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-           f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={work}", "--ServerApp.port_retries=0",
-           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={work}",
+        "--ServerApp.port_retries=0",
+        "--LabApp.news_url=",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
-               JUPYTER_RUNTIME_DIR=str(work / "runtime"), PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ,
+        JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
+        JUPYTER_RUNTIME_DIR=str(work / "runtime"),
+        PYTHONPATH=str(ROOT),
+    )
     log = open(work / "lab.log", "w")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -88,7 +109,9 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("JupyterLab did not start:\n" + (work / "lab.log").read_text()[-3000:])
+                    raise RuntimeError(
+                        "JupyterLab did not start:\n" + (work / "lab.log").read_text()[-3000:]
+                    )
                 time.sleep(0.5)
         yield {"url": url, "token": token, "work": work}
     finally:
@@ -130,21 +153,27 @@ def _save(png: bytes, out: pathlib.Path, width: int | None = None) -> None:
     if width and img.width > width:
         img = img.resize((width, round(img.height * width / img.width)), Image.LANCZOS)
     # a 256-colour palette keeps the docs' pictures around 100 kB
-    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(
-        out, optimize=True)
+    img.quantize(
+        colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG
+    ).save(out, optimize=True)
 
 
 def test_quickstart_in_jupyterlab(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    shots = ROOT / "docs" / "img" if os.environ.get("FASTLOC_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    shots = (
+        ROOT / "docs" / "img" if os.environ.get("FASTLOC_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    )
     shots.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 2000})
-            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on(
+                "console",
+                lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None,
+            )
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             page.goto(f"{lab['url']}/lab/tree/01_quickstart.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
@@ -154,21 +183,26 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             except Exception:  # noqa: BLE001 - no dialog: nothing to dismiss
                 pass
             # wait for the kernel, then Run > Run All Cells
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            page.wait_for_selector(
+                ".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000
+            )
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
 
             explorer = page.locator(".fastloc-explorer")
             explorer.wait_for(state="attached", timeout=240_000)
             cards = explorer.locator(".flv-card")
-            page.wait_for_function("document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5",
-                                   timeout=120_000)
+            page.wait_for_function(
+                "document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5",
+                timeout=120_000,
+            )
             overlay = explorer.locator(".js-plotly-plot").first
             overlay.locator(".hm image").first.wait_for(state="attached", timeout=60_000)
             # every cell done: no "[*]" prompt left
             page.wait_for_function(
                 "![...document.querySelectorAll('.jp-InputPrompt')].some(p => p.textContent.includes('*'))",
-                timeout=240_000)
+                timeout=240_000,
+            )
             assert cards.count() == 5
             page.wait_for_timeout(1500)  # let plotly finish drawing
 
@@ -187,14 +221,19 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             page.wait_for_function(
                 "h => { const i = document.querySelector('.fastloc-explorer .js-plotly-plot .hm image');"
                 " return i && i.getAttribute('href') !== h; }",
-                arg=href_before, timeout=30_000, polling=10)
+                arg=href_before,
+                timeout=30_000,
+                polling=10,
+            )
             redraw_ms = (time.perf_counter() - t0) * 1000
             page.wait_for_function("window.__flvT1 !== null", timeout=10_000)
             in_page = page.evaluate("window.__flvT1 - window.__flvT0")
             page.wait_for_timeout(300)
             status = explorer.locator(".flv-stat").first.inner_text()
-            print(f"click -> redrawn map: {in_page:.0f} ms in the page ({redraw_ms:.0f} ms seen by "
-                  f"Playwright); kernel side: {status.rsplit('·', 1)[-1].strip()}")
+            print(
+                f"click -> redrawn map: {in_page:.0f} ms in the page ({redraw_ms:.0f} ms seen by "
+                f"Playwright); kernel side: {status.rsplit('·', 1)[-1].strip()}"
+            )
             page.wait_for_timeout(800)
             after = overlay.screenshot()
             _save(explorer.screenshot(), shots / "explorer_toggled.png", width=900)
@@ -203,13 +242,17 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             log = (lab["work"] / "lab.log").read_text()[-4000:]
-            raise AssertionError(f"browser test failed; screenshot {tmp_path / 'failure.png'}; "
-                                 f"console errors {errors}; JupyterLab log tail:\n{log}") from None
+            raise AssertionError(
+                f"browser test failed; screenshot {tmp_path / 'failure.png'}; "
+                f"console errors {errors}; JupyterLab log tail:\n{log}"
+            ) from None
         finally:
             browser.close()
 
     a, b = _png_array(before), _png_array(after)
     assert a.shape == b.shape
     changed = (np.abs(a - b).sum(axis=2) > 30).mean()
-    assert changed > 0.02, f"only {changed:.1%} of the map's pixels changed after unticking a neuron"
+    assert changed > 0.02, (
+        f"only {changed:.1%} of the map's pixels changed after unticking a neuron"
+    )
     assert not errors, "JavaScript errors in the browser console:\n" + "\n".join(errors)

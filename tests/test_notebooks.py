@@ -11,7 +11,12 @@ import pytest
 from nbclient import NotebookClient
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_compare_methods.ipynb", "03_class_query.ipynb", "04_debug_a_model.ipynb"]
+NAMES = [
+    "01_quickstart.ipynb",
+    "02_compare_methods.ipynb",
+    "03_class_query.ipynb",
+    "04_debug_a_model.ipynb",
+]
 KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
 
 
@@ -26,7 +31,9 @@ def test_notebook_is_stripped_with_kernelspec(name):
     assert nb.metadata["kernelspec"] == KERNELSPEC
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs not stripped"
+            assert cell.outputs == [] and cell.execution_count is None, (
+                f"{name}: outputs not stripped"
+            )
 
 
 @pytest.mark.slow
@@ -35,12 +42,21 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     start = time.perf_counter()
     # cwd = a scratch dir, so anything a notebook writes stays out of the repository
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     elapsed = time.perf_counter() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors, errors
     # every widget cell produced a widget view
-    widget_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-                      if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    widget_outputs = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
     assert widget_outputs, f"{name}: no widget was displayed"
     print(f"{name}: {elapsed:.1f} s")

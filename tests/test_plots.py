@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-
 import viz_fixtures as vf
+
 from fastloc_viz import plots, report
 
 
@@ -152,7 +151,9 @@ def test_figures_stay_light(expl, methods):
 
 # ----------------------------------------------------------------------------- report
 def test_report_is_self_contained(tmp_path, methods):
-    out = report.write_report(tmp_path / "r.html", methods, title="Cat <test>", gt_box=(40, 30, 200, 210))
+    out = report.write_report(
+        tmp_path / "r.html", methods, title="Cat <test>", gt_box=(40, 30, 200, 210)
+    )
     text = out.read_text(encoding="utf-8")
     assert out == tmp_path / "r.html"
     assert text.startswith("<!DOCTYPE html>") and "Cat &lt;test&gt;" in text
@@ -160,10 +161,20 @@ def test_report_is_self_contained(tmp_path, methods):
     assert text.count("Plotly.newPlot") >= 4
     assert not re.search(r"<script[^>]+src=", text)
     assert len(re.findall(r"plotly\.js v\d", text)) == 1
-    for label in ("FastLoc", "Grad-CAM", "Guided backprop", "Guided Grad-CAM", "Top-5 predictions",
-                  "tabby, tabby cat", "The 5 neurons", "Timings"):
+    for label in (
+        "FastLoc",
+        "Grad-CAM",
+        "Guided backprop",
+        "Guided Grad-CAM",
+        "Top-5 predictions",
+        "tabby, tabby cat",
+        "The 5 neurons",
+        "Timings",
+    ):
         assert label in text
-    blob = re.search(r"<script type='application/json' id='fastloc-data'>(.*?)</script>", text, re.S)
+    blob = re.search(
+        r"<script type='application/json' id='fastloc-data'>(.*?)</script>", text, re.S
+    )
     data = json.loads(blob.group(1))
     assert data["gt_box"] == [40, 30, 200, 210]
     assert data["explanations"]["fastloc"]["neurons"][0]["rank"] == 1

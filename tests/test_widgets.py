@@ -75,7 +75,9 @@ def test_initial_state(explorer):
     assert e.method == "fastloc" and explorer.k == 5 and explorer.enabled == (1, 2, 3, 4, 5)
     assert explorer.layer == e.layer and explorer.target == e.target == e.top5[0].index
     assert len(explorer.cards_box.children) == 5
-    assert explorer.class_box.value.startswith("★ ") and explorer.class_box.options[0].startswith("★ ")
+    assert explorer.class_box.value.startswith("★ ") and explorer.class_box.options[0].startswith(
+        "★ "
+    )
     assert len(explorer.class_box.options) == len(fv.load_model("efficientnet_lite0").class_names)
     assert explorer.error.layout.display == "none"
 
@@ -140,7 +142,8 @@ def test_setting_target_by_name_changes_the_neurons(explorer, bundle):
     e = explorer.explanation
     assert explorer.target == other.index and e.target_name == other.name
     assert [(n.channel, n.y, n.x, n.score) for n in e.neurons] != [
-        (n.channel, n.y, n.x, n.score) for n in first.neurons]
+        (n.channel, n.y, n.x, n.score) for n in first.neurons
+    ]
     assert explorer.class_box.value == f"★ {other.name} ({other.index})"
     explorer.target = 0  # by index, a class outside the top-5
     assert explorer.target == 0 and explorer.class_box.value == f"{bundle.class_names[0]} (0)"
@@ -241,7 +244,9 @@ def test_export_html_and_json(explorer, tmp_path):
     files = explorer.export(tmp_path / "state", png=False)
     assert [f.name for f in files] == ["state.html", "state.json"]
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["enabled"] == [1, 2] and state["explanation"]["box"] == list(explorer.explanation.box)
+    assert state["enabled"] == [1, 2] and state["explanation"]["box"] == list(
+        explorer.explanation.box
+    )
     assert "<!DOCTYPE html>" in (tmp_path / "state.html").read_text(encoding="utf-8")
     explorer.enabled = (1, 2, 3, 4, 5)
 

@@ -32,7 +32,9 @@ def neuron_maps(k: int = 5, seed: int = 0, size: int = H) -> np.ndarray:
     return np.stack(maps).astype(np.float32)
 
 
-def explanation(method: str = "fastloc", k: int = 5, seed: int = 0, target: int = 281) -> Explanation:
+def explanation(
+    method: str = "fastloc", k: int = 5, seed: int = 0, target: int = 281
+) -> Explanation:
     """A synthetic explanation shaped like a real one (EfficientNet-Lite0, 14 x 14 layer)."""
     rng = np.random.default_rng(seed)
     img = photo()
@@ -43,27 +45,46 @@ def explanation(method: str = "fastloc", k: int = 5, seed: int = 0, target: int 
         Prediction(287, "lynx, catamount", 0.02),
         Prediction(283, "Persian cat", 0.01),
     )
-    params = dict(k=k, rank_grad="guided", combine="sum", threshold=0.3, sigma=8.0,
-                  components="largest")
+    params = dict(
+        k=k, rank_grad="guided", combine="sum", threshold=0.3, sigma=8.0, components="largest"
+    )
     if method.startswith("fastloc"):
         maps = neuron_maps(k, seed)
         scores = np.sort(rng.uniform(0.5, 3.0, k))[::-1]
         neurons = tuple(
-            Neuron(rank=i + 1, channel=int(rng.integers(0, 112)), y=int(rng.integers(0, 14)),
-                   x=int(rng.integers(0, 14)), score=float(s), activation=float(s / 0.4),
-                   gradient=0.4, rescored=(float(5 - i) if method == "fastloc_rescored" else None))
+            Neuron(
+                rank=i + 1,
+                channel=int(rng.integers(0, 112)),
+                y=int(rng.integers(0, 14)),
+                x=int(rng.integers(0, 14)),
+                score=float(s),
+                activation=float(s / 0.4),
+                gradient=0.4,
+                rescored=(float(5 - i) if method == "fastloc_rescored" else None),
+            )
             for i, s in enumerate(scores)
         )
         sal = normalize(smooth(maps.sum(axis=0), 8.0))
     else:
         neurons, maps = None, None
         yy, xx = np.mgrid[0:H, 0:W]
-        sal = normalize(np.exp(-((yy - 120) ** 2 + (xx - 100) ** 2) / (2 * 40.0**2)) + 0.1 * rng.random((H, W)))
+        sal = normalize(
+            np.exp(-((yy - 120) ** 2 + (xx - 100) ** 2) / (2 * 40.0**2)) + 0.1 * rng.random((H, W))
+        )
     name = {281: "tabby, tabby cat", 282: "tiger cat"}.get(target, f"class {target}")
     return Explanation(
-        method=method, target=target, target_name=name, top5=top5,
+        method=method,
+        target=target,
+        target_name=name,
+        top5=top5,
         layer="_blocks.10" if method != "guided_backprop" else None,
-        saliency=sal.astype(np.float32), box=map_to_box(sal, 0.3), image=img,
-        time_s=0.15 + 0.01 * seed, timings={"forward": 0.02, "backward": 0.03}, params=params,
-        neurons=neurons, neuron_maps=maps, layer_shape=(112, 14, 14),
+        saliency=sal.astype(np.float32),
+        box=map_to_box(sal, 0.3),
+        image=img,
+        time_s=0.15 + 0.01 * seed,
+        timings={"forward": 0.02, "backward": 0.03},
+        params=params,
+        neurons=neurons,
+        neuron_maps=maps,
+        layer_shape=(112, 14, 14),
     )
