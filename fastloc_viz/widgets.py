@@ -25,18 +25,21 @@ How they stay responsive:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import html
 import io
 import json
 import logging
+import math
 import os
 import pathlib
+import statistics
 import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ipywidgets as W
@@ -208,6 +211,13 @@ class _Base:
     """Shared plumbing: bundle, image, class selector, progress, errors, debouncing."""
 
     def __init__(self, model_or_bundle: ModelBundle | Any, image: Any, debounce: float) -> None:
+        from .images import is_batch
+
+        if is_batch(image):
+            raise ValueError(
+                f"the widgets explain one image, got a batch ({type(image).__name__} of "
+                f"{len(image)}); pass one of them, or use fastloc_viz.explain for batches"
+            )
         self.bundle: ModelBundle = bundle_of(model_or_bundle)
         self.image = image
         self._lock = threading.RLock()  # one computation at a time
@@ -273,6 +283,34 @@ class _Base:
         self.progress.layout.visibility = "visible"
         self.progress.value = value
         self.progress.description = text
+
+    @contextlib.contextmanager
+    def _ticking(self, text: str) -> Iterator[None]:
+        """Show progress while a computation of unknown length runs: the bar moves towards
+        90 % at the pace of the previous computations and shows the elapsed time."""
+        if not hasattr(self, "widget"):
+            yield
+            return
+        past = self.stats["explain_s"]
+        expected = max(statistics.median(past[-5:]) if past else 1.0, 0.1)
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def tick() -> None:
+            while not stop.wait(0.2):
+                elapsed = time.monotonic() - t0
+                self._set_progress(
+                    0.1 + 0.8 * (1 - math.exp(-elapsed / expected)), f"{text} {elapsed:.1f} s"
+                )
+
+        self._set_progress(0.1, text)
+        ticker = threading.Thread(target=tick, name="fastloc-viz-progress", daemon=True)
+        ticker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            ticker.join()
 
     def _show_error(self, err: BaseException | None, context: str = "") -> None:
         if err is None:
@@ -507,9 +545,19 @@ class NeuronExplorer(_Base):
             if any(want[key] != self._have.get(key) for key in _HEAVY) and "enabled" not in changes:
                 want["enabled"] = None
             heavy = self._key(want) != self._key(self._have)
-            self._compute(want)
+            try:
+                with self._progress_for(want):
+                    self._compute(want)
+            finally:
+                self._set_progress(None)
             self._want = dict(self._have)
             self._render_all() if heavy else self._render_light()
+
+    def _progress_for(self, want: Mapping[str, Any]) -> contextlib.AbstractContextManager:
+        """A progress bar when ``want`` needs a new explain call, nothing when it is cached."""
+        if self._key(want) in self._cache:
+            return contextlib.nullcontext()
+        return self._ticking("explaining…")
 
     # ------------------------------------------------------------------ computing
     def _key(self, s: Mapping[str, Any]) -> tuple:
@@ -571,10 +619,9 @@ class NeuronExplorer(_Base):
             if want == self._have:
                 return
             heavy = self._key(want) != self._key(self._have)
-            if heavy and self._key(want) not in self._cache:
-                self._set_progress(0.15, "explaining…")
             try:
-                self._compute(want)
+                with self._progress_for(want):
+                    self._compute(want)
             except Exception as err:  # noqa: BLE001 - shown in the widget
                 self._want = dict(self._have)
                 self._show_error(err, f"computing {self._describe(want)}")

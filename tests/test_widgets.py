@@ -301,3 +301,49 @@ def test_png_export_when_kaleido_finds_a_chromium(explorer, tmp_path):
     files = explorer.export(tmp_path / "shot", png=True)
     png = tmp_path / "shot.png"
     assert png in files and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_moves_during_a_long_computation(bundle, photo, monkeypatch):
+    ex = NeuronExplorer(bundle, photo, k=2, debounce=0.01)
+    seen = []
+    real = widgets.explain
+
+    def slow(*args, **kwargs):
+        time.sleep(0.7)  # a long computation: the ticker must move meanwhile
+        seen.append((ex.progress.layout.visibility, ex.progress.value, ex.progress.description))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(widgets, "explain", slow)
+    ex.k_slider.value = 3
+    assert ex.wait(120)
+    visibility, value, text = seen[0]
+    assert visibility == "visible" and 0.1 < value < 0.9 and text.startswith("explaining")
+    assert ex.progress.layout.visibility == "hidden" and ex.k == 3
+    ex.close()
+
+
+def test_method_comparison_error_is_shown_and_it_keeps_working(bundle, photo, monkeypatch):
+    mc = MethodComparison(bundle, photo, methods=("gradcam",), debounce=0.01)
+    first = mc.target
+    real = widgets.explain
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("boom in explain")
+
+    monkeypatch.setattr(widgets, "explain", failing)
+    mc.class_box.value = next(o for o in mc.class_box.options if o.endswith("(1)"))
+    assert mc.wait(60)
+    assert "boom in explain" in mc.error.value and mc.error.layout.display == "block"
+    assert mc.target == first and mc.class_box.value.endswith(f"({first})")
+    monkeypatch.setattr(widgets, "explain", real)
+    mc.threshold_slider.value = 0.6  # keeps working, and the error goes away
+    assert mc.threshold == pytest.approx(0.6) and mc.error.layout.display == "none"
+    mc.class_box.value = next(o for o in mc.class_box.options if o.endswith("(1)"))
+    assert mc.wait(60)
+    assert mc.target == 1
+    mc.close()
+
+
+def test_a_batch_of_images_is_refused(bundle, photo):
+    with pytest.raises(ValueError, match="one image"):
+        NeuronExplorer(bundle, [photo, photo])
