@@ -102,9 +102,11 @@ def _open(path: Path) -> Image.Image:
         raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
     with img:
         if _too_big(img):  # JPEG can decode straight to a smaller scale
-            s = np.sqrt(img.width * img.height / MAX_PIXELS)
+            # The integer factor _reduced() will apply: a JPEG at 1/2, 1/4 or 1/8 scale decodes
+            # straight to at least that size.
+            f = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
             size = img.size
-            img.draft(img.mode, (int(img.width / s) or 1, int(img.height / s) or 1))
+            img.draft(img.mode, (img.width // f or 1, img.height // f or 1))
             if img.size != size:
                 warnings.warn(
                     f"image file {str(path)!r} of {size[0]} x {size[1]} pixels is decoded at a "
@@ -216,10 +218,9 @@ def _from_array(arr: np.ndarray) -> torch.Tensor:
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}.get(arr.dtype)
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS and scale is not None:
         return _three_channels(torch.from_numpy(_block_mean(arr) / scale).permute(2, 0, 1)[None])
-    if arr.dtype == np.uint8:
-        t = torch.from_numpy(arr.astype(np.float32) / 255.0)
-    elif arr.dtype == np.uint16:
-        t = torch.from_numpy(arr.astype(np.float32) / 65535.0)
+    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        t = torch.from_numpy(arr.astype(np.float32))
+        t /= scale  # in place: one float copy of a big image, not two
     elif arr.dtype == np.bool_:
         t = torch.from_numpy(arr.astype(np.float32))
     elif arr.dtype == np.float16 or arr.dtype == np.float32 or arr.dtype == np.float64:
