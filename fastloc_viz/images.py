@@ -69,10 +69,15 @@ def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
 
 def _to_tensor(image) -> torch.Tensor:
     """One image -> ``1 x 3 x h x w`` float32 in ``[0, 1]`` on the CPU."""
+    if isinstance(image, str) and "://" in image and not Path(image).exists():
+        raise FileNotFoundError(f"image {image!r} is a URL; URLs are not fetched: download the image first")
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open(Path(image)))
+        return _from_pil(_open(Path(image).expanduser()))
     if isinstance(image, Image.Image):
-        return _from_pil(image)
+        try:
+            return _from_pil(image)  # a lazily opened image decodes here
+        except (OSError, SyntaxError) as e:
+            raise ValueError(f"the PIL image cannot be decoded (truncated or corrupt file?): {e}") from None
     if isinstance(image, np.ndarray):
         return _from_array(image)
     if isinstance(image, torch.Tensor):
@@ -196,7 +201,7 @@ def _from_pil(img: Image.Image) -> torch.Tensor:
         log.info("fastloc_viz: image mode %s converted to RGB", img.mode)
     try:
         rgb = img.convert("RGB")
-    except (ValueError, OSError) as e:
+    except ValueError as e:
         raise ValueError(f"image mode {img.mode} cannot be converted to RGB: {e}") from None
     return _from_array(np.asarray(rgb))
 

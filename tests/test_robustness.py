@@ -129,6 +129,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     save("ok.jpg", Image.fromarray(rgb), quality=95)
     data = out["ok.jpg"].read_bytes()
     (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "cut.jpg").write_bytes(data[: len(data) - 200])  # the header survives: opens lazily
     (d / "corrupt.jpg").write_bytes(data[:200] + b"\0" * (len(data) - 200))
     (d / "text.jpg").write_text("this is not an image")
     (d / "empty.png").write_bytes(b"")
@@ -148,7 +149,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["rgb16.png"] = _png(d / "rgb16.png", 50, 40, 16, 2, raw16)
     out["huge.png"] = _png(d / "huge.png", 40_000, 30_000, 8, 2, b"\0" * 64)  # header only
     save("tiny.png", Image.fromarray(rgb[:3, :3]))
-    for name in ("truncated.jpg", "corrupt.jpg", "text.jpg", "empty.png", "a directory.png"):
+    for name in ("truncated.jpg", "cut.jpg", "corrupt.jpg", "text.jpg", "empty.png", "a directory.png"):
         out[name] = d / name
     out["missing.jpg"] = d / "missing.jpg"
     return out
@@ -170,6 +171,8 @@ BAD = [
     ("truncated JPEG", {"image": "{f:truncated.jpg}"}, ValueError, "truncated or corrupt", ["{f:truncated.jpg}"]),
     ("corrupt JPEG", {"image": "{f:corrupt.jpg}"}, ValueError, "truncated or corrupt", ["{f:corrupt.jpg}"]),
     ("huge PNG", {"image": "{f:huge.png}"}, ValueError, r"40000 x 30000 pixels: decoding it needs 3\.4 GiB", ["{f:huge.png}"]),
+    ("URL", {"image": "https://example.com/cat.jpg"}, FileNotFoundError, "URLs are not fetched", ["https://example.com/cat.jpg"]),
+    ("lazy truncated PIL image", lambda f: {"image": Image.open(f["cut.jpg"])}, ValueError, "PIL image cannot be decoded", None),
     ("tiny file", {"image": "{f:tiny.png}"}, ValueError, "3 x 3 pixels is too small", ["{f:tiny.png}"]),
     ("tiny tensor", {"image": torch.rand(3, 2, 5)}, ValueError, "5 x 2 pixels is too small", None),
     ("NaN tensor", {"image": _nan}, ValueError, "NaN or inf", None),
