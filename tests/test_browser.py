@@ -92,8 +92,11 @@ def lab(tmp_path_factory):
     ]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
+    # one torch thread in the kernel unless told otherwise (see test_notebooks.py: on a busy
+    # 2-core machine, two OpenMP threads per process are many times slower)
     env = dict(
         os.environ,
+        OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
         JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
         JUPYTER_RUNTIME_DIR=str(work / "runtime"),
         PYTHONPATH=str(ROOT),

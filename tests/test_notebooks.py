@@ -3,6 +3,7 @@ are committed with their outputs stripped."""
 
 from __future__ import annotations
 
+import os
 import pathlib
 import time
 
@@ -38,7 +39,11 @@ def test_notebook_is_stripped_with_kernelspec(name):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_top_to_bottom(name, tmp_path):
+def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
+    # One torch thread in the kernels unless told otherwise: on a shared 2-core machine two
+    # OpenMP threads per process made explain() 6 to 20x slower (0.7 s -> 4 to 12 s for
+    # fastloc at a load average of 10), and notebook 03 took 114 s instead of 23 s.
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     start = time.perf_counter()
     # cwd = a scratch dir, so anything a notebook writes stays out of the repository
