@@ -64,18 +64,23 @@ def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
         if image.shape[0] == 0:
             raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
         return torch.cat([load_batch(im, size) for im in image])
-    return _resize(_to_tensor(image), size)
+    return _resize(_to_tensor(image, size), size)
 
 
-def _to_tensor(image) -> torch.Tensor:
-    """One image -> ``1 x 3 x h x w`` float32 in ``[0, 1]`` on the CPU."""
+def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """One image -> ``1 x 3 x h x w`` float32 in ``[0, 1]`` on the CPU.
+
+    With ``size`` (the model's input), a file or PIL image at least twice as large on both
+    sides is first shrunk in 8-bit (a JPEG while decoding) to no less than twice ``size``:
+    the float copy and the antialiased resize then handle a few megabytes, not hundreds.
+    """
     if isinstance(image, str) and "://" in image and not Path(image).exists():
         raise FileNotFoundError(f"image {image!r} is a URL; URLs are not fetched: download the image first")
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open(Path(image).expanduser()))
+        return _from_pil(_open(Path(image).expanduser(), size), size)
     if isinstance(image, Image.Image):
         try:
-            return _from_pil(image)  # a lazily opened image decodes here
+            return _from_pil(image, size)  # a lazily opened image decodes here
         except (OSError, SyntaxError) as e:
             raise ValueError(f"the PIL image cannot be decoded (truncated or corrupt file?): {e}") from None
     if isinstance(image, np.ndarray):
@@ -88,7 +93,7 @@ def _to_tensor(image) -> torch.Tensor:
     )
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist")
     if path.is_dir():
@@ -119,6 +124,8 @@ def _open(path: Path) -> Image.Image:
                     UserWarning,
                     stacklevel=5,
                 )
+        elif size is not None and img.width >= 4 * size[1] and img.height >= 4 * size[0]:
+            img.draft(img.mode, (2 * size[1], 2 * size[0]))  # silent: only the resize is cheaper
         need = _decoded_bytes(img)
         if need > MAX_DECODE_BYTES:
             raise ValueError(
@@ -170,9 +177,16 @@ def _reduced(img: Image.Image) -> Image.Image:
     return img.reduce(factor)
 
 
-def _from_pil(img: Image.Image) -> torch.Tensor:
+def _from_pil(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
     if _too_big(img):
         img = _reduced(img)
+    if size is not None:
+        f = min(img.width // (2 * size[1]), img.height // (2 * size[0]))
+        if f >= 2:
+            try:
+                img = img.reduce(f)  # box filter in 8 bits; the antialiased resize follows
+            except ValueError:  # a mode reduce() does not support: resize from full size
+                pass
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         warnings.warn(
             f"image mode {img.mode} has an alpha channel: composited on white, alpha dropped",
