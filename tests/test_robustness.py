@@ -500,6 +500,19 @@ def test_a_1024_image_is_fine(net_bundle):
     assert e.saliency.shape == (SIZE, SIZE)
 
 
+def test_big_photos_are_shrunk_in_8_bits_with_the_same_result(tmp_path):
+    yy, xx = np.mgrid[0:1024, 0:1200]
+    arr = np.stack([(xx // 3) % 256, (yy // 2) % 256, (xx + yy) // 9 % 256], axis=-1).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "big.png")
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=95)
+    direct = images.load_batch(arr, (224, 224))  # arrays: one antialiased resize
+    for source, tol in ((tmp_path / "big.png", 3 / 255), (Image.fromarray(arr), 3 / 255), (tmp_path / "big.jpg", 0.1)):
+        got = images.load_batch(source, (224, 224))
+        assert got.shape == direct.shape
+        assert float((got - direct).abs().max()) < tol
+        assert float((got - direct).abs().mean()) < 0.01
+
+
 # --- models ------------------------------------------------------------------------------
 
 
