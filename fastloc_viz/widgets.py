@@ -547,6 +547,8 @@ class NeuronExplorer(_Base):
             want = {**self._have, **changes}
             if any(want[key] != self._have.get(key) for key in _HEAVY) and "enabled" not in changes:
                 want["enabled"] = None
+            if want["method"] != self._have["method"] and "combine" not in changes:
+                want["combine"] = None  # each method's own default rule
             heavy = self._key(want) != self._key(self._have)
             try:
                 with self._progress_for(want):
@@ -654,6 +656,8 @@ class NeuronExplorer(_Base):
         """
         if any(key in _HEAVY for key in changes):
             changes.setdefault("enabled", None)
+        if changes.get("method", self._want["method"]) != self._want["method"]:
+            changes.setdefault("combine", None)  # each method's own default rule
         self._want.update(changes)
         if self._key(self._want) == self._key(self._have) and self._lock.acquire(blocking=False):
             try:

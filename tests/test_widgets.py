@@ -18,6 +18,16 @@ from fastloc_viz.widgets import MethodComparison, NeuronExplorer
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # one torch thread here (restored after): on the shared 2-core machine, two OpenMP
+    # threads made each explain() call many times slower under load (see test_notebooks.py)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def bundle():
     return fv.load_model("efficientnet_lite0")
@@ -179,6 +189,26 @@ def test_setting_layer(explorer):
     assert explorer.layer == "_blocks.12" and explorer.layer_dropdown.value == "_blocks.12"
     assert explorer.explanation.layer_shape[1:] == (7, 7)  # a stride-32 block
     explorer.layer = "_blocks.10"
+
+
+def test_method_and_rank_grad_switches(explorer):
+    explorer.rank_grad = "plain"
+    assert explorer.rank_grad == "plain" and explorer.rank_grad_buttons.value == "plain"
+    assert explorer.explanation.params["rank_grad"] == "plain"
+    explorer.rank_grad = "guided"
+    explorer.method_buttons.value = "fastloc_rescored"  # through the control
+    assert explorer.wait(120)
+    e = explorer.explanation
+    assert explorer.method == e.method == "fastloc_rescored"
+    assert all(n.rescored is not None for n in e.neurons)
+    assert [t.name for t in explorer.bars_fig.data if t.visible is not False] == [
+        "rank score",
+        "rescored logit",
+    ]
+    assert explorer.combine_dropdown.value == e.params["combine"] == "union"
+    explorer.method = "fastloc"
+    assert explorer.explanation.params["combine"] == "sum"
+    assert [t.visible for t in explorer.bars_fig.data][1:] == [False]
 
 
 def test_programmatic_errors_raise_and_keep_state(explorer):
