@@ -181,7 +181,7 @@ def render_report(
         + _esc(plots.method_label(lead.method))
         + "</h2><div class='row'>"
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
-        + "<div><h2>Top-5 predictions</h2>"
+        + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
         + _predictions_table(lead)
         + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges)"
         + (
