@@ -534,6 +534,16 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit} must be a positive number of rows")
     dataset = LocalizationDataset(args.data_dir, limit=args.limit)
+    if args.out:  # fail now, not after the whole run
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(
+                f"--out {args.out!r} is a file; give a directory for results.json, results.md and the plot"
+            )
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise type(e)(f"cannot create the output directory {args.out!r}: {e.strerror or e}") from None
     device = args.device
     if device is None:
         device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"

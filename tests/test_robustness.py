@@ -865,3 +865,14 @@ def test_evaluate_outputs_are_written_atomically(tmp_path, monkeypatch):
         evaluate.write_outputs({**results, "n": 2}, tmp_path)
     assert {p: p.read_bytes() for p in paths} == good
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
+
+
+def test_cli_evaluate_checks_its_output_directory_first(shared_data, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    argv = ["evaluate", str(shared_data), "--limit", "1", "--no-cache", "--no-progress"]
+    assert cli.main([*argv, "--out", str(blocker)]) == 2
+    assert "NotADirectoryError: --out" in _one_error_line(capsys)
+    assert cli.main([*argv, "--out", str(blocker / "sub")]) == 2
+    assert "cannot create the output directory" in _one_error_line(capsys)
+    assert blocker.read_text() == "x"
