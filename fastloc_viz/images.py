@@ -111,21 +111,24 @@ def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
     with img:
-        if _too_big(img):  # JPEG can decode straight to a smaller scale
-            # The integer factor _reduced() will apply: a JPEG at 1/2, 1/4 or 1/8 scale decodes
-            # straight to at least that size.
+        # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale (draft mode) to at least the size
+        # asked: the size _reduced() would shrink a huge image to, and twice the model input.
+        asks = []
+        if _too_big(img):
             f = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
-            size = img.size
-            img.draft(img.mode, (img.width // f or 1, img.height // f or 1))
-            if img.size != size:
+            asks.append((img.width // f or 1, img.height // f or 1))
+        if size is not None and img.width >= 4 * size[1] and img.height >= 4 * size[0]:
+            asks.append((2 * size[1], 2 * size[0]))
+        if asks:
+            full = img.size
+            img.draft(img.mode, (min(a[0] for a in asks), min(a[1] for a in asks)))
+            if img.size != full and full[0] * full[1] > MAX_PIXELS:  # below that, it is silent
                 warnings.warn(
-                    f"image file {str(path)!r} of {size[0]} x {size[1]} pixels is decoded at a "
+                    f"image file {str(path)!r} of {full[0]} x {full[1]} pixels is decoded at a "
                     f"reduced scale, {img.width} x {img.height}, to save memory",
                     UserWarning,
                     stacklevel=5,
                 )
-        elif size is not None and img.width >= 4 * size[1] and img.height >= 4 * size[0]:
-            img.draft(img.mode, (2 * size[1], 2 * size[0]))  # silent: only the resize is cheaper
         need = _decoded_bytes(img)
         if need > MAX_DECODE_BYTES:
             raise ValueError(
