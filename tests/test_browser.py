@@ -242,6 +242,22 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             _save(explorer.screenshot(), shots / "explorer_toggled.png", width=900)
             _save(after, shots / "explorer_map_toggled.png")
             assert "neurons 4/5" in overlay.inner_text()
+
+            # an expensive change (another class) runs on the widget's worker thread: its
+            # updates must reach the page too
+            cards_before = cards.all_inner_texts()
+            second = explorer.locator(".widget-button", has_text="·").nth(1)
+            name = second.inner_text().rsplit(" · ", 1)[0].strip()
+            second.click()
+            page.wait_for_function(
+                "n => { const t = document.querySelector('.fastloc-explorer .js-plotly-plot .gtitle');"
+                " return t && t.textContent.includes(n); }",
+                arg=name,
+                timeout=120_000,
+            )
+            page.wait_for_timeout(1000)
+            assert cards.count() == 5 and cards.all_inner_texts() != cards_before
+            assert not explorer.locator(".flv-err").count()
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             log = (lab["work"] / "lab.log").read_text()[-4000:]
