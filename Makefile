@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/speed.py
+
+# Refresh the pictures in docs/img (browser screenshots and static figures).
+screenshots: $(STAMP)
+	FASTLOC_UPDATE_SCREENSHOTS=1 $(PY) -m pytest -q tests/test_browser.py
+	$(PY) scripts/docs_figures.py
+	$(PY) scripts/readme_figure.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
