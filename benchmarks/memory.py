@@ -11,6 +11,8 @@ Each part runs in its own fresh process, so that its peak RSS (``VmHWM``) is its
   of a line fitted over images 50..300 (a leak shows as a steady climb).
 
 Usage: ``python benchmarks/memory.py [--n 300] [--methods fastloc] [--out results.json]``.
+Torch runs on 2 threads (``FASTLOC_BENCH_THREADS`` to change: on a machine busy with other
+jobs, 1 thread can be several times faster; the figures in docs/robustness.md used 2).
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def part_1024() -> dict:
 
     import fastloc_viz as fv
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("FASTLOC_BENCH_THREADS", "2")))
     bundle = fv.load_model("efficientnet_lite0")
     base = rss_mib()
     pixels = _photo_1024()
@@ -100,7 +102,7 @@ def part_huge() -> dict:
 
     import fastloc_viz as fv
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("FASTLOC_BENCH_THREADS", "2")))
     bundle = fv.load_model("efficientnet_lite0")
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "huge.jpg"
@@ -135,7 +137,7 @@ def part_run(n: int, methods: list[str]) -> dict:
     from fastloc_viz import evaluate as ev
     from fastloc_viz.data import LocalizationDataset
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("FASTLOC_BENCH_THREADS", "2")))
     bundle = fv.load_model("efficientnet_lite0")
     dataset = LocalizationDataset(DATA, limit=n)
     samples: list[float] = []
