@@ -6,8 +6,9 @@ over rounds; inside a round every case runs once, in a rotated order, so that lo
 other processes on a shared machine hits every case alike. Timed per image:
 
 - ``fastloc`` k=5 through :func:`fastloc_viz.explain`, the k neuron passes looped and
-  batched (``is_grads_batched``): everything the user gets (ranking, neuron maps, combined
-  smoothed map, box, top-5);
+  batched (``torch.func.vmap`` over the k seeds): everything the user gets (ranking, neuron
+  maps, combined smoothed map, box, top-5). The ratios use the strategy ``passes="auto"``
+  picks on the device (loop on CPU, batched on GPU);
 - the Captum pipeline for the same result: the ranking from ``LayerGradientXActivation`` on
   the same layer (one neuron per channel), then ``k`` ``NeuronGuidedBackprop`` calls on the
   ranked neurons. The target class is handed to it (the forward pass that finds the top-1
@@ -50,11 +51,13 @@ from fastloc_viz.models import as_logits
 from fastloc_viz.ranking import rank_neurons
 
 MODELS = ("efficientnet_lite0", "vgg16")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # --clock cpu: process CPU time, steadier on a loaded machine
 
 # Row keys, in table order, with their labels.
 ROWS = {
     "fastloc_loop": "fastloc k=5, loop (explain)",
-    "fastloc_batched": "fastloc k=5, batched (explain)",
+    "fastloc_batched": "fastloc k=5, batched, torch.func.vmap (explain)",
     "captum_pipeline": "Captum pipeline: LayerGradientXActivation + k NeuronGuidedBackprop",
     "captum_gbp": "Captum GuidedBackprop, 1 call",
     "ours_gbp": "guided backprop (ours, exact on ReLU6), 1 call",
@@ -144,17 +147,17 @@ def floor_round(model, layer, x, target: int, k: int, device) -> dict[str, float
     handle = layer.register_forward_hook(hook)
     try:
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         logits = as_logits(model(x))
         _sync(device)
-        t1 = time.perf_counter()
+        t1 = clock()
     finally:
         handle.remove()
     acts = got["acts"]
-    t2 = time.perf_counter()
+    t2 = clock()
     (grad,) = torch.autograd.grad(logits[0, target], acts, retain_graph=True)
     _sync(device)
-    t3 = time.perf_counter()
+    t3 = clock()
     c, h, w = acts.shape[1:]
     seed = torch.zeros_like(acts)
     lower = 0.0
@@ -164,10 +167,10 @@ def floor_round(model, layer, x, target: int, k: int, device) -> dict[str, float
         seed.zero_()
         seed.view(-1)[f] = 1.0
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         torch.autograd.grad(acts, x, grad_outputs=seed, retain_graph=j < k - 1)
         _sync(device)
-        lower += time.perf_counter() - t
+        lower += clock() - t
     return {"floor_forward": t1 - t0, "floor_upper": t3 - t2, "floor_lower": lower}
 
 
@@ -188,10 +191,10 @@ def run_model(name: str, args) -> dict:
                 times[part].append(v)
             return
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         cases[key]()
         _sync(device)
-        times[key].append(time.perf_counter() - t)
+        times[key].append(clock() - t)
 
     for _ in range(args.warmup):
         for key in keys:
@@ -212,6 +215,7 @@ def run_model(name: str, args) -> dict:
     med["floor"] = med["floor_forward"] + med["floor_upper"] + med["floor_lower"]
     return {
         "name": name,
+        "device": device.type,
         "median": med,
         "spread": spread,
         "rounds": rounds,
@@ -221,9 +225,11 @@ def run_model(name: str, args) -> dict:
     }
 
 
-def ratios(med: dict) -> dict[str, float]:
+def ratios(med: dict, device: str = "cpu") -> dict[str, float]:
+    """The target ratios, for the pass strategy ``passes="auto"`` picks on ``device``."""
     out = {}
-    best = min((med[k] for k in ("fastloc_loop", "fastloc_batched") if k in med), default=None)
+    auto = "fastloc_loop" if device == "cpu" else "fastloc_batched"
+    best = med.get(auto)
     if best is None:
         return out
     for key, label in (
@@ -277,7 +283,7 @@ def table(results: list[dict], markdown: bool) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         else:
             lines.append(label.ljust(width) + "".join(c.rjust(22) for c in cells))
-    rats = [ratios(r["median"]) for r in results]
+    rats = [ratios(r["median"], r["device"]) for r in results]
     for label in dict.fromkeys(lab for ra in rats for lab in ra):
         cells = [f"{ra[label]:.2f}x" if label in ra else "-" for ra in rats]
         if markdown:
@@ -300,11 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the random input")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall time (default) or "
+                   "the process's CPU time (all threads; steadier when other jobs load the machine)")
     p.add_argument("--only", nargs="+", choices=list(ROWS)[:6], help="time only these cases (and the floor)")
     p.add_argument("--markdown", action="store_true", help="print the table in markdown")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global clock
+    clock = CLOCKS[args.clock]
     warnings.filterwarnings("ignore")  # Captum warns on every call; warnings cost time too
     torch.manual_seed(args.seed)
     print(machine(), flush=True)

@@ -3,7 +3,7 @@
 One forward pass builds one graph. From it: one backward pass from the target logits to the
 probe layer gives the rank scores, and k partial backward passes from single neurons of the
 layer down to the image give the neuron maps. The k passes run as a loop over the kept graph
-(fastest on CPU) or as one batched call (``is_grads_batched``, fastest on GPU).
+(fastest on CPU) or as one batched call (``torch.func.vmap`` over the k seeds, for GPUs).
 """
 
 from __future__ import annotations
@@ -126,7 +126,10 @@ def neuron_pass(
     seeds[torch.arange(k, device=acts.device)[None, :].expand(n, k), rows, flat] = 1.0
     seeds = seeds.view(k, n, c, h, w)
     if passes == "batched":
-        (g,) = torch.autograd.grad(acts, x, grad_outputs=seeds, is_grads_batched=True)
+        # torch.func.vmap, not `is_grads_batched=True`: that one runs on the legacy vmap
+        # prototype, which has no batching rule for convolution_backward, batch-norm backward,
+        # hardtanh_backward or max-pool backward and silently loops over the k seeds for each.
+        g = torch.func.vmap(lambda seed: torch.autograd.grad(acts, x, grad_outputs=seed)[0])(seeds)
     elif passes == "loop":
         g = torch.stack(
             [torch.autograd.grad(acts, x, grad_outputs=seeds[j], retain_graph=j < k - 1)[0] for j in range(k)]
