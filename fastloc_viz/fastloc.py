@@ -63,7 +63,7 @@ def neuron_pass(
     layer: tuple[str, nn.Module],
     targets: Sequence[int | None],
     k: int,
-    rank_grad: RankGrad = "guided",
+    rank_grad: RankGrad = "plain",
     passes: Passes = "auto",
     as_logits=None,
 ) -> NeuronPass:
@@ -77,8 +77,8 @@ def neuron_pass(
         layer: ``(name, module)`` of the probe layer.
         targets: one class index per image, ``None`` for the top-1 prediction.
         k: neurons to keep per image (one per channel).
-        rank_grad: ``"guided"`` gates the ranking gradient at every ReLU above the layer
-            (the authors' choice); ``"plain"`` uses the plain gradient.
+        rank_grad: ``"plain"`` uses the plain gradient (the default: class-specific);
+            ``"guided"`` gates it at every ReLU above the layer (the authors' choice).
         passes: ``"loop"``, ``"batched"`` or ``"auto"`` (batched on GPU, loop on CPU).
         as_logits: callable turning the model's output into logits.
     """

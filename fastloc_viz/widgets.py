@@ -415,7 +415,7 @@ class NeuronExplorer(_Base):
                 "target": explanation.target,
                 "layer": explanation.layer,
                 "k": len(explanation.neurons),
-                "rank_grad": p.get("rank_grad", "guided"),
+                "rank_grad": p.get("rank_grad", "plain"),
                 "threshold": p.get("threshold", 0.3),
                 **explain_kwargs,
             }
@@ -432,7 +432,7 @@ class NeuronExplorer(_Base):
             "k": int(explain_kwargs.pop("k", 5)),
             "kmax": explain_kwargs.pop("kmax", None),
             "layer": explain_kwargs.pop("layer", None),
-            "rank_grad": explain_kwargs.pop("rank_grad", "guided"),
+            "rank_grad": explain_kwargs.pop("rank_grad", "plain"),
             "threshold": float(explain_kwargs.pop("threshold", 0.3)),
             "combine": explain_kwargs.pop("combine", None),
             "enabled": None,
@@ -521,7 +521,7 @@ class NeuronExplorer(_Base):
 
     @property
     def rank_grad(self) -> str:
-        return self._current.params.get("rank_grad", "guided")
+        return self._current.params.get("rank_grad", "plain")
 
     @rank_grad.setter
     def rank_grad(self, value: str) -> None:
