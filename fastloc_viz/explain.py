@@ -164,7 +164,7 @@ def _explain_chunk(bundle, images, targets, method, layer_ref, params) -> list[E
                 model, x, layer_ref, targets, k_pass, params["rank_grad"], params["passes"], as_logits
             )
             logits, tgt, mode, timings = npass.logits, npass.targets, npass.mode, dict(npass.timings)
-            maps, rows = _fastloc_maps(bundle, x, npass, method, params, timings)
+            maps, rows = None, _fastloc_maps(bundle, x, npass, method, params, timings)
         else:
             t = time.perf_counter()
             with torch.no_grad():
@@ -233,7 +233,7 @@ def _fastloc_maps(bundle, x, npass, method, params, timings):
         sal = combine_maps(maps, rule=params["combine"], scores=[nn_.score for nn_ in neurons], sigma=params["sigma"])
         rows.append({"neurons": neurons, "neuron_maps": maps, "layer_shape": npass.layer_shape, "saliency": sal})
     timings["maps"] = time.perf_counter() - t
-    return all_maps, rows
+    return rows
 
 
 def _name(bundle: ModelBundle, index: int) -> str:

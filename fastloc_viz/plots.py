@@ -28,6 +28,7 @@ from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
 from .boxes import map_to_box, smooth
+from .metrics import iou as box_iou  # one IoU definition, shared with the metrics
 from .explanation import Box, Explanation
 
 __all__ = [
@@ -77,15 +78,6 @@ def method_label(method: str) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
-def box_iou(a: Box, b: Box) -> float:
-    """Intersection over union of two ``(x0, y0, x1, y1)`` pixel-edge boxes, in ``[0, 1]``."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def downsample(
     saliency: np.ndarray, max_side: int = 112, reduce: str = "mean"
 ) -> tuple[np.ndarray, int]:
