@@ -35,12 +35,14 @@ log = logging.getLogger("fastloc_viz")
 METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam")
 _LAYER_METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_gradcam")
 _DEFAULTS = {  # combine, components, sigma (None: default_sigma)
-    "fastloc": ("sum", "largest", None),
+    "fastloc": ("gate_cam", "largest", None),
     "fastloc_rescored": ("union", "all", None),
     "gradcam": (None, "largest", 0.0),
     "guided_backprop": (None, "largest", None),
     "guided_gradcam": (None, "largest", None),
 }
+DEFAULT_COMBINE = {m: d[0] for m, d in _DEFAULTS.items() if d[0] is not None}
+"""The default ``combine`` rule of each fastloc method."""
 
 
 def explain(
@@ -71,10 +73,11 @@ def explain(
         method: one of :data:`METHODS`.
         target: class index or name to explain, ``None`` for the top-1 prediction; for a
             batch, one value for all or a sequence with one per image.
-        layer: probe layer, a dotted name or a module. ``None`` uses the bundle's default,
-            else a dry run picks (and logs) the last stride-16 feature map for the fastloc
-            methods (the poster's "layer 11" of VGG-16 is one) and the last stride-32 map
-            for Grad-CAM (its usual last conv block).
+        layer: probe layer, a dotted name or a module. ``None`` uses the bundle's
+            ``default_layer``, else a dry run picks (and logs) the last stride-32 feature map
+            (Grad-CAM's usual last conv block; ``_blocks.15`` of EfficientNet-Lite0). The
+            poster probed a stride-16 map (VGG-16's "layer 11"); on EfficientNet-Lite0 the
+            stride-32 map with ``combine="gate_cam"`` localizes better (docs/results.md).
         k: neurons kept (fastloc methods).
         kmax: candidates rescored by ``fastloc_rescored`` (``kmax >= k``).
         rank_grad: ``"plain"`` (default) or ``"guided"`` (the authors': gated like guided
@@ -82,9 +85,11 @@ def explain(
             it keeps the ranking class-specific: on 2x2 class-query collages the map's peak
             lands in the queried photo 0.70 of the time against 0.42 with guided ranking,
             and the two tie on single-object images (docs/results.md).
-        combine: ``"sum"``, ``"max"``, ``"weighted"`` or ``"union"`` (see
-            :func:`fastloc_viz.fastloc.combine_maps`); default ``"sum"`` for ``fastloc`` and
-            ``"union"`` (the authors' blobs) for ``fastloc_rescored``.
+        combine: ``"gate_cam"``, ``"sum_cam"``, ``"sum"``, ``"max"``, ``"weighted"`` or
+            ``"union"`` (see :func:`fastloc_viz.fastloc.combine_maps`); default ``"gate_cam"``
+            (the neuron maps, each weighted by the layer's Grad-CAM from the same gradient,
+            averaged, smoothed, plus that Grad-CAM) for ``fastloc`` and ``"union"`` (the
+            authors' blobs) for ``fastloc_rescored``.
         sigma: Gaussian smoothing in pixels before boxing; default 16 px at 224 px for the
             guided methods, 0 for Grad-CAM.
         threshold: box threshold, a fraction of the map's maximum.
@@ -123,7 +128,7 @@ def explain(
     targets = _targets(bundle, target, n)
     layer_ref = None
     if method in _LAYER_METHODS:
-        layer_ref = _layer(bundle, layer, images[:1], cam=method in ("gradcam", "guided_gradcam"))
+        layer_ref = _layer(bundle, layer, images[:1])
     params = {
         "k": k,
         "kmax": kmax,
@@ -220,6 +225,7 @@ def _fastloc_maps(bundle, x, npass, method, params, timings):
     """Per image: the neuron maps, records and combined saliency of a fastloc method."""
     t = time.perf_counter()
     all_maps = grads_to_maps(npass.input_grads)  # N x kmax x H x W
+    class_maps = npass.class_map.float().cpu().numpy()
     rows = []
     for i in range(all_maps.shape[0]):
         order = list(range(all_maps.shape[1]))
@@ -230,8 +236,13 @@ def _fastloc_maps(bundle, x, npass, method, params, timings):
             rescored = [float(scores[j]) for j in order]
         neurons = neurons_of(npass, i, order, rescored)
         maps = all_maps[i, order]
-        sal = combine_maps(maps, rule=params["combine"], scores=[nn_.score for nn_ in neurons], sigma=params["sigma"])
-        rows.append({"neurons": neurons, "neuron_maps": maps, "layer_shape": npass.layer_shape, "saliency": sal})
+        cam = boxes.normalize(class_maps[i])
+        sal = combine_maps(
+            maps, rule=params["combine"], scores=[nn_.score for nn_ in neurons], sigma=params["sigma"], class_map=cam
+        )
+        rows.append(
+            {"neurons": neurons, "neuron_maps": maps, "layer_shape": npass.layer_shape, "saliency": sal, "class_map": cam}
+        )
     timings["maps"] = time.perf_counter() - t
     return rows
 
@@ -250,13 +261,12 @@ def _targets(bundle: ModelBundle, target, n: int) -> list[int | None]:
     return [None if target is None else bundle.class_index(target)] * n
 
 
-def _layer(bundle: ModelBundle, layer, probe_images: torch.Tensor, cam: bool) -> tuple[str, nn.Module]:
+def _layer(bundle: ModelBundle, layer, probe_images: torch.Tensor) -> tuple[str, nn.Module]:
     if layer is None:
-        attr, stride = ("cam_layer", 32) if cam else ("default_layer", 16)
-        if getattr(bundle, attr) is None:
+        if bundle.default_layer is None:
             x = bundle.preprocess(probe_images.to(bundle.device))
-            setattr(bundle, attr, default_layer(bundle.model, x, stride))
-        layer = getattr(bundle, attr)
+            bundle.default_layer = default_layer(bundle.model, x)
+        layer = bundle.default_layer
     return resolve_layer(bundle.model, layer)
 
 

@@ -72,6 +72,9 @@ class Explanation:
         neuron_maps: fastloc methods only: ``k x H x W`` float32, each neuron's guided-backprop
             map scaled to ``[0, 1]``, in the order of ``neurons``.
         layer_shape: ``(C, h, w)`` of the probe layer, when there is one.
+        class_map: fastloc methods only: ``H x W`` float32 in ``[0, 1]``, the probe layer's
+            Grad-CAM for the target, from the ranking's own gradient (no extra pass); the
+            ``"gate_cam"`` (default) and ``"sum_cam"`` rules combine it with the neuron maps.
     """
 
     method: str
@@ -88,6 +91,7 @@ class Explanation:
     neurons: tuple[Neuron, ...] | None = None
     neuron_maps: np.ndarray | None = None
     layer_shape: tuple[int, int, int] | None = None
+    class_map: np.ndarray | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -1,8 +1,9 @@
 """The FastLoc method: rank the probe layer's neurons, guided-backprop from each, combine.
 
 One forward pass builds one graph. From it: one backward pass from the target logits to the
-probe layer gives the rank scores, and k partial backward passes from single neurons of the
-layer down to the image give the neuron maps. The k passes run as a loop over the kept graph
+probe layer gives the rank scores (and, from the same gradient, the layer's Grad-CAM: the
+class-level map), and k partial backward passes from single neurons of the layer down to the
+image give the neuron maps. The k passes run as a loop over the kept graph
 (fastest on CPU) or as one batched call (``torch.func.vmap`` over the k seeds, for GPUs).
 """
 
@@ -15,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import boxes
@@ -25,10 +27,10 @@ from .ranking import Ranked, rank_neurons
 
 RankGrad = Literal["guided", "plain"]
 Passes = Literal["auto", "loop", "batched"]
-Combine = Literal["sum", "max", "weighted", "union"]
+Combine = Literal["gate_cam", "sum_cam", "sum", "max", "weighted", "union"]
 RANK_GRADS = ("guided", "plain")
 PASSES = ("auto", "loop", "batched")
-COMBINES = ("sum", "max", "weighted", "union")
+COMBINES = ("gate_cam", "sum_cam", "sum", "max", "weighted", "union")
 
 
 @dataclass
@@ -41,6 +43,9 @@ class NeuronPass:
         ranked: the kept neurons, ``N x k`` each.
         activation, gradient: ``N x k`` values of the kept units.
         input_grads: ``N x k x 3 x H x W`` guided gradients of each neuron w.r.t. the input.
+        class_map: ``N x H x W`` Grad-CAM of the probe layer computed from the ranking's
+            gradient (ReLU on, bilinearly upsampled to the input), detached; with
+            ``rank_grad="plain"`` it equals Captum's ``LayerGradCam`` at that layer.
         layer_shape: ``(C, h, w)``.
         mode: the :class:`GuidedMode` used (holds which activations it met).
         timings: seconds per stage.
@@ -52,6 +57,7 @@ class NeuronPass:
     activation: torch.Tensor
     gradient: torch.Tensor
     input_grads: torch.Tensor
+    class_map: torch.Tensor
     layer_shape: tuple[int, int, int]
     mode: GuidedMode
     timings: dict[str, float]
@@ -117,6 +123,9 @@ def neuron_pass(
     score = logits.gather(1, tgt[:, None]).sum()
     (grad,) = torch.autograd.grad(score, acts, retain_graph=True)
     ranked = rank_neurons(acts.detach() * grad, k)
+    # Grad-CAM of the same layer from the same gradient: channel weights = spatial mean.
+    cam = (grad.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0)
+    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
     t2 = time.perf_counter()
 
     n, c, h, w = acts.shape
@@ -145,6 +154,7 @@ def neuron_pass(
         activation=a_flat.gather(1, flat),
         gradient=g_flat.gather(1, flat),
         input_grads=g.transpose(0, 1).detach(),
+        class_map=cam.detach(),
         layer_shape=(c, h, w),
         mode=mode,
         timings={"forward": t1 - t0, "rank": t2 - t1, "neurons": t3 - t2},
@@ -191,6 +201,7 @@ def combine_maps(
     scores: Sequence[float] | None = None,
     sigma: float | None = None,
     blob_percentile: float = 80.0,
+    class_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """Combine ``k x H x W`` neuron maps into one ``H x W`` localization map in ``[0, 1]``.
 
@@ -198,12 +209,28 @@ def combine_maps(
     weighted by the positive part of the rank scores), ``"union"`` (the authors': union of
     each map's blob, see :func:`boxes.blob_mask`; not smoothed). The continuous rules are
     smoothed by a Gaussian of ``sigma`` pixels (``None``: :func:`default_sigma`).
-    An empty selection (``k = 0``) gives an all-zero map.
+    ``"sum_cam"``: the ``"sum"`` map plus ``class_map`` (the probe layer's Grad-CAM, not
+    smoothed), each scaled to a maximum of 1, the sum scaled again: the neurons give the
+    detail, the class-level map the object's extent. ``"gate_cam"`` (the default of
+    ``fastloc``): the same, but each neuron map is first multiplied by the class map, which
+    mutes the parts of a neuron's map that lie where the class map says the class is not.
+    An empty selection (``k = 0``) gives an all-zero map (the ``*_cam`` rules: the class map).
     """
     if rule not in COMBINES:
         raise ValueError(f"combine={rule!r} is not one of {COMBINES}")
     maps = np.asarray(neuron_maps, dtype=np.float32)
     shape = maps.shape[-2:]
+    if rule in ("sum_cam", "gate_cam"):
+        if class_map is None:
+            raise ValueError(f"combine={rule!r} needs the probe layer's class map (Explanation.class_map)")
+        if tuple(np.shape(class_map)) != tuple(shape):
+            raise ValueError(f"class_map has shape {np.shape(class_map)}, the neuron maps {tuple(shape)}")
+        cam = boxes.normalize(class_map)
+        if maps.shape[0] == 0:
+            return cam
+        s = default_sigma(shape) if sigma is None else sigma
+        mean = (maps * cam if rule == "gate_cam" else maps).mean(axis=0)
+        return boxes.normalize(boxes.normalize(boxes.smooth(mean, s)) + cam)
     if maps.shape[0] == 0:
         return np.zeros(shape, dtype=np.float32)
     if rule == "union":
@@ -257,6 +284,7 @@ def recombine(
         rule=p["combine"],
         scores=[explanation.neurons[i].score for i in idx],
         sigma=p.get("sigma"),
+        class_map=explanation.class_map,
     )
     box = boxes.map_to_box(sal, p["threshold"], p["components"])
     p["enabled"] = enabled

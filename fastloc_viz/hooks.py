@@ -120,7 +120,7 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Mod
     raise LookupError(f"layer {layer!r} does not exist in the model; candidates: {hint}")
 
 
-def default_layer(model: nn.Module, x: torch.Tensor, stride: int = 16) -> str:
+def default_layer(model: nn.Module, x: torch.Tensor, stride: int = 32) -> str:
     """Pick a probe layer by a dry forward: among the shallowest modules whose output is the
     stride-``stride`` feature map (``h == ceil(H / stride)``) and that run once per forward,
     the last to finish (a whole block, e.g. ResNet's ``layer3``, VGG's ``features.29``).

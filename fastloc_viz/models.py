@@ -29,10 +29,9 @@ class ModelBundle:
         class_names: one name per output class.
         input_size: ``(H, W)`` the images are resized to (stretched, not cropped).
         mean, std: per-channel normalization applied to RGB images in ``[0, 1]``.
-        default_layer: the fastloc probe layer used when ``layer=None`` (``None``: picked by
-            a dry run, the last stride-16 feature map).
-        cam_layer: the Grad-CAM layer used when ``layer=None`` (``None``: picked by a dry run,
-            the last stride-32 feature map, Grad-CAM's usual last conv block).
+        default_layer: the layer every layer method (fastloc's probe, Grad-CAM's) uses when
+            ``layer=None`` (``None``: picked by a dry run, the last stride-32 feature map,
+            Grad-CAM's usual last conv block).
         name: a label for reports.
         transform: optional ``N x 3 x H x W`` -> model input callable replacing the
             mean/std normalization (for models with their own preprocessing).
@@ -44,7 +43,6 @@ class ModelBundle:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     default_layer: str | None = None
-    cam_layer: str | None = None
     name: str = "model"
     transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
@@ -402,8 +400,7 @@ def _lite0() -> ModelBundle:
         input_size=(224, 224),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        default_layer="_blocks.10",
-        cam_layer="_blocks.15",
+        default_layer="_blocks.15",
         name=LITE0,
     )
 

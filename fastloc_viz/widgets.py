@@ -49,9 +49,9 @@ from PIL import Image as PILImage
 
 from . import plots
 from .boxes import map_to_box
-from .explain import METHODS, explain
+from .explain import DEFAULT_COMBINE, METHODS, explain
 from .explanation import Box, Explanation
-from .fastloc import recombine
+from .fastloc import COMBINES, RANK_GRADS, recombine
 from .models import ModelBundle, bundle_of
 from .report import write_report, write_text_atomic
 
@@ -60,9 +60,8 @@ log = logging.getLogger("fastloc_viz")
 __all__ = ["NeuronExplorer", "MethodComparison"]
 
 FASTLOC_METHODS = ("fastloc", "fastloc_rescored")
-RANK_GRADS = ("guided", "plain")
-COMBINES = ("sum", "max", "weighted", "union")
 COLORSCALES = ("Inferno", "Viridis", "Jet", "Hot", "Turbo", "Greys")
+_CAM_RULES = ("gate_cam", "sum_cam")  # the rules that use the class map
 _HEAVY = ("method", "target", "k", "kmax", "layer", "rank_grad")
 _CACHE_SIZE = 12
 # The combined map is smooth (a Gaussian of ~16 px at 224 px): a coarser heatmap, drawn with
@@ -606,7 +605,9 @@ class NeuronExplorer(_Base):
             self._cache.move_to_end(key)
         ranks = [n.rank for n in base.neurons]
         enabled = ranks if want["enabled"] is None else list(want["enabled"])
-        current = recombine(base, enabled, threshold=want["threshold"], combine=want["combine"])
+        # None: the method's default rule (a cached base may carry another rule from before)
+        combine = want["combine"] or DEFAULT_COMBINE[want["method"]]
+        current = recombine(base, enabled, threshold=want["threshold"], combine=combine)
         self.stats["recombine_calls"] += 1
         self._base, self._current = base, current
         self._have = dict(
@@ -807,6 +808,18 @@ class NeuronExplorer(_Base):
         )
         self.top5_box = W.VBox(layout=W.Layout(width="430px"))
         self._cards: list[dict[str, W.Widget]] = []
+        self.class_card = self._card()  # the probe layer's Grad-CAM, in the *_cam rules
+        self._cam_rule = e.params.get("combine") if e.params.get("combine") in _CAM_RULES else "gate_cam"
+        self.class_card["check"].unobserve_all("value")
+        self.class_card["box"].remove_class("flv-card")
+        self.class_card["box"].add_class("flv-class-card")
+        self.class_card["check"].observe(
+            lambda c: self._ui(
+                lambda: self._request(combine=self._cam_rule if c["new"] else "sum"),
+                "toggling the class map",
+            ),
+            "value",
+        )
         self.cards_box = W.HBox(layout=W.Layout(flex_flow="row wrap"))
 
         header = W.HTML(
@@ -987,7 +1000,14 @@ class NeuronExplorer(_Base):
                 f"<div class='flv-neuron'><b>#{n.rank}</b> · ch {n.channel} @({n.y},{n.x})<br>"
                 f"score {n.score:.3g}<br>act {n.activation:.3g} · grad {n.gradient:.3g}{resc}</div>"
             )
-        self.cards_box.children = [c["box"] for c in self._cards[: len(e.neurons)]]
+        cards = [c["box"] for c in self._cards[: len(e.neurons)]]
+        if e.class_map is not None:
+            if rebuild:
+                self.class_card["image"].value = _png(
+                    plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=self.colorscale)
+                )
+            cards.insert(0, self.class_card["box"])
+        self.cards_box.children = cards
 
     def _toggle(self, rank: int, on: bool) -> None:
         enabled = set(self._want["enabled"] or [n.rank for n in self._current.neurons])
@@ -1008,6 +1028,15 @@ class NeuronExplorer(_Base):
         self._set_quiet(self.threshold_slider, value=float(h["threshold"]))
         self._set_quiet(self.combine_dropdown, value=e.params["combine"])
         self._set_quiet(self.class_box, value=self._class_label(e, e.target))
+        use_cam = e.params["combine"] in _CAM_RULES
+        if use_cam:
+            self._cam_rule = e.params["combine"]
+        self.class_card["text"].value = (
+            f"<div class='flv-neuron'><b>class map</b><br>Grad-CAM of {html.escape(str(e.layer))}"
+            f"<br>same pass, no extra cost<br>used by combine '{self._cam_rule}'</div>"
+        )
+        self._set_quiet(self.class_card["check"], value=use_cam)
+        self.class_card["box"].layout.border = "2px solid #e8850c" if use_cam else "2px solid #d5d9e0"
         on = set(self.enabled)
         for card, n in zip(self._cards, e.neurons):
             self._set_quiet(card["check"], value=n.rank in on)

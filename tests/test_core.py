@@ -13,7 +13,7 @@ from torch.testing import assert_close
 
 import fastloc_viz as fv
 from fastloc_viz import baselines
-from fastloc_viz.fastloc import grads_to_maps, neuron_pass, recombine
+from fastloc_viz.fastloc import combine_maps, grads_to_maps, neuron_pass, recombine
 from fastloc_viz.guided import GuidedMode
 from fastloc_viz.hooks import hook_counts, preserved
 from fastloc_viz.ranking import rank_neurons
@@ -233,7 +233,6 @@ def test_rank_grad_is_guided_or_plain_above_the_layer(relu_net, rank_grad):
 def test_explain_shapes_and_fields(relu_net, method):
     img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
     bundle = fv.load_model(relu_net, input_size=8, layer="conv3", class_names=list("abcd"))
-    bundle.cam_layer = "a3"
     e = fv.explain(bundle, img, method=method, k=3, kmax=4, target="c")
     assert e.target == 2 and e.target_name == "c"
     assert e.saliency.shape == (8, 8) and e.saliency.dtype == np.float32
@@ -270,7 +269,7 @@ def test_rescored_keeps_best_k_by_masked_score(relu_net):
 
 def test_recombine_uses_cached_maps(relu_net, monkeypatch):
     img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
-    e = fv.explain(relu_net, img, layer="conv3", k=4, sigma=0)
+    e = fv.explain(relu_net, img, layer="conv3", k=4, sigma=0, combine="sum")
     calls = []
     monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: calls.append(1))
     r = recombine(e, [1])
@@ -279,6 +278,47 @@ def test_recombine_uses_cached_maps(relu_net, monkeypatch):
     assert recombine(e).box == e.box
     with pytest.raises(ValueError, match="do not exist"):
         recombine(e, [9])
+
+
+def test_class_map_is_the_layers_gradcam_from_the_same_pass(relu_net):
+    """The probe layer's Grad-CAM falls out of the ranking's backward pass: equal to Captum's."""
+    img = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    fast = fv.explain(relu_net, img, layer="conv3", k=2, target=[1, 3])
+    cams = fv.explain(relu_net, img, method="gradcam", layer="conv3", target=[1, 3])
+    for e, c in zip(fast, cams):
+        assert e.class_map.max() == pytest.approx(1.0)
+        assert_close(e.class_map, c.saliency)  # Grad-CAM's saliency: its map, unsmoothed, max 1
+        assert e.params["combine"] == "gate_cam"
+
+
+def test_cam_rules_add_the_class_map_to_the_neuron_mean():
+    maps = np.zeros((2, 3, 3), np.float32)
+    maps[0, 0, 0] = maps[1, 2, 2] = 1.0  # mean: 0.5 at two corners, scaled to 1
+    cam = np.zeros((3, 3), np.float32)
+    cam[0, 0], cam[1, 1] = 1.0, 4.0  # scaled: 0.25 and 1
+    out = combine_maps(maps, rule="sum_cam", sigma=0, class_map=cam)
+    want = np.zeros((3, 3))
+    want[0, 0], want[1, 1], want[2, 2] = 1.25, 1.0, 1.0
+    np.testing.assert_allclose(out, want / 1.25, rtol=1e-6)
+    np.testing.assert_allclose(combine_maps(maps[:0], rule="sum_cam", class_map=cam), cam / 4)
+    # gate_cam: the neuron at (2, 2), where the class map is 0, is muted
+    gated = combine_maps(maps, rule="gate_cam", sigma=0, class_map=cam)
+    want[2, 2] = 0.0
+    np.testing.assert_allclose(gated, want / 1.25, rtol=1e-6)
+    with pytest.raises(ValueError, match="combine='gate_cam' needs the probe layer's class map"):
+        combine_maps(maps, rule="gate_cam")
+    with pytest.raises(ValueError, match=r"class_map has shape \(2, 2\)"):
+        combine_maps(maps, rule="sum_cam", class_map=np.ones((2, 2)))
+
+
+def test_recombine_cam_rules_keep_the_class_map(relu_net):
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(5))
+    e = fv.explain(relu_net, img, layer="conv3", k=3, sigma=0)
+    assert_close(recombine(e, []).saliency, e.class_map)
+    m, cam = e.neuron_maps[1], e.class_map
+    norm = fv.boxes.normalize
+    assert_close(recombine(e, [2]).saliency, norm(norm(m * cam) + cam))  # gate_cam, the default
+    assert_close(recombine(e, [2], combine="sum_cam").saliency, norm(norm(m) + cam))
 
 
 def test_maps_are_channel_mean_positive_part_normalized():
@@ -347,12 +387,13 @@ def test_torchvision_architectures(name):
     assert any(getattr(m, "inplace", False) for m in bundle.model.modules())
     before = model_state(bundle.model)
     img = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
-    expected_layer = {"vgg16": "features.29", "resnet50": "layer3"}[name]
+    expected_layer = {"vgg16": "features", "resnet50": "layer4"}[name]  # the stride-32 map
     for method in fv.METHODS:
         e = fv.explain(bundle, img, method=method, kmax=6)
         assert e.saliency.shape == (224, 224)
+        assert e.layer == (None if method == "guided_backprop" else expected_layer)
         if method.startswith("fastloc"):
-            assert e.layer == expected_layer and e.neuron_maps.shape == (5, 224, 224)
+            assert e.neuron_maps.shape == (5, 224, 224) and e.class_map.shape == (224, 224)
             assert np.isfinite(e.neuron_maps).all() and e.neuron_maps.max() == 1
     assert_same_state(before, model_state(bundle.model))
 

@@ -227,6 +227,9 @@ def test_first_50_images_sane_numbers_and_exact_json_schema(bundle, tmp_path, ca
             assert v > 0 if k == "sec_per_image" else 0.0 <= v <= 1.0
     assert out["methods"]["gradcam"]["maxboxacc_50"] >= 0.5
     assert out["methods"]["fastloc"]["pointing"] >= 0.5
+    # above the whole-image box (0.47 on the shared data), which the poster's stride-16 layer
+    # with the neuron maps alone did not beat (0.56 here); measured 0.78 (Grad-CAM 0.74)
+    assert out["methods"]["fastloc"]["maxboxacc_50"] >= 0.65
     assert (tmp_path / "results.md").read_text().count("| `") == 2
     full = json.loads((tmp_path / "results.json").read_text())
     assert full["methods"]["gradcam"]["maxboxacc_50"] == out["methods"]["gradcam"]["maxboxacc_50"]

@@ -562,7 +562,7 @@ def test_non_tensor_outputs_give_the_same_explanation(method):
 @pytest.mark.parametrize("method", ["fastloc", "gradcam", "guided_backprop"])
 def test_outputs_without_logits_are_refused(cls, match, method):
     model = cls()
-    bundle = fv.ModelBundle(model=model, class_names=CLASSES, input_size=(SIZE, SIZE), default_layer="features", cam_layer="features")
+    bundle = fv.ModelBundle(model=model, class_names=CLASSES, input_size=(SIZE, SIZE), default_layer="features")
     before = model_state(model)
     with pytest.raises(TypeError, match=match):
         fv.explain(bundle, _image(), method=method, k=2, kmax=4)

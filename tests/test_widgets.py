@@ -84,7 +84,7 @@ def test_initial_state(explorer):
     e = explorer.explanation
     assert e.method == "fastloc" and explorer.k == 5 and explorer.enabled == (1, 2, 3, 4, 5)
     assert explorer.layer == e.layer and explorer.target == e.target == e.top5[0].index
-    assert len(explorer.cards_box.children) == 5
+    assert len(explorer.cards_box.children) == 1 + 5  # the class map, then the neurons
     assert explorer.class_box.value.startswith("★ ") and explorer.class_box.options[0].startswith(
         "★ "
     )
@@ -177,11 +177,11 @@ def test_class_selector_and_top5_buttons(explorer):
 
 def test_setting_k_changes_the_card_count(explorer):
     explorer.k = 3
-    assert explorer.k == 3 and len(explorer.cards_box.children) == 3
+    assert explorer.k == 3 and len(explorer.cards_box.children) == 1 + 3
     assert explorer.k_slider.value == 3 and len(explorer.explanation.neuron_maps) == 3
     assert len(explorer.bars_fig.data[0].y) == 3
     explorer.k = 5
-    assert len(explorer.cards_box.children) == 5
+    assert len(explorer.cards_box.children) == 1 + 5
 
 
 def test_setting_layer(explorer):
@@ -189,6 +189,8 @@ def test_setting_layer(explorer):
     assert explorer.layer == "_blocks.12" and explorer.layer_dropdown.value == "_blocks.12"
     assert explorer.explanation.layer_shape[1:] == (7, 7)  # a stride-32 block
     explorer.layer = "_blocks.10"
+    assert explorer.explanation.layer_shape == (112, 14, 14)  # the poster's stride 16
+    explorer.layer = "_blocks.15"  # the default
 
 
 def test_method_and_rank_grad_switches(explorer):
@@ -207,7 +209,7 @@ def test_method_and_rank_grad_switches(explorer):
     ]
     assert explorer.combine_dropdown.value == e.params["combine"] == "union"
     explorer.method = "fastloc"
-    assert explorer.explanation.params["combine"] == "sum"
+    assert explorer.explanation.params["combine"] == "gate_cam"  # the default, not a cached rule
     assert [t.visible for t in explorer.bars_fig.data][1:] == [False]
 
 
@@ -263,7 +265,7 @@ def test_burst_of_slider_events_ends_in_the_last_state_without_stacked_work(expl
         explorer.k_slider.value = value
     assert explorer.wait(120)
     assert explorer.k == 6 and explorer.k_slider.value == 6
-    assert len(explorer.cards_box.children) == 6
+    assert len(explorer.cards_box.children) == 1 + 6
     # at most one computation in flight plus one for the final state, not one per event
     assert explorer.stats["explain_calls"] - calls <= 2
     explorer.k = 5
@@ -377,3 +379,25 @@ def test_method_comparison_error_is_shown_and_it_keeps_working(bundle, photo, mo
 def test_a_batch_of_images_is_refused(bundle, photo):
     with pytest.raises(ValueError, match="one image"):
         NeuronExplorer(bundle, [photo, photo])
+
+
+def test_class_map_card_toggles_sum_cam_without_any_pass(explorer, counter):
+    explorer.method = "fastloc"
+    explorer.combine_dropdown.value = "gate_cam"
+    counter.forward = counter.backward = 0
+    e = explorer.explanation
+    base, enabled = explorer.base_explanation, list(explorer.enabled)
+    assert e.params["combine"] == "gate_cam" and e.class_map is not None
+    assert explorer.cards_box.children[0] is explorer.class_card["box"]
+    assert "Grad-CAM of" in explorer.class_card["text"].value
+    check = explorer.class_card["check"]
+    assert check.value is True
+    check.value = False
+    assert explorer.explanation.params["combine"] == "sum" == explorer.combine_dropdown.value
+    np.testing.assert_allclose(explorer.explanation.saliency, fv.recombine(base, enabled, combine="sum").saliency)
+    check.value = True  # back to the rule it had
+    assert explorer.combine_dropdown.value == "gate_cam"
+    np.testing.assert_allclose(explorer.explanation.saliency, e.saliency)
+    explorer.combine_dropdown.value = "sum_cam"
+    assert check.value is True and "'sum_cam'" in explorer.class_card["text"].value
+    assert counter.backward == 0 and counter.forward == 0
