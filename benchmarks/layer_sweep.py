@@ -1,0 +1,156 @@
+"""Quality push, part 2 (issue 4): FastLoc's probe layer, k, sigma and the class-level map.
+
+Like ``quality_push.py``, two steps so that many post-processing variants share one set of
+backward passes. ``collect`` stores, per query, the top ``K`` neuron maps of the plain ranking
+at each probe layer of ``--layers`` (per-neuron normalized), their rank scores, and Grad-CAM
+at ``--cam-layer``::
+
+    python benchmarks/layer_sweep.py collect ../shared/data/imagenet-val-wsol /tmp/ls/val --limit 200
+    python benchmarks/layer_sweep.py collect /tmp/collages /tmp/ls/collage --limit 200
+    python benchmarks/layer_sweep.py analyze ../shared/data/imagenet-val-wsol /tmp/ls/val
+
+Variant names: ``{layer}-p{k}-{rule}[-s{sigma}]``; ``cam`` is Grad-CAM at ``--cam-layer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fastloc_viz import boxes  # noqa: E402
+from fastloc_viz.data import LocalizationDataset  # noqa: E402
+from fastloc_viz.metrics import LocalizationCounts, score_query  # noqa: E402
+
+LAYERS = "_blocks.10,_blocks.12,_blocks.14,_blocks.15,_bn1"
+
+
+def _key(layer: str) -> str:
+    return layer.replace("_blocks.", "b").replace("_", "")
+
+
+def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], cam_layer: str,
+            k: int) -> None:
+    import torch
+
+    from fastloc_viz import baselines, load_model
+    from fastloc_viz.fastloc import grads_to_maps, neuron_pass
+    from fastloc_viz.hooks import preserved, resolve_layer
+    from fastloc_viz.images import load_batch
+    from fastloc_viz.models import as_logits
+
+    torch.manual_seed(0)
+    bundle = load_model("efficientnet_lite0")
+    model = bundle.model
+    data = LocalizationDataset(data_dir, limit=limit)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [q for q in data if not (out / f"{q.row:05d}.npz").exists()]
+    start = time.perf_counter()
+    for done, q in enumerate(todo, 1):
+        x = bundle.preprocess(load_batch(q.load_image(), bundle.input_size))
+        rec: dict[str, np.ndarray] = {"label": np.array(q.label)}
+        with preserved(model):
+            for layer in layers:
+                npass = neuron_pass(model, x, resolve_layer(model, layer), [q.label], k, "plain",
+                                    "loop", as_logits)
+                key = _key(layer)
+                rec[f"{key}_maps"] = grads_to_maps(npass.input_grads[0]).astype(np.float16)
+                rec[f"{key}_score"] = npass.ranked.score[0].numpy()
+                rec["pred"] = np.array(int(npass.logits[0].argmax()))
+            cam = baselines.gradcam(model, x, resolve_layer(model, cam_layer)[1],
+                                    torch.tensor([q.label]), as_logits)
+            rec["cam"] = cam[0, 0].clamp(min=0).numpy().astype(np.float32)
+        np.savez_compressed(out / f"{q.row:05d}.npz", **rec)
+        rate = (time.perf_counter() - start) / done
+        print(f"{done}/{len(todo)} queries, {rate:.2f} s/query", file=sys.stderr, flush=True)
+
+
+def _smooth(m: np.ndarray, sigma: float) -> np.ndarray:
+    return boxes.normalize(boxes.smooth(m, sigma))
+
+
+def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
+    """name -> a thunk giving the ``H x W`` saliency of that variant for one stored query."""
+    cam = boxes.normalize(d["cam"])
+    v: dict[str, Callable[[], np.ndarray]] = {"cam": lambda: cam}
+    keys = [name[: -len("_maps")] for name in d if name.endswith("_maps")]
+    for key in keys:
+        maps = d[f"{key}_maps"].astype(np.float32)
+        for k in (1, 3, 5, 10):
+            if k > len(maps):
+                continue
+            mk = maps[:k].mean(0)
+            for s in (16, 32):
+                v[f"{key}-p{k}-sum-s{s}"] = lambda mk=mk, s=s: _smooth(mk, s)
+            v[f"{key}-p{k}-mean-cam"] = lambda mk=mk: boxes.normalize(_smooth(mk, 16) + cam)
+            if k == 5:  # the class map's weight, and neuron maps gated by it
+                for a in (0.5, 2.0):
+                    v[f"{key}-p{k}-mean-cam-w{a:g}"] = lambda mk=mk, a=a: boxes.normalize(_smooth(mk, 16) + a * cam)
+                v[f"{key}-p{k}-gate-cam-plus-cam"] = lambda mk=mk: boxes.normalize(_smooth(mk * cam, 16) + cam)
+    return v
+
+
+def analyze(data_dir: str, store: str, thresholds: np.ndarray, only: list[str] | None) -> str:
+    data = LocalizationDataset(data_dir)
+    files = sorted(Path(store).glob("*.npz"))
+    counts: dict[str, LocalizationCounts] = {}
+    for f in files:
+        row = int(f.stem)
+        q = data[row]
+        d = dict(np.load(f))
+        gt = q.boxes_at(d["cam"].shape)
+        for name, make in variants(d).items():
+            if only and not any(o in name for o in only):
+                continue
+            sal = make()
+            box = boxes.map_to_box(sal, 0.3, "largest")
+            r = score_query(sal, box, gt, row=row, label=q.label, prediction=int(d["pred"]),
+                            thresholds=thresholds)
+            counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
+    lines = [f"{len(files)} queries from {store}; thresholds step {thresholds[1] - thresholds[0]:.2f}",
+             "", "| variant | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t | MaxBoxAccV2 | pointing | centre in box |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in counts.items():
+        s = c.summary()
+        lines.append(
+            f"| `{name}` | {s['maxboxacc_30']:.3f} | {s['maxboxacc_50']:.3f} | {s['maxboxacc_70']:.3f} "
+            f"| {s['best_threshold_50']:.2f} | {s['maxboxacc_v2']:.3f} | {s['pointing']:.3f} "
+            f"| {s['centre_in_box']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("data_dir")
+    c.add_argument("store")
+    c.add_argument("--limit", type=int, default=None)
+    c.add_argument("--layers", default=LAYERS, help="comma-separated probe layers")
+    c.add_argument("--cam-layer", default="_blocks.15")
+    c.add_argument("--k", type=int, default=10)
+    a = sub.add_parser("analyze")
+    a.add_argument("data_dir")
+    a.add_argument("store")
+    a.add_argument("--step", type=float, default=0.05, help="threshold step of the sweep")
+    a.add_argument("--only", default=None, help="comma-separated substrings of variant names")
+    args = parser.parse_args(argv)
+    if args.cmd == "collect":
+        collect(args.data_dir, args.store, args.limit, args.layers.split(","), args.cam_layer, args.k)
+    else:
+        ts = np.round(np.arange(0, 1, args.step), 4)
+        print(analyze(args.data_dir, args.store, ts, args.only.split(",") if args.only else None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
