@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .data import LocalizationDataset, Query
+from .explain import METHOD_DEFAULTS
 from .metrics import (
     DEFAULT_THRESHOLDS,
     IOU_LEVELS,
@@ -322,6 +323,9 @@ def evaluate(
                 "model": bundle.name,
                 "method": spec.method,
                 "kwargs": dict(spec.kwargs),
+                # what the method does without kwargs: a changed default must not reuse rows
+                "defaults": list(METHOD_DEFAULTS.get(spec.method, ())),
+                "default_layer": bundle.default_layer,
                 "layer": layer,
                 "input_size": list(input_size),
                 "data": str(dataset.csv_path),
@@ -414,6 +418,11 @@ def evaluate(
     }
 
 
+def _mib(value: float) -> str:
+    """Peak memory for the table: "-" when every query came from the cache (none measured)."""
+    return f"{value:.0f}" if value > 0 else "-"
+
+
 def _explain_function() -> Any:
     """``fastloc_viz.explain`` (the package exports the function over the submodule)."""
     from . import explain
@@ -457,7 +466,7 @@ def markdown_table(results: Mapping[str, Any]) -> str:
             f"| `{label}` | {m.get('layer') or '-'} | {m['maxboxacc_30']:.3f} | {m['maxboxacc_50']:.3f} | "
             f"{m['maxboxacc_70']:.3f} | {m['best_threshold_50']:.2f} | {m['maxboxacc_v2']:.3f} | "
             f"{m['gt_known_loc']:.3f} | {m['top1_loc']:.3f} | {m['pointing']:.3f} | "
-            f"{m['centre_in_box']:.3f} | {m['sec_per_image']:.3f} | {m['peak_memory_mb']:.0f} |"
+            f"{m['centre_in_box']:.3f} | {m['sec_per_image']:.3f} | {_mib(m['peak_memory_mb'])} |"
         )
     return "\n".join(lines) + "\n"
 

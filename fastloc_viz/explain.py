@@ -34,14 +34,15 @@ log = logging.getLogger("fastloc_viz")
 
 METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam")
 _LAYER_METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_gradcam")
-_DEFAULTS = {  # combine, components, sigma (None: default_sigma)
+METHOD_DEFAULTS = {  # combine, components, sigma (None: default_sigma)
     "fastloc": ("gate_cam", "largest", None),
     "fastloc_rescored": ("union", "all", None),
     "gradcam": (None, "largest", 0.0),
     "guided_backprop": (None, "largest", None),
     "guided_gradcam": (None, "largest", None),
 }
-DEFAULT_COMBINE = {m: d[0] for m, d in _DEFAULTS.items() if d[0] is not None}
+"""Each method's default ``(combine, components, sigma)``; ``sigma=None``: 16 px at 224 px."""
+DEFAULT_COMBINE = {m: d[0] for m, d in METHOD_DEFAULTS.items() if d[0] is not None}
 """The default ``combine`` rule of each fastloc method."""
 
 
@@ -108,7 +109,7 @@ def explain(
     _check_choice("method", method, METHODS)
     _check_choice("rank_grad", rank_grad, RANK_GRADS)
     _check_choice("passes", passes, PASSES)
-    d_combine, d_components, d_sigma = _DEFAULTS[method]
+    d_combine, d_components, d_sigma = METHOD_DEFAULTS[method]
     combine = combine if combine is not None else d_combine
     components = components if components is not None else d_components
     sigma = sigma if sigma is not None else d_sigma

@@ -131,6 +131,17 @@ def test_cache_resumes_and_ignores_a_cut_line(stub_data, tmp_path):
     assert sorted(ev.ResultCache(cache, spec).load(LocalizationDataset(data.root))) == [0, 1, 2]
 
 
+def test_a_changed_default_does_not_reuse_cached_rows(stub_data, tmp_path, monkeypatch):
+    data, calls = stub_data
+    cache = tmp_path / "cache"
+    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    assert len(calls) == 5  # the second run came from the cache (one call asks for the layer)
+    monkeypatch.setitem(ev.METHOD_DEFAULTS, "fastloc", ("sum", "largest", None))
+    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    assert len(calls) == 9 and len(list(cache.glob("*/spec.json"))) == 2
+
+
 def test_parse_methods_and_errors():
     specs = ev.parse_methods("gradcam, fastloc[k=10,rank_grad=plain,sigma=8.5,combine=none]")
     assert specs[0] == ev.MethodSpec("gradcam")
