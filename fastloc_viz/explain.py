@@ -36,7 +36,7 @@ METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_
 _LAYER_METHODS = ("fastloc", "fastloc_rescored", "gradcam", "guided_gradcam")
 METHOD_DEFAULTS = {  # combine, components, sigma (None: default_sigma)
     "fastloc": ("gate_cam", "largest", None),
-    "fastloc_rescored": ("union", "all", None),
+    "fastloc_rescored": ("gate_cam", "largest", None),
     "gradcam": (None, "largest", 0.0),
     "guided_backprop": (None, "largest", None),
     "guided_gradcam": (None, "largest", None),
@@ -89,13 +89,13 @@ def explain(
         combine: ``"gate_cam"``, ``"sum_cam"``, ``"sum"``, ``"max"``, ``"weighted"`` or
             ``"union"`` (see :func:`fastloc_viz.fastloc.combine_maps`); default ``"gate_cam"``
             (the neuron maps, each weighted by the layer's Grad-CAM from the same gradient,
-            averaged, smoothed, plus that Grad-CAM) for ``fastloc`` and ``"union"`` (the
-            authors' blobs) for ``fastloc_rescored``.
+            averaged, smoothed, plus that Grad-CAM) for both fastloc methods. The authors'
+            box for ``fastloc_rescored`` is ``combine="union", components="all"`` (the extent
+            of the union of the kept neurons' blobs); it lost by far (docs/results.md).
         sigma: Gaussian smoothing in pixels before boxing; default 16 px at 224 px for the
             guided methods, 0 for Grad-CAM.
         threshold: box threshold, a fraction of the map's maximum.
-        components: ``"largest"`` connected component or ``"all"``; default ``"all"`` for
-            ``fastloc_rescored`` (the extent of the blob union), else ``"largest"``.
+        components: ``"largest"`` connected component (default) or ``"all"``.
         passes: how the k neuron passes run: ``"loop"``, ``"batched"`` or ``"auto"``
             (batched on GPU, loop on CPU, the faster on each).
         batch_size: images per forward pass.

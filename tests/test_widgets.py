@@ -207,7 +207,7 @@ def test_method_and_rank_grad_switches(explorer):
         "rank score",
         "rescored logit",
     ]
-    assert explorer.combine_dropdown.value == e.params["combine"] == "union"
+    assert explorer.combine_dropdown.value == e.params["combine"] == "gate_cam"
     explorer.method = "fastloc"
     assert explorer.explanation.params["combine"] == "gate_cam"  # the default, not a cached rule
     assert [t.visible for t in explorer.bars_fig.data][1:] == [False]
