@@ -1032,8 +1032,9 @@ class NeuronExplorer(_Base):
         if use_cam:
             self._cam_rule = e.params["combine"]
         self.class_card["text"].value = (
-            f"<div class='flv-neuron'><b>class map</b><br>Grad-CAM of {html.escape(str(e.layer))}"
-            f"<br>same pass, no extra cost<br>used by combine '{self._cam_rule}'</div>"
+            f"<div class='flv-neuron' title='Grad-CAM of {html.escape(str(e.layer))}, from the "
+            f"ranking&#39;s gradient'><b>class map</b> · Grad-CAM<br>same pass, free<br>"
+            f"combine '{self._cam_rule}'</div>"
         )
         self._set_quiet(self.class_card["check"], value=use_cam)
         self.class_card["box"].layout.border = "2px solid #e8850c" if use_cam else "2px solid #d5d9e0"
