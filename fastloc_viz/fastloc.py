@@ -31,6 +31,7 @@ Combine = Literal["gate_cam", "sum_cam", "sum", "max", "weighted", "union"]
 RANK_GRADS = ("guided", "plain")
 PASSES = ("auto", "loop", "batched")
 COMBINES = ("gate_cam", "sum_cam", "sum", "max", "weighted", "union")
+CAM_RULES = ("gate_cam", "sum_cam")  # the rules that use the class map
 
 
 @dataclass
@@ -220,7 +221,7 @@ def combine_maps(
         raise ValueError(f"combine={rule!r} is not one of {COMBINES}")
     maps = np.asarray(neuron_maps, dtype=np.float32)
     shape = maps.shape[-2:]
-    if rule in ("sum_cam", "gate_cam"):
+    if rule in CAM_RULES:
         if class_map is None:
             raise ValueError(f"combine={rule!r} needs the probe layer's class map (Explanation.class_map)")
         if tuple(np.shape(class_map)) != tuple(shape):

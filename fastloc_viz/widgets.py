@@ -51,7 +51,7 @@ from . import plots
 from .boxes import map_to_box
 from .explain import DEFAULT_COMBINE, METHODS, explain
 from .explanation import Box, Explanation
-from .fastloc import COMBINES, RANK_GRADS, recombine
+from .fastloc import CAM_RULES, COMBINES, RANK_GRADS, recombine
 from .models import ModelBundle, bundle_of
 from .report import write_report, write_text_atomic
 
@@ -61,7 +61,6 @@ __all__ = ["NeuronExplorer", "MethodComparison"]
 
 FASTLOC_METHODS = ("fastloc", "fastloc_rescored")
 COLORSCALES = ("Inferno", "Viridis", "Jet", "Hot", "Turbo", "Greys")
-_CAM_RULES = ("gate_cam", "sum_cam")  # the rules that use the class map
 _HEAVY = ("method", "target", "k", "kmax", "layer", "rank_grad")
 _CACHE_SIZE = 12
 # The combined map is smooth (a Gaussian of ~16 px at 224 px): a coarser heatmap, drawn with
@@ -809,7 +808,7 @@ class NeuronExplorer(_Base):
         self.top5_box = W.VBox(layout=W.Layout(width="430px"))
         self._cards: list[dict[str, W.Widget]] = []
         self.class_card = self._card()  # the probe layer's Grad-CAM, in the *_cam rules
-        self._cam_rule = e.params.get("combine") if e.params.get("combine") in _CAM_RULES else "gate_cam"
+        self._cam_rule = e.params.get("combine") if e.params.get("combine") in CAM_RULES else "gate_cam"
         self.class_card["check"].unobserve_all("value")
         self.class_card["box"].remove_class("flv-card")
         self.class_card["box"].add_class("flv-class-card")
@@ -1028,7 +1027,7 @@ class NeuronExplorer(_Base):
         self._set_quiet(self.threshold_slider, value=float(h["threshold"]))
         self._set_quiet(self.combine_dropdown, value=e.params["combine"])
         self._set_quiet(self.class_box, value=self._class_label(e, e.target))
-        use_cam = e.params["combine"] in _CAM_RULES
+        use_cam = e.params["combine"] in CAM_RULES
         if use_cam:
             self._cam_rule = e.params["combine"]
         self.class_card["text"].value = (
