@@ -23,13 +23,8 @@ sys.path.insert(0, str(REPO))
 
 from fastloc_viz import boxes, explain, load_model  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.metrics import LocalizationCounts, score_query  # noqa: E402
-
-SIGMA = 16.0
-
-
-def _smooth(m: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
-    return boxes.normalize(boxes.smooth(m, sigma))
+from fastloc_viz.metrics import LocalizationCounts  # noqa: E402
+from quality_push import _smooth, add_variant, variant_table  # noqa: E402  (the same directory)
 
 
 def variants(fl: dict[str, np.ndarray], cam: np.ndarray) -> dict[str, np.ndarray]:
@@ -69,19 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         c = explain(bundle, image, method="gradcam", target=q.label, layer=args.cam_layer)
         gt = q.boxes_at(bundle.input_size)
         for name, sal in variants(fl, c.saliency).items():
-            box = boxes.map_to_box(sal, 0.3, "largest")
-            r = score_query(sal, box, gt, row=q.row, label=q.label,
-                            prediction=c.top5[0].index, thresholds=thresholds)
-            counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
+            add_variant(counts, name, sal, gt, row=q.row, label=q.label,
+                        prediction=c.top5[0].index, thresholds=thresholds)
         print(f"{i + 1}/{len(data)}", file=sys.stderr, flush=True)
     print(f"{len(data)} queries from {args.data_dir}; thresholds step {args.step}\n")
-    print("| variant | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t | MaxBoxAccV2 | pointing | centre in box |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, c in counts.items():
-        s = c.summary()
-        print(f"| `{name}` | {s['maxboxacc_30']:.3f} | {s['maxboxacc_50']:.3f} | "
-              f"{s['maxboxacc_70']:.3f} | {s['best_threshold_50']:.2f} | {s['maxboxacc_v2']:.3f} | "
-              f"{s['pointing']:.3f} | {s['centre_in_box']:.3f} |")
+    print("\n".join(variant_table(counts)))
     return 0
 
 

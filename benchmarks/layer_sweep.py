@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from fastloc_viz import boxes  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.metrics import LocalizationCounts, score_query  # noqa: E402
+from quality_push import _smooth, analyze  # noqa: E402  (the same directory)
 
 LAYERS = "_blocks.10,_blocks.12,_blocks.14,_blocks.15,_bn1"
 
@@ -73,10 +73,6 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], c
         print(f"{done}/{len(todo)} queries, {rate:.2f} s/query", file=sys.stderr, flush=True)
 
 
-def _smooth(m: np.ndarray, sigma: float) -> np.ndarray:
-    return boxes.normalize(boxes.smooth(m, sigma))
-
-
 def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     """name -> a thunk giving the ``H x W`` saliency of that variant for one stored query."""
     cam = boxes.normalize(d["cam"])
@@ -98,34 +94,6 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     return v
 
 
-def analyze(data_dir: str, store: str, thresholds: np.ndarray, only: list[str] | None) -> str:
-    data = LocalizationDataset(data_dir)
-    files = sorted(Path(store).glob("*.npz"))
-    counts: dict[str, LocalizationCounts] = {}
-    for f in files:
-        row = int(f.stem)
-        q = data[row]
-        d = dict(np.load(f))
-        gt = q.boxes_at(d["cam"].shape)
-        for name, make in variants(d).items():
-            if only and not any(o in name for o in only):
-                continue
-            sal = make()
-            box = boxes.map_to_box(sal, 0.3, "largest")
-            r = score_query(sal, box, gt, row=row, label=q.label, prediction=int(d["pred"]),
-                            thresholds=thresholds)
-            counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
-    lines = [f"{len(files)} queries from {store}; thresholds step {thresholds[1] - thresholds[0]:.2f}",
-             "", "| variant | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t | MaxBoxAccV2 | pointing | centre in box |",
-             "|---|---|---|---|---|---|---|---|"]
-    for name, c in counts.items():
-        s = c.summary()
-        lines.append(
-            f"| `{name}` | {s['maxboxacc_30']:.3f} | {s['maxboxacc_50']:.3f} | {s['maxboxacc_70']:.3f} "
-            f"| {s['best_threshold_50']:.2f} | {s['maxboxacc_v2']:.3f} | {s['pointing']:.3f} "
-            f"| {s['centre_in_box']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         collect(args.data_dir, args.store, args.limit, args.layers.split(","), args.cam_layer, args.k)
     else:
         ts = np.round(np.arange(0, 1, args.step), 4)
-        print(analyze(args.data_dir, args.store, ts, args.only.split(",") if args.only else None))
+        only = args.only.split(",") if args.only else None
+        print(analyze(args.data_dir, args.store, ts, only, variants, lambda name, o: o in name))
     return 0
 
 

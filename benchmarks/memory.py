@@ -96,7 +96,6 @@ def part_1024() -> dict:
 
 
 def part_huge() -> dict:
-    import numpy as np
     import torch
     from PIL import Image
 

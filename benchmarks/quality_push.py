@@ -174,25 +174,17 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     return v
 
 
-def analyze(data_dir: str, store: str, thresholds: np.ndarray, only: list[str] | None) -> str:
-    data = LocalizationDataset(data_dir)
-    files = sorted(Path(store).glob("*.npz"))
-    counts: dict[str, LocalizationCounts] = {}
-    for f in files:
-        row = int(f.stem)
-        q = data[row]
-        d = dict(np.load(f))
-        gt = q.boxes_at(d["cam"].shape)
-        for name, make in variants(d).items():
-            if only and not any(name.startswith(o) for o in only):
-                continue
-            sal = make()
-            box = boxes.map_to_box(sal, 0.3, "largest")
-            r = score_query(sal, box, gt, row=row, label=q.label, prediction=int(d["pred"]),
-                            thresholds=thresholds)
-            counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
-    lines = [f"{len(files)} queries from {store}; thresholds step {thresholds[1] - thresholds[0]:.2f}",
-             "", "| variant | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t | MaxBoxAccV2 | pointing | centre in box |",
+def add_variant(counts: dict[str, LocalizationCounts], name: str, sal: np.ndarray, gt, *, row: int,
+                label: int, prediction: int, thresholds: np.ndarray) -> None:
+    """Score one variant's saliency on one query (its box: threshold 0.3, largest component)."""
+    box = boxes.map_to_box(sal, 0.3, "largest")
+    r = score_query(sal, box, gt, row=row, label=label, prediction=prediction, thresholds=thresholds)
+    counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
+
+
+def variant_table(counts: dict[str, LocalizationCounts]) -> list[str]:
+    """The markdown table of every variant's summary."""
+    lines = ["| variant | MaxBoxAcc@0.3 | @0.5 | @0.7 | best t | MaxBoxAccV2 | pointing | centre in box |",
              "|---|---|---|---|---|---|---|---|"]
     for name, c in counts.items():
         s = c.summary()
@@ -201,7 +193,28 @@ def analyze(data_dir: str, store: str, thresholds: np.ndarray, only: list[str] |
             f"| {s['best_threshold_50']:.2f} | {s['maxboxacc_v2']:.3f} | {s['pointing']:.3f} "
             f"| {s['centre_in_box']:.3f} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def analyze(data_dir: str, store: str, thresholds: np.ndarray, only: list[str] | None,
+            variants_of: Callable[[dict], dict[str, Callable[[], np.ndarray]]] = variants,
+            match: Callable[[str, str], bool] = str.startswith) -> str:
+    """Score every variant of every stored query; ``only``: keep names ``match``-ing one of them."""
+    data = LocalizationDataset(data_dir)
+    files = sorted(Path(store).glob("*.npz"))
+    counts: dict[str, LocalizationCounts] = {}
+    for f in files:
+        row = int(f.stem)
+        q = data[row]
+        d = dict(np.load(f))
+        gt = q.boxes_at(d["cam"].shape)
+        for name, make in variants_of(d).items():
+            if only and not any(match(name, o) for o in only):
+                continue
+            add_variant(counts, name, make(), gt, row=row, label=q.label, prediction=int(d["pred"]),
+                        thresholds=thresholds)
+    lines = [f"{len(files)} queries from {store}; thresholds step {thresholds[1] - thresholds[0]:.2f}", ""]
+    return "\n".join(lines + variant_table(counts)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
