@@ -56,7 +56,7 @@ JSON_KEYS = (
 )
 """The per-method keys of ``--json`` (the schema of issue 4), in order."""
 
-CACHE_VERSION = 2  # bump when a method's defaults or results change
+CACHE_VERSION = 2  # bump when a method's results change for the same parameters and defaults
 
 
 # ----------------------------------------------------------------------------- methods

@@ -808,7 +808,7 @@ class NeuronExplorer(_Base):
         self.top5_box = W.VBox(layout=W.Layout(width="430px"))
         self._cards: list[dict[str, W.Widget]] = []
         self.class_card = self._card()  # the probe layer's Grad-CAM, in the *_cam rules
-        self._cam_rule = e.params.get("combine") if e.params.get("combine") in CAM_RULES else "gate_cam"
+        self._cam_rule = DEFAULT_COMBINE["fastloc"]  # _sync_controls follows the shown rule
         self.class_card["check"].unobserve_all("value")
         self.class_card["box"].remove_class("flv-card")
         self.class_card["box"].add_class("flv-class-card")
