@@ -225,7 +225,7 @@ def main() -> int:
     else:
         print(f"\n(no data at {DATA}: the 300-image run is skipped)")
     if args.out:
-        from fastloc_viz.report import write_text_atomic
+        from fastloc_viz.files import write_text_atomic
 
         write_text_atomic(args.out, json.dumps(doc, indent=1), what="benchmark results")
     return 0

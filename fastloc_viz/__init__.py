@@ -3,25 +3,38 @@
 Rank a late conv layer's neurons by activation x gradient for a class, keep the top k (one
 per channel), guided-backprop from each to the image, and combine the k maps into a
 localization map and a box. Baselines (Grad-CAM, guided backprop, guided Grad-CAM) come
-through Captum; widgets live in :mod:`fastloc_viz.widgets`.
+through Captum; every method is registered in :mod:`fastloc_viz.methods`; widgets live in
+:mod:`fastloc_viz.widgets`. ``docs/architecture.md`` maps the modules.
 """
 
-from .explain import METHODS, explain
+from .classes import AmbiguousClass, UnknownClass
+from .combine import RULES, combine_maps, recombine, register_rule
+from .explaining import explain
 from .explanation import Explanation, Neuron, Prediction
-from .fastloc import recombine
 from .images import sample_image
+from .methods import METHODS, Method, MethodParams, get_method, register_method, unregister_method
 from .models import ModelBundle, load_model
 
 __version__ = "0.1.0"
 __all__ = [
     "METHODS",
+    "RULES",
+    "AmbiguousClass",
     "Explanation",
+    "Method",
+    "MethodParams",
     "ModelBundle",
     "Neuron",
     "Prediction",
+    "UnknownClass",
+    "combine_maps",
     "explain",
+    "get_method",
     "load_model",
     "recombine",
+    "register_method",
+    "register_rule",
     "sample_image",
+    "unregister_method",
     "__version__",
 ]

@@ -17,6 +17,7 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
 from .guided import GuidedMode
+from .hooks import require_called, require_spatial
 
 
 def _forward(model: nn.Module, as_logits: Callable | None) -> Callable:
@@ -43,17 +44,8 @@ def gradcam(
     except AssertionError as e:  # Captum asserts when the layer's hook never fired
         if "did not obtain any outputs" not in str(e):
             raise
-        raise ValueError(
-            f"layer {name or type(layer).__name__!r} was not called in the model's forward pass; "
-            "pick a layer that runs"
-        ) from None
-    if not (isinstance(cam, torch.Tensor) and cam.dim() == 4 and cam.shape[-1] * cam.shape[-2] > 1):
-        shape = tuple(cam.shape) if isinstance(cam, torch.Tensor) else type(cam).__name__
-        raise ValueError(
-            f"layer {name or type(layer).__name__!r} gives a Grad-CAM of shape {shape}, not an "
-            "N x 1 x h x w map: it has no spatial map (after global pooling or a fully connected "
-            "layer); pick a conv layer or block"
-        )
+        require_called(name or type(layer).__name__, 0)
+    require_spatial(name or type(layer).__name__, cam, "gives a Grad-CAM of shape")
     return LayerAttribution.interpolate(cam, tuple(x.shape[-2:]), interpolate_mode="bilinear").detach()
 
 

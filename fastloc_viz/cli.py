@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-BASELINES = ("gradcam", "guided_backprop", "guided_gradcam")
 DEMO_PHOTOS = ("chelsea", "coffee")
 
 
@@ -46,11 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a state dict file for --model (read with torch.load(weights_only=True))",
     )
     e.add_argument("--target", default=None, help="class index or name (default: the top-1 prediction)")
-    e.add_argument("--method", default="fastloc", choices=METHODS)
+    e.add_argument("--method", default="fastloc", choices=list(METHODS))
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
-    e.add_argument("--no-baselines", action="store_true", help="skip the baselines in the report")
+    e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
     e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
 
@@ -63,31 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="localization metrics on a data set in the shared CSV format")
     evaluate.add_arguments(ev)
     return p
-
-
-def _make_dir(path: Path) -> None:
-    """Create an output directory, or say clearly why it cannot be."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise NotADirectoryError(f"cannot create the output directory {str(path)!r}: a file is in the way") from None
-    except NotADirectoryError:
-        raise NotADirectoryError(
-            f"cannot create the output directory {str(path)!r}: a part of the path is a file"
-        ) from None
-    except PermissionError:
-        raise PermissionError(f"cannot create the output directory {str(path)!r}: permission denied") from None
-    except OSError as e:
-        raise OSError(f"cannot create the output directory {str(path)!r}: {e.strerror or e}") from None
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before any work when the report cannot be written to ``out``."""
-    if out.is_dir():
-        raise IsADirectoryError(f"cannot write the report to {str(out)!r}: it is a directory; give a file name")
-    _make_dir(out.parent)
-    if not os.access(out.parent, os.W_OK):
-        raise PermissionError(f"cannot write the report to {str(out)!r}: the directory is not writable")
 
 
 def _image_arg(text: str):
@@ -105,12 +79,14 @@ def _target_arg(text: str | None):
 
 
 def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
+    """``method``, then (``baselines``) every registered method without neurons, same class."""
     from . import explain
+    from .methods import methods_where
 
     results = {method: explain(bundle, image, method=method, **kwargs)}
     target = results[method].target
     if baselines:
-        for name in BASELINES:
+        for name in methods_where(lambda m: not m.has_neurons):
             if name != method:
                 results[name] = explain(
                     bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3)
@@ -146,11 +122,12 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
 
 def _cmd_explain(args) -> int:
     from . import load_model
+    from .files import check_writable
     from .report import write_report
 
     out = Path(args.out) if args.out else None
     if out is not None:
-        _check_writable(out)  # before the slow part
+        check_writable(out)  # before the slow part
     bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
     image = _image_arg(args.image)
     results = _run_all(
@@ -174,12 +151,13 @@ def _cmd_explain(args) -> int:
 
 def _cmd_demo(args) -> int:
     from . import load_model, sample_image
+    from .files import make_dir
     from .report import write_report
 
     t0 = time.perf_counter()
     bundle = load_model("efficientnet_lite0")
     out_dir = Path(args.out)
-    _make_dir(out_dir)
+    make_dir(out_dir)
     docs = []
     for photo in DEMO_PHOTOS:
         results = _run_all(bundle, sample_image(photo), "fastloc", True)

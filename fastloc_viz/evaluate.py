@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from .data import LocalizationDataset, Query
-from .explain import METHOD_DEFAULTS
+from .files import make_dir, write_text_atomic
+from .methods import METHODS, get_method
 from .metrics import (
     DEFAULT_THRESHOLDS,
     IOU_LEVELS,
@@ -56,7 +57,7 @@ JSON_KEYS = (
 )
 """The per-method keys of ``--json`` (the schema of issue 4), in order."""
 
-CACHE_VERSION = 2  # bump when a method's results change for the same parameters and defaults
+CACHE_VERSION = 3  # bump when a method's results change for the same parameters and defaults
 
 
 # ----------------------------------------------------------------------------- methods
@@ -112,7 +113,7 @@ def _split_top_level(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def parse_methods(text: str, known: Sequence[str] | None = None) -> list[MethodSpec]:
+def parse_methods(text: str, known: Iterable[str] | None = None) -> list[MethodSpec]:
     """``"fastloc,gradcam,fastloc[k=10,rank_grad=plain]"`` -> method specs.
 
     Raises:
@@ -125,8 +126,9 @@ def parse_methods(text: str, known: Sequence[str] | None = None) -> list[MethodS
         if not m:
             raise ValueError(f"method {part!r} is not NAME or NAME[key=value,...]")
         name, inner = m.group(1), m.group(2)
-        if known is not None and name not in known:
-            raise ValueError(f"unknown method {name!r}; choose from {list(known)}")
+        choices = list(METHODS if known is None else known)
+        if name not in choices:
+            raise ValueError(f"unknown method {name!r}; choose from {choices}")
         kwargs: dict[str, Any] = {}
         for item in _split_top_level(inner or ""):
             if "=" not in item:
@@ -159,8 +161,6 @@ class ResultCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.dir / "spec.json"
         if not spec_path.exists():
-            from .report import write_text_atomic
-
             write_text_atomic(spec_path, json.dumps(spec, indent=1, sort_keys=True, default=str), what="cache spec")
         self.path = self.dir / f"part-{rank}.jsonl"
         self._file = None
@@ -324,7 +324,7 @@ def evaluate(
                 "method": spec.method,
                 "kwargs": dict(spec.kwargs),
                 # what the method does without kwargs: a changed default must not reuse rows
-                "defaults": list(METHOD_DEFAULTS.get(spec.method, ())),
+                "defaults": get_method(spec.method).defaults(),
                 "default_layer": bundle.default_layer,
                 "layer": layer,
                 "input_size": list(input_size),
@@ -424,10 +424,10 @@ def _mib(value: float) -> str:
 
 
 def _explain_function() -> Any:
-    """``fastloc_viz.explain`` (the package exports the function over the submodule)."""
+    """``fastloc_viz.explain``, looked up at call time (tests replace it)."""
     from . import explain
 
-    return explain if not hasattr(explain, "explain") else explain.explain
+    return explain
 
 
 def _reset_peak(device: Any) -> None:
@@ -497,8 +497,6 @@ def write_outputs(results: Mapping[str, Any], out: str | Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.md", out / "accuracy_vs_threshold.html"]
-    from .report import write_text_atomic  # an interrupted run never leaves half a file
-
     write_text_atomic(paths[0], json.dumps(results, indent=1, default=str), what="results")
     write_text_atomic(paths[1], markdown_table(results), what="results table")
     write_text_atomic(paths[2], threshold_figure(results).to_html(include_plotlyjs=True), what="plot")
@@ -536,10 +534,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``fastloc-viz evaluate``; returns the exit status."""
     import torch
 
-    from . import METHODS, load_model
+    from . import load_model
 
     dist = init_distributed()
-    specs = parse_methods(args.methods, known=METHODS)
+    specs = parse_methods(args.methods)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit} must be a positive number of rows")
     dataset = LocalizationDataset(args.data_dir, limit=args.limit)
@@ -549,10 +547,7 @@ def run(args: argparse.Namespace) -> int:
             raise NotADirectoryError(
                 f"--out {args.out!r} is a file; give a directory for results.json, results.md and the plot"
             )
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise type(e)(f"cannot create the output directory {args.out!r}: {e.strerror or e}") from None
+        make_dir(out)
     device = args.device
     if device is None:
         device = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"

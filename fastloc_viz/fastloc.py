@@ -1,9 +1,10 @@
-"""The FastLoc method: rank the probe layer's neurons, guided-backprop from each, combine.
+"""The FastLoc engine: one forward pass, the neuron ranking, and k partial backward passes.
 
 One forward pass builds one graph. From it: one backward pass from the target logits to the
 probe layer gives the rank scores (and, from the same gradient, the layer's Grad-CAM: the
 class-level map), and k partial backward passes from single neurons of the layer down to the
-image give the neuron maps. The k passes run as a loop over the kept graph
+image give the neuron maps. The methods that use it live in :mod:`fastloc_viz.methods`; the
+rules that combine the maps in :mod:`fastloc_viz.combine`. The k passes run as a loop over the kept graph
 (fastest on CPU) or as one batched call (``torch.func.vmap`` over the k seeds, for GPUs).
 """
 
@@ -19,19 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import boxes
-from .explanation import Explanation, Neuron
+from .explanation import Neuron
 from .guided import GuidedMode
-from .hooks import forward_hook
+from .hooks import forward_hook, require_called, require_spatial
+from .models import resolve_targets
 from .ranking import Ranked, rank_neurons
 
 RankGrad = Literal["guided", "plain"]
 Passes = Literal["auto", "loop", "batched"]
-Combine = Literal["gate_cam", "sum_cam", "sum", "max", "weighted", "union"]
 RANK_GRADS = ("guided", "plain")
 PASSES = ("auto", "loop", "batched")
-COMBINES = ("gate_cam", "sum_cam", "sum", "max", "weighted", "union")
-CAM_RULES = ("gate_cam", "sum_cam")  # the rules that use the class map
 
 
 @dataclass
@@ -112,14 +110,12 @@ def neuron_pass(
     with forward_hook(module, hook), mode:
         out = model(x)
     logits = as_logits(out) if as_logits else out
-    _check_layer_output(name, seen)
+    require_called(name, seen["calls"])
+    require_spatial(name, seen["out"])
     acts: torch.Tensor = seen["out"]
     if k > acts.shape[1]:
         raise ValueError(f"k={k} is larger than the {acts.shape[1]} channels of layer {name!r}")
-    tgt = torch.tensor(
-        [int(logits[i].argmax()) if t is None else int(t) for i, t in enumerate(targets)],
-        device=logits.device,
-    )
+    tgt = resolve_targets(logits, targets)
     t1 = time.perf_counter()
     score = logits.gather(1, tgt[:, None]).sum()
     (grad,) = torch.autograd.grad(score, acts, retain_graph=True)
@@ -162,23 +158,6 @@ def neuron_pass(
     )
 
 
-def _check_layer_output(name: str, seen: dict) -> None:
-    if seen["calls"] == 0:
-        raise ValueError(f"layer {name!r} was not called in the model's forward pass; pick a layer that runs")
-    if seen["calls"] > 1:
-        raise ValueError(
-            f"layer {name!r} runs {seen['calls']} times per forward pass (a reused module); "
-            "pick a module that runs once, such as the block containing it"
-        )
-    out = seen["out"]
-    if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"layer {name!r} outputs {shape}, not an N x C x h x w feature map: it has no spatial "
-            "map to rank (after global pooling or a fully connected layer); pick a conv layer or block"
-        )
-
-
 def grads_to_maps(input_grads: torch.Tensor) -> np.ndarray:
     """Guided gradients ``... x 3 x H x W`` -> maps ``... x H x W`` in ``[0, 1]``.
 
@@ -188,113 +167,6 @@ def grads_to_maps(input_grads: torch.Tensor) -> np.ndarray:
     m = input_grads.float().mean(dim=-3).clamp(min=0)  # float: bfloat16 has no numpy dtype
     top = m.flatten(-2).amax(dim=-1).clamp(min=torch.finfo(m.dtype).tiny)
     return (m / top[..., None, None]).cpu().numpy().astype(np.float32)
-
-
-def default_sigma(shape: tuple[int, int]) -> float:
-    """Smoothing for box extraction: 16 px at 224 px, proportional to the shorter side."""
-    return min(shape) * 16.0 / 224.0
-
-
-def combine_maps(
-    neuron_maps: np.ndarray,
-    *,
-    rule: Combine = "sum",
-    scores: Sequence[float] | None = None,
-    sigma: float | None = None,
-    blob_percentile: float = 80.0,
-    class_map: np.ndarray | None = None,
-) -> np.ndarray:
-    """Combine ``k x H x W`` neuron maps into one ``H x W`` localization map in ``[0, 1]``.
-
-    Rules: ``"sum"`` (mean of the per-neuron-normalized maps), ``"max"``, ``"weighted"`` (sum
-    weighted by the positive part of the rank scores), ``"union"`` (the authors': union of
-    each map's blob, see :func:`boxes.blob_mask`; not smoothed). The continuous rules are
-    smoothed by a Gaussian of ``sigma`` pixels (``None``: :func:`default_sigma`).
-    ``"sum_cam"``: the ``"sum"`` map plus ``class_map`` (the probe layer's Grad-CAM, not
-    smoothed), each scaled to a maximum of 1, the sum scaled again: the neurons give the
-    detail, the class-level map the object's extent. ``"gate_cam"`` (the default of
-    ``fastloc``): the same, but each neuron map is first multiplied by the class map, which
-    mutes the parts of a neuron's map that lie where the class map says the class is not.
-    An empty selection (``k = 0``) gives an all-zero map (the ``*_cam`` rules: the class map).
-    """
-    if rule not in COMBINES:
-        raise ValueError(f"combine={rule!r} is not one of {COMBINES}")
-    maps = np.asarray(neuron_maps, dtype=np.float32)
-    shape = maps.shape[-2:]
-    if rule in CAM_RULES:
-        if class_map is None:
-            raise ValueError(f"combine={rule!r} needs the probe layer's class map (Explanation.class_map)")
-        if tuple(np.shape(class_map)) != tuple(shape):
-            raise ValueError(f"class_map has shape {np.shape(class_map)}, the neuron maps {tuple(shape)}")
-        cam = boxes.normalize(class_map)
-        if maps.shape[0] == 0:
-            return cam
-        s = default_sigma(shape) if sigma is None else sigma
-        mean = (maps * cam if rule == "gate_cam" else maps).mean(axis=0)
-        return boxes.normalize(boxes.normalize(boxes.smooth(mean, s)) + cam)
-    if maps.shape[0] == 0:
-        return np.zeros(shape, dtype=np.float32)
-    if rule == "union":
-        return np.any([boxes.blob_mask(m, blob_percentile) for m in maps], axis=0).astype(np.float32)
-    if rule == "sum":
-        m = maps.mean(axis=0)
-    elif rule == "max":
-        m = maps.max(axis=0)
-    else:
-        if scores is None or len(scores) != maps.shape[0]:
-            raise ValueError("combine='weighted' needs one rank score per neuron map")
-        wts = np.clip(np.asarray(scores, dtype=np.float32), 0, None)
-        wts = wts / wts.sum() if wts.sum() > 0 else np.full_like(wts, 1.0 / len(wts))
-        m = np.tensordot(wts, maps, axes=1)
-    return boxes.normalize(boxes.smooth(m, default_sigma(shape) if sigma is None else sigma))
-
-
-def recombine(
-    explanation: Explanation,
-    enabled: Sequence[int] | None = None,
-    *,
-    combine: Combine | None = None,
-    threshold: float | None = None,
-    sigma: float | None = None,
-    components: boxes.Components | None = None,
-) -> Explanation:
-    """Recompute ``saliency`` and ``box`` from the cached neuron maps: no backward pass.
-
-    Args:
-        explanation: a ``fastloc`` / ``fastloc_rescored`` explanation.
-        enabled: the 1-based ranks of the neurons to keep (``None``: all).
-        combine, threshold, sigma, components: override the explanation's parameters.
-
-    Returns:
-        A new explanation; ``params["enabled"]`` records the ranks used.
-    """
-    if explanation.neuron_maps is None or explanation.neurons is None:
-        raise ValueError(f"method {explanation.method!r} has no neuron maps to recombine")
-    ranks = [n.rank for n in explanation.neurons]
-    enabled = list(ranks) if enabled is None else sorted({int(r) for r in enabled})
-    bad = [r for r in enabled if r not in ranks]
-    if bad:
-        raise ValueError(f"enabled ranks {bad} do not exist; the neurons have ranks {ranks}")
-    p = dict(explanation.params)
-    for key, value in (("combine", combine), ("threshold", threshold), ("sigma", sigma), ("components", components)):
-        if value is not None:
-            p[key] = value
-    idx = [ranks.index(r) for r in enabled]
-    sal = combine_maps(
-        explanation.neuron_maps[idx],
-        rule=p["combine"],
-        scores=[explanation.neurons[i].score for i in idx],
-        sigma=p.get("sigma"),
-        class_map=explanation.class_map,
-    )
-    box = boxes.map_to_box(sal, p["threshold"], p["components"])
-    p["enabled"] = enabled
-    return explanation.replace(saliency=sal, box=box, params=p)
-
-
-def blobs(neuron_maps: np.ndarray, percentile: float = 80.0) -> np.ndarray:
-    """``k x H x W`` bool blob masks of the neuron maps (the authors' blob processing)."""
-    return np.stack([boxes.blob_mask(m, percentile) for m in neuron_maps])
 
 
 @torch.no_grad()

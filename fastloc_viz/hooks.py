@@ -156,3 +156,43 @@ def default_layer(model: nn.Module, x: torch.Tensor, stride: int = 32) -> str:
         )
     log.info("fastloc_viz: probe layer %r picked by a dry run (stride-%d map)", pick[-1], stride)
     return pick[-1]
+
+
+def require_called(name: str, calls: int) -> None:
+    """A probe layer must run exactly once per forward pass."""
+    if calls == 0:
+        raise ValueError(f"layer {name!r} was not called in the model's forward pass; pick a layer that runs")
+    if calls > 1:
+        raise ValueError(
+            f"layer {name!r} runs {calls} times per forward pass (a reused module); "
+            "pick a module that runs once, such as the block containing it"
+        )
+
+
+def require_spatial(name: str, out, what: str = "outputs") -> None:
+    """``out`` must be an ``N x C x h x w`` map with more than one cell."""
+    if not (isinstance(out, torch.Tensor) and out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"layer {name!r} {what} {shape}, not an N x C x h x w map: it has no spatial map to probe "
+            "(after global pooling or a fully connected layer); pick a conv layer or block"
+        )
+
+
+def probe_layer_options(model: nn.Module, current: str | None = None) -> list[str]:
+    """Probe-layer names worth offering in a menu: the blocks of the model's top-level
+    ``Sequential`` / ``ModuleList`` containers and its top-level convolutions, in forward
+    order, plus ``current``."""
+    names: list[str] = []
+    for name, mod in model.named_modules():
+        if not name:
+            continue
+        parent_name, _, _ = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if parent_name.count(".") <= 1 and isinstance(parent, (nn.Sequential, nn.ModuleList)) and parent is not model:
+            names.append(name)
+        elif not parent_name and isinstance(mod, nn.Conv2d):
+            names.append(name)
+    if current and current not in names:
+        names.append(current)
+    return names

@@ -8,7 +8,7 @@ Conventions
 * A box is ``(x0, y0, x1, y1)`` in pixel-edge coordinates of the model's input grid (a box
   ``(0, 0, 2, 2)`` covers four pixels, area 4). Ground-truth boxes may have float coordinates.
 * A saliency map is ``H x W``, non-negative. A threshold ``t`` is a fraction of the map's
-  maximum, as in :func:`fastloc_viz.boxes.map_to_box`: the mask is ``map >= t * max(map)``, so a
+  maximum, as in :func:`fastloc_viz.maps.map_to_box`: the mask is ``map >= t * max(map)``, so a
   best threshold found here can be passed back as ``explain(..., threshold=t)``.
 * One query is one (image, target class) pair: the target is the data set's label, never the
   prediction ("GT-known"); the prediction only enters top-1 localization.
@@ -49,7 +49,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from .maps import component_boxes
 
 IOU_LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7)
 """The IoU levels ``delta`` of MaxBoxAcc and MaxBoxAccV2."""
@@ -67,29 +68,6 @@ def _as_boxes(boxes: Any) -> np.ndarray:
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"boxes must be n x 4 (x0, y0, x1, y1), got shape {given.shape}")
     return b
-
-
-def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The box and pixel count of every 8-connected component of a mask.
-
-    Args:
-        mask: ``H x W`` bool mask.
-
-    Returns:
-        ``(boxes, sizes)``: ``boxes`` is ``n x 4`` int64 ``(x0, y0, x1, y1)`` per component and
-        ``sizes`` is ``n`` int64, in the label order of ``scipy.ndimage.label`` (raster order of
-        each component's first pixel), so ``argmax(sizes)`` is the component that
-        :func:`fastloc_viz.boxes.select_components` keeps with ``"largest"``. ``n = 0`` for an empty mask.
-    """
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    if n == 0:
-        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
-    slices = ndimage.find_objects(labels)
-    boxes = np.array(
-        [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices], dtype=np.int64
-    )
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
-    return boxes, sizes
 
 
 def iou_matrix(a: Any, b: Any) -> np.ndarray:
@@ -138,7 +116,7 @@ def sweep_ious(
         ``(largest, all_)``, each ``T`` float64: at each threshold, the best IoU (over the
         ground-truth boxes) of the largest component's box (MaxBoxAcc), and the best IoU over
         every component's box (MaxBoxAccV2). An all-zero map gives the whole-image box at every
-        threshold, as :func:`fastloc_viz.boxes.map_to_box` does.
+        threshold, as :func:`fastloc_viz.maps.map_to_box` does.
     """
     s = np.asarray(saliency, dtype=np.float32)
     gt = _as_boxes(gt_boxes)

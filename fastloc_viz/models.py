@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .classes import class_index
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0 = "efficientnet_lite0"
@@ -73,35 +75,14 @@ class ModelBundle:
         return (images - mean[:, None, None]) / std[:, None, None]
 
     def class_index(self, target: int | str) -> int:
-        """A class index from an index or a class name (case-insensitive).
+        """A class index from an index, a name or a widget label; see :mod:`fastloc_viz.classes`.
 
         Raises:
-            LookupError: unknown name (closest names suggested) or index out of range.
+            LookupError: unknown (closest names suggested) or ambiguous text, or an index
+                out of range.
             TypeError: neither an int nor a str.
         """
-        n = len(self.class_names)
-        if isinstance(target, torch.Tensor) and target.numel() == 1:
-            target = int(target.item())
-        elif hasattr(target, "__index__") and not isinstance(target, (bool, str)):
-            target = int(target.__index__())
-        if isinstance(target, bool) or not isinstance(target, (int, str)):
-            raise TypeError(
-                f"target must be a class index, a class name or None, got {target!r} "
-                f"({type(target).__name__})"
-            )
-        if isinstance(target, int):
-            if not 0 <= target < n:
-                raise LookupError(f"target={target} is out of range: the model has {n} classes (0..{n - 1})")
-            return target
-        lowered = [c.lower() for c in self.class_names]
-        if target.lower() in lowered:
-            return lowered.index(target.lower())
-        close = difflib.get_close_matches(target.lower(), lowered, n=5, cutoff=0.5)
-        close = close or [c for c in lowered if target.lower() in c][:5]
-        raise LookupError(
-            f"target={target!r} is not a class name of this model; closest: "
-            f"{[self.class_names[lowered.index(c)] for c in close]}"
-        )
+        return class_index(self.class_names, target)
 
 
 def as_logits(out) -> torch.Tensor:
@@ -125,6 +106,14 @@ def as_logits(out) -> torch.Tensor:
             "tuple starting with them, a dict with 'logits', or an object with .logits"
         )
     return found
+
+
+def resolve_targets(logits: torch.Tensor, targets: Sequence[int | None]) -> torch.Tensor:
+    """One class index per row of ``logits``: the given one, or the top-1 where ``None``."""
+    return torch.tensor(
+        [int(logits[i].argmax()) if t is None else int(t) for i, t in enumerate(targets)],
+        device=logits.device,
+    )
 
 
 def imagenet_classes() -> list[str]:

@@ -27,8 +27,9 @@ import plotly.graph_objects as go
 from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
-from .boxes import map_to_box, smooth
+from .maps import map_to_box, smooth
 from .metrics import iou as box_iou  # one IoU definition, shared with the metrics
+from .methods import METHODS
 from .explanation import Box, Explanation
 
 __all__ = [
@@ -63,18 +64,10 @@ DISABLED_COLOR = "#c9ced6"
 
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif")
 
-METHOD_LABELS = {
-    "fastloc": "FastLoc",
-    "fastloc_rescored": "FastLoc (rescored)",
-    "gradcam": "Grad-CAM",
-    "guided_backprop": "Guided backprop",
-    "guided_gradcam": "Guided Grad-CAM",
-}
-
-
 def method_label(method: str) -> str:
-    """A readable name for a method id (``"gradcam"`` -> ``"Grad-CAM"``)."""
-    return METHOD_LABELS.get(method, method)
+    """A readable name for a method id (``"gradcam"`` -> ``"Grad-CAM"``), from the registry."""
+    m = METHODS.get(method)
+    return m.label if m is not None else method
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -17,7 +17,6 @@ import html
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +25,9 @@ import plotly.graph_objects as go
 
 from . import plots
 from .explanation import Box, Explanation
+from .files import write_text_atomic
 
-__all__ = ["write_report", "render_report", "write_text_atomic"]
-
-_FASTLOC = ("fastloc", "fastloc_rescored")
+__all__ = ["write_report", "render_report"]
 
 _CSS = """
 :root { --fg:#1d2330; --muted:#5b6578; --line:#e3e7ee; --accent:#3b6fd4; --bg:#f7f8fb; }
@@ -155,7 +153,7 @@ def render_report(
 
     # The lead explanation: the first fastloc one, else the first.
     lead_name = next(
-        (n for n, e in explanations.items() if e.method in _FASTLOC), next(iter(explanations))
+        (n for n, e in explanations.items() if e.neurons is not None), next(iter(explanations))
     )
     lead = explanations[lead_name]
     figs: list[tuple[str, go.Figure]] = []
@@ -227,68 +225,6 @@ def render_report(
         "<main>" + "".join(parts) + "</main>"
         f"<script type='application/json' id='fastloc-data'>{blob}</script></body></html>\n"
     )
-
-
-def write_text_atomic(
-    path: str | os.PathLike[str], text: str, *, what: str = "file"
-) -> pathlib.Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically: a temporary file beside it, then a rename.
-
-    Raises:
-        FileNotFoundError: the directory does not exist.
-        NotADirectoryError: a component of the directory is a file.
-        IsADirectoryError: ``path`` is a directory.
-        PermissionError: the directory is not writable.
-        OSError: any other failure (disk full, ...), naming the path.
-    """
-    target = pathlib.Path(path).expanduser()
-    parent = target.parent if str(target.parent) else pathlib.Path(".")
-    if target.is_dir():
-        raise IsADirectoryError(
-            f"cannot write the {what} to {str(target)!r}: it is a directory; give a file name"
-        )
-    for up in (parent, *parent.parents):
-        if up.exists() and not up.is_dir():
-            raise NotADirectoryError(
-                f"cannot write the {what} to {str(target)!r}: {str(up)!r} is a file, not a directory"
-            )
-    if not parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write the {what} to {str(target)!r}: the directory {str(parent)!r} does not exist"
-        )
-    try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-    except PermissionError as err:
-        raise PermissionError(
-            f"cannot write the {what} to {str(target)!r}: the directory {str(parent)!r} is not writable"
-        ) from err
-    except OSError as err:
-        raise OSError(f"cannot write the {what} to {str(target)!r}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates the file 0600; give it the usual umask-based mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException as err:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(err, PermissionError):
-            raise PermissionError(
-                f"cannot write the {what} to {str(target)!r}: {err.strerror or err}"
-            ) from err
-        if isinstance(err, OSError):
-            raise OSError(
-                f"cannot write the {what} to {str(target)!r}: {err.strerror or err}"
-            ) from err
-        raise
-    return target
 
 
 def write_report(

@@ -48,18 +48,22 @@ import plotly.graph_objects as go
 from PIL import Image as PILImage
 
 from . import plots
-from .boxes import map_to_box
-from .explain import DEFAULT_COMBINE, METHODS, explain
+from .combine import RULES, cam_rules, recombine
+from .explaining import explain
 from .explanation import Box, Explanation
-from .fastloc import CAM_RULES, COMBINES, RANK_GRADS, recombine
+from .fastloc import RANK_GRADS
+from .files import write_text_atomic
+from .hooks import probe_layer_options
+from .maps import map_to_box
+from .methods import METHODS, get_method, methods_where
 from .models import ModelBundle, bundle_of
-from .report import write_report, write_text_atomic
+from .report import write_report
 
 log = logging.getLogger("fastloc_viz")
 
 __all__ = ["NeuronExplorer", "MethodComparison"]
 
-FASTLOC_METHODS = ("fastloc", "fastloc_rescored")
+FASTLOC_METHODS = methods_where(lambda m: m.has_neurons)
 COLORSCALES = ("Inferno", "Viridis", "Jet", "Hot", "Turbo", "Greys")
 _HEAVY = ("method", "target", "k", "kmax", "layer", "rank_grad")
 _CACHE_SIZE = 12
@@ -120,31 +124,6 @@ def _error_html(err: BaseException, context: str) -> str:
         f"{html.escape(str(err))}<details><summary>traceback</summary><pre>{html.escape(tb)}</pre>"
         "</details><span class='flv-muted'>The widget kept its last good state; keep going.</span></div>"
     )
-
-
-def probe_layer_options(model: Any, current: str | None = None) -> list[str]:
-    """Probe-layer names worth offering in a dropdown: the blocks of the model's top-level
-    ``Sequential`` / ``ModuleList`` containers and its top-level convolutions, in forward
-    order, plus ``current``."""
-    import torch.nn as nn
-
-    names: list[str] = []
-    for name, mod in model.named_modules():
-        if not name:
-            continue
-        parent_name, _, _ = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        if (
-            parent_name.count(".") <= 1
-            and isinstance(parent, (nn.Sequential, nn.ModuleList))
-            and parent is not model
-        ):
-            names.append(name)
-        elif not parent_name and isinstance(mod, nn.Conv2d):
-            names.append(name)
-    if current and current not in names:
-        names.append(current)
-    return names
 
 
 class _Debouncer:
@@ -605,7 +584,7 @@ class NeuronExplorer(_Base):
         ranks = [n.rank for n in base.neurons]
         enabled = ranks if want["enabled"] is None else list(want["enabled"])
         # None: the method's default rule (a cached base may carry another rule from before)
-        combine = want["combine"] or DEFAULT_COMBINE[want["method"]]
+        combine = want["combine"] or get_method(want["method"]).defaults()["combine"]
         current = recombine(base, enabled, threshold=want["threshold"], combine=combine)
         self.stats["recombine_calls"] += 1
         self._base, self._current = base, current
@@ -733,7 +712,7 @@ class NeuronExplorer(_Base):
             style=sty,
         )
         self.combine_dropdown = W.Dropdown(
-            options=list(COMBINES),
+            options=list(RULES),
             value=e.params["combine"],
             description="combine",
             layout=W.Layout(width="170px"),
@@ -808,7 +787,7 @@ class NeuronExplorer(_Base):
         self.top5_box = W.VBox(layout=W.Layout(width="430px"))
         self._cards: list[dict[str, W.Widget]] = []
         self.class_card = self._card()  # the probe layer's Grad-CAM, in the *_cam rules
-        self._cam_rule = DEFAULT_COMBINE["fastloc"]  # _sync_controls follows the shown rule
+        self._cam_rule = get_method("fastloc").defaults()["combine"]  # _sync_controls follows the shown rule
         self.class_card["check"].unobserve_all("value")
         self.class_card["box"].remove_class("flv-card")
         self.class_card["box"].add_class("flv-class-card")
@@ -1027,7 +1006,7 @@ class NeuronExplorer(_Base):
         self._set_quiet(self.threshold_slider, value=float(h["threshold"]))
         self._set_quiet(self.combine_dropdown, value=e.params["combine"])
         self._set_quiet(self.class_box, value=self._class_label(e, e.target))
-        use_cam = e.params["combine"] in CAM_RULES
+        use_cam = e.params["combine"] in cam_rules()
         if use_cam:
             self._cam_rule = e.params["combine"]
         self.class_card["text"].value = (
@@ -1153,7 +1132,7 @@ class MethodComparison(_Base):
         self,
         model_or_bundle: ModelBundle | Any,
         image: Any,
-        methods: Sequence[str] = METHODS,
+        methods: Sequence[str] | None = None,
         gt_box: Box | None = None,
         *,
         target: int | str | None = None,
@@ -1163,10 +1142,10 @@ class MethodComparison(_Base):
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
-        methods = tuple(methods)
+        methods = tuple(METHODS) if methods is None else tuple(methods)
         bad = [m for m in methods if m not in METHODS]
         if bad or not methods:
-            raise ValueError(f"methods={methods!r}: each must be one of {METHODS}")
+            raise ValueError(f"methods={methods!r}: each must be one of {list(METHODS)}")
         if gt_box is not None and len(tuple(gt_box)) != 4:
             raise ValueError(f"gt_box={gt_box!r} must be (x0, y0, x1, y1)")
         if not 0.0 <= threshold <= 1.0:

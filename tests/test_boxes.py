@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fastloc_viz.boxes import boxes_at_thresholds, map_to_box, normalize
+from fastloc_viz.maps import boxes_at_thresholds, map_to_box, normalize
 from fastloc_viz.metrics import component_boxes, iou, iou_matrix, sweep_ious
 
 maps = arrays(

@@ -13,7 +13,8 @@ from torch.testing import assert_close
 
 import fastloc_viz as fv
 from fastloc_viz import baselines
-from fastloc_viz.fastloc import combine_maps, grads_to_maps, neuron_pass, recombine
+from fastloc_viz.combine import combine_maps, recombine
+from fastloc_viz.fastloc import grads_to_maps, neuron_pass
 from fastloc_viz.guided import GuidedMode
 from fastloc_viz.hooks import hook_counts, preserved
 from fastloc_viz.ranking import rank_neurons
@@ -316,7 +317,7 @@ def test_recombine_cam_rules_keep_the_class_map(relu_net):
     e = fv.explain(relu_net, img, layer="conv3", k=3, sigma=0)
     assert_close(recombine(e, []).saliency, e.class_map)
     m, cam = e.neuron_maps[1], e.class_map
-    norm = fv.boxes.normalize
+    norm = fv.maps.normalize
     assert_close(recombine(e, [2]).saliency, norm(norm(m * cam) + cam))  # gate_cam, the default
     assert_close(recombine(e, [2], combine="sum_cam").saliency, norm(norm(m) + cam))
 

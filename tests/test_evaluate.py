@@ -7,6 +7,7 @@ skipped when it (or the ``lite0`` extra) is absent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -137,7 +138,9 @@ def test_a_changed_default_does_not_reuse_cached_rows(stub_data, tmp_path, monke
     ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
     ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
     assert len(calls) == 5  # the second run came from the cache (one call asks for the layer)
-    monkeypatch.setitem(ev.METHOD_DEFAULTS, "fastloc", ("sum", "largest", None))
+    fastloc = type(ev.get_method("fastloc"))
+    monkeypatch.setattr(fastloc, "Params", dataclasses.make_dataclass(
+        "Params", [("combine", str, "sum")], bases=(fastloc.Params,), frozen=True))
     ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
     assert len(calls) == 9 and len(list(cache.glob("*/spec.json"))) == 2
 

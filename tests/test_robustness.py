@@ -811,14 +811,14 @@ def test_cli_unwritable_output_locations(cli_lite0, files, tmp_path, capsys):
 
 
 def test_unwritable_directory_is_named(tmp_path, monkeypatch):
-    from fastloc_viz import report
+    from fastloc_viz import files
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(report.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
     with pytest.raises(PermissionError, match=r"cannot write the report to .*out\.html.*not writable"):
-        report.write_text_atomic(tmp_path / "out.html", "x", what="report")
+        files.write_text_atomic(tmp_path / "out.html", "x", what="report")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write anywhere")

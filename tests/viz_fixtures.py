@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from fastloc_viz.boxes import map_to_box, normalize, smooth
+from fastloc_viz.maps import map_to_box, normalize, smooth
 from fastloc_viz.explanation import Explanation, Neuron, Prediction
 
 H = W = 224

@@ -1,7 +1,8 @@
-"""From maps to boxes: smoothing, thresholding, connected components, the authors' blobs.
+"""Every operation on maps, in one place: normalize, smooth, threshold, components, box, blobs.
 
-Pure NumPy/SciPy functions over ``H x W`` maps. A box is ``(x0, y0, x1, y1)`` in pixel-edge
-coordinates: it covers columns ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1``.
+Pure NumPy/SciPy functions over ``H x W`` maps (no torch, no model). A box is
+``(x0, y0, x1, y1)`` in pixel-edge coordinates: it covers columns ``x0 .. x1 - 1`` and rows
+``y0 .. y1 - 1``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .checks import check_choice, check_threshold
 from .explanation import Box
 
 Components = Literal["largest", "all"]
@@ -37,6 +39,21 @@ def smooth(saliency: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(m, sigma=float(sigma), mode="constant").astype(np.float32)
 
 
+def default_sigma(shape: tuple[int, int]) -> float:
+    """Smoothing for box extraction: 16 px at 224 px, proportional to the shorter side."""
+    return min(shape) * 16.0 / 224.0
+
+
+def threshold_mask(saliency: np.ndarray, threshold: float) -> np.ndarray:
+    """The pixels at or above ``threshold * max(saliency)``; none when the map is all zero."""
+    check_threshold(threshold)
+    m = np.asarray(saliency, dtype=np.float32)
+    top = float(m.max()) if m.size else 0.0
+    if top <= 0:
+        return np.zeros(m.shape, dtype=bool)
+    return m >= threshold * top
+
+
 def mask_to_box(mask: np.ndarray) -> Box:
     """The extent of the ``True`` pixels of an ``H x W`` mask; the whole image if none is set."""
     h, w = mask.shape
@@ -47,10 +64,32 @@ def mask_to_box(mask: np.ndarray) -> Box:
     return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
+def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The box and pixel count of every 8-connected component of a mask.
+
+    Args:
+        mask: ``H x W`` bool mask.
+
+    Returns:
+        ``(boxes, sizes)``: ``boxes`` is ``n x 4`` int64 ``(x0, y0, x1, y1)`` per component and
+        ``sizes`` is ``n`` int64, in the label order of ``scipy.ndimage.label`` (raster order of
+        each component's first pixel), so ``argmax(sizes)`` is the component that
+        :func:`select_components` keeps with ``"largest"``. ``n = 0`` for an empty mask.
+    """
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    slices = ndimage.find_objects(labels)
+    boxes = np.array(
+        [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices], dtype=np.int64
+    )
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
+    return boxes, sizes
+
+
 def select_components(mask: np.ndarray, components: Components = "largest") -> np.ndarray:
     """Keep the largest 8-connected component of ``mask`` (``"largest"``) or all of it."""
-    if components not in COMPONENTS:
-        raise ValueError(f"components={components!r} is not one of {COMPONENTS}")
+    check_choice("components", components, COMPONENTS)
     if components == "all" or not mask.any():
         return mask
     labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
@@ -74,13 +113,7 @@ def map_to_box(
     Returns:
         ``(x0, y0, x1, y1)``; the whole image when the map is all zero.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold={threshold!r} must be a fraction in [0, 1]")
-    m = np.asarray(saliency, dtype=np.float32)
-    top = float(m.max()) if m.size else 0.0
-    if top <= 0:
-        return mask_to_box(np.zeros(m.shape, dtype=bool))
-    return mask_to_box(select_components(m >= threshold * top, components))
+    return mask_to_box(select_components(threshold_mask(saliency, threshold), components))
 
 
 def boxes_at_thresholds(
@@ -114,3 +147,8 @@ def blob_mask(
             mask, structure=np.ones((3, 3), dtype=bool), iterations=closing, border_value=0
         )
     return mask
+
+
+def blobs(neuron_maps: np.ndarray, percentile: float = 80.0) -> np.ndarray:
+    """``k x H x W`` bool blob masks of the neuron maps (the authors' blob processing)."""
+    return np.stack([blob_mask(m, percentile) for m in neuron_maps])

@@ -1,0 +1,33 @@
+"""Every method is one class in one file of this package, registered by name.
+
+``fastloc_viz.METHODS`` (a live view of the registry), the CLI's choices, ``evaluate``, the
+HTML report and the widgets all read the registry, so a method registered with
+:func:`register_method` (see ``docs/own-method.md``) works everywhere at once.
+"""
+
+from .base import (
+    METHODS,
+    Attribution,
+    Context,
+    Method,
+    MethodParams,
+    get_method,
+    methods_where,
+    register_method,
+    unregister_method,
+)
+
+# The built-in methods register themselves on import, in this order.
+from . import fastloc, fastloc_rescored, gradcam, guided_backprop, guided_gradcam  # noqa: E402,F401  isort: skip
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "Context",
+    "Method",
+    "MethodParams",
+    "get_method",
+    "methods_where",
+    "register_method",
+    "unregister_method",
+]

@@ -1,0 +1,88 @@
+"""FastLoc, the poster's method: rank the probe layer's neurons by activation x gradient,
+keep the top k (one per channel), guided-backprop from each, combine the k maps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import maps as M
+from ..checks import check_choice, check_int
+from ..combine import RULES, combine_maps
+from ..fastloc import PASSES, RANK_GRADS, grads_to_maps, neuron_pass, neurons_of
+from ..models import as_logits
+from .base import Attribution, Method, MethodParams, register_method
+
+
+@register_method
+class FastLoc(Method):
+    """One forward pass, one backward pass to rank, k partial backward passes to the image.
+
+    The combined map (``combine="gate_cam"``) weights each neuron map by the probe layer's
+    Grad-CAM, computed from the ranking's own gradient at no extra cost, averages and smooths
+    them, and adds that Grad-CAM (see :mod:`fastloc_viz.combine`).
+    """
+
+    name = "fastloc"
+    label = "FastLoc"
+    uses_layer = True
+    has_neurons = True
+
+    @dataclass(frozen=True)
+    class Params(MethodParams):
+        """``k``: neurons kept; ``rank_grad``: ``"plain"`` or ``"guided"`` gradient for the
+        ranking; ``combine``: a rule of :data:`fastloc_viz.combine.RULES`; ``passes``:
+        ``"loop"``, ``"batched"`` or ``"auto"`` (batched on GPU, loop on CPU)."""
+
+        k: int = 5
+        rank_grad: str = "plain"
+        combine: str = "gate_cam"
+        passes: str = "auto"
+
+        def check(self) -> None:
+            check_choice("rank_grad", self.rank_grad, RANK_GRADS)
+            check_choice("passes", self.passes, PASSES)
+            check_choice("combine", self.combine, RULES)
+            super().check()
+            check_int("k", self.k, 1)
+
+    def candidates(self, params) -> int:
+        """How many neurons the passes start from."""
+        return params.k
+
+    def run(self, ctx, x, targets: Sequence[int | None], params) -> Attribution:
+        npass = neuron_pass(
+            ctx.model, x, ctx.layer, targets, self.candidates(params), params.rank_grad, params.passes, as_logits
+        )
+        ctx.mode = npass.mode
+        timings = dict(npass.timings)
+        t = time.perf_counter()
+        all_maps = grads_to_maps(npass.input_grads)  # N x candidates x H x W
+        class_maps = npass.class_map.float().cpu().numpy()
+        rows = []
+        for i in range(all_maps.shape[0]):
+            order, rescored = self.select(ctx, x[i : i + 1], all_maps[i], int(npass.targets[i]), params)
+            neurons = neurons_of(npass, i, order, rescored)
+            kept = all_maps[i, order]
+            cam = M.normalize(class_maps[i])
+            sal = combine_maps(
+                kept, rule=params.combine, scores=[n.score for n in neurons], sigma=params.sigma, class_map=cam
+            )
+            rows.append(
+                {"neurons": neurons, "neuron_maps": kept, "layer_shape": npass.layer_shape, "saliency": sal, "class_map": cam}
+            )
+        timings["maps"] = time.perf_counter() - t
+        return Attribution(logits=npass.logits, targets=npass.targets, rows=rows, timings=timings)
+
+    def select(self, ctx, x, neuron_maps: np.ndarray, target: int, params) -> tuple[list[int], list[float] | None]:
+        """Which candidates to keep, best first, and their rescored logits (``None``)."""
+        return list(range(neuron_maps.shape[0])), None
+
+    def record(self, params, ctx) -> dict:
+        p = super().record(params, ctx)
+        if p["passes"] == "auto":
+            p["passes"] = "loop" if ctx.bundle.device.type == "cpu" else "batched"
+        return p

@@ -1,0 +1,20 @@
+"""Guided backpropagation (Springenberg et al. 2015): the input gradient, gated at every ReLU."""
+
+from __future__ import annotations
+
+from .. import baselines
+from ..models import as_logits
+from .base import Method, register_method
+
+
+@register_method
+class GuidedBackprop(Method):
+    """Captum's ``Saliency`` under :class:`~fastloc_viz.guided.GuidedMode` (exact on ReLU6 and
+    inplace ReLUs, where Captum's own ``GuidedBackprop`` is not)."""
+
+    name = "guided_backprop"
+    label = "Guided backprop"
+
+    def attribute(self, ctx, x, targets, params):
+        attr, ctx.mode = baselines.guided_backprop(ctx.model, x, targets, as_logits)
+        return attr

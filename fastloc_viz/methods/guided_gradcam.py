@@ -1,0 +1,21 @@
+"""Guided Grad-CAM (Selvaraju et al. 2017): guided backprop times the upsampled Grad-CAM."""
+
+from __future__ import annotations
+
+from .. import baselines
+from ..models import as_logits
+from .base import Method, register_method
+
+
+@register_method
+class GuidedGradCAM(Method):
+    """Pixel detail from guided backprop, class specificity from Grad-CAM."""
+
+    name = "guided_gradcam"
+    label = "Guided Grad-CAM"
+    uses_layer = True
+
+    def attribute(self, ctx, x, targets, params):
+        name, module = ctx.layer
+        attr, ctx.mode = baselines.guided_gradcam(ctx.model, x, module, targets, as_logits, name)
+        return attr
