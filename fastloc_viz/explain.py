@@ -27,7 +27,7 @@ from .fastloc import (
 )
 from .guided import untreated_activation_modules, warn_untreated
 from .hooks import default_layer, preserved, resolve_layer
-from .images import is_batch, load_batch, to_numpy_image
+from .images import is_batch, load_batch_info, to_numpy_image
 from .models import ModelBundle, as_logits, bundle_of
 
 log = logging.getLogger("fastloc_viz")
@@ -124,7 +124,7 @@ def explain(
     if sigma is not None and not (isinstance(sigma, (int, float)) and sigma >= 0):
         raise ValueError(f"sigma={sigma!r} must be a non-negative number of pixels")
 
-    images = load_batch(image, bundle.input_size)
+    images, conversions = load_batch_info(image, bundle.input_size)
     n = images.shape[0]
     targets = _targets(bundle, target, n)
     layer_ref = None
@@ -154,6 +154,9 @@ def explain(
         results += _explain_chunk(
             bundle, images[s : s + batch_size], targets[s : s + batch_size], method, layer_ref, params
         )
+    results = [  # how each file / PIL image / read_image result was converted (issue 14)
+        r if c is None else r.replace(params={**r.params, "image": c.to_dict()}) for r, c in zip(results, conversions)
+    ]
     if not is_batch(image):
         return results[0].replace(time_s=time.perf_counter() - start)
     return results
