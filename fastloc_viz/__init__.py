@@ -11,16 +11,20 @@ from .explanation import Explanation, Neuron, Prediction
 from .fastloc import recombine
 from .images import sample_image
 from .models import ModelBundle, load_model
+from .readers import ImageInfo, LoadedImage, read_image
 
 __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "Explanation",
+    "ImageInfo",
+    "LoadedImage",
     "ModelBundle",
     "Neuron",
     "Prediction",
     "explain",
     "load_model",
+    "read_image",
     "recombine",
     "sample_image",
     "__version__",
