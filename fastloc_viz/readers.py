@@ -305,21 +305,33 @@ def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
         img.seek(index)
         count = n
     w, h = img.size
+    mode0 = img.mode
     index = index if count > 1 or index else None
+    f = _factor(w, h)
+    if f > 1 and size is not None and img.mode in _REDUCE_UNSUPPORTED:  # as small as the 8-bit path
+        f = max(f, min(w // (2 * size[1]), h // (2 * size[0])))
     if img.mode in HIGH_BIT_MODES:
-        values, f = _pil_values(img)
-        return _from_values(values, fmt, img.mode, index, count, opts, size=(w, h), scale=f)
-    if img.mode in _REDUCE_UNSUPPORTED and images._too_big(img):
-        t, f = _pil_8bit_bands(img)
-    else:
-        t, f = images._from_pil(img, size), 1
-    what = _EIGHT_BIT.get(img.mode, f"mode {img.mode} converted to RGB")
+        if f > 1:
+            values = np.asarray(_bands(img, f, "F"))
+        else:
+            values = np.asarray(img)
+        src = np.dtype(np.uint16) if img.mode.startswith("I;16") else values.dtype if f == 1 else None
+        if src is None:  # I or F averaged: the nominal range of the values read
+            src = np.dtype(np.int32 if img.mode == "I" else np.float32)
+        return _from_values(
+            values.astype(np.float32, copy=False), fmt, img.mode, index, count, opts, size=(w, h), scale=f, dtype=src
+        )
+    if img.mode in _REDUCE_UNSUPPORTED and f > 1:
+        transparent = img.mode == "PA" or "transparency" in img.info
+        img = _bands(img, f, "L" if img.mode == "1" else "RGBA" if transparent else "RGB")
+    t = images._from_pil(img, size)
+    what = _EIGHT_BIT.get(mode0, f"mode {mode0} converted to RGB")
     if opts["window"] != "auto":  # windowing asked for 8-bit data: on the 0..255 values
         values = t[0].permute(1, 2, 0).numpy() * 255.0
         return _from_values(values, fmt, img.mode, index, count, opts, size=(w, h), scale=f, nominal=(0.0, 255.0))
     info = ImageInfo(
-        format=fmt, mode=img.mode, size=(w, h), index=index, count=count, window=(0.0, 255.0), scale=f,
-        rule=_rule_text(fmt, img.mode, (w, h), index, f, f"8-bit, {what}: values / 255", None),
+        format=fmt, mode=mode0, size=(w, h), index=index, count=count, window=(0.0, 255.0), scale=f,
+        rule=_rule_text(fmt, mode0, (w, h), index, f, f"8-bit, {what}: values / 255", None),
     )
     return t, info
 
@@ -337,36 +349,15 @@ _EIGHT_BIT = {
 }
 
 
-def _pil_values(img: Image.Image) -> tuple[np.ndarray, int]:
-    """A high-bit-depth PIL image's values as float32 (``H x W``), block-averaged a band of
-    rows at a time when over MAX_PIXELS; and the factor."""
-    f = _factor(img.width, img.height)
-    if f == 1:
-        return np.asarray(img).astype(np.float32), 1
-    return _bands(img, f, lambda band: np.asarray(band).astype(np.float32)[:, :, None])[:, :, 0], f
-
-
-def _pil_8bit_bands(img: Image.Image):
-    """Modes ``Image.reduce`` refuses (bilevel, palette), over MAX_PIXELS: each band of rows
-    converted as a small image would be, then block-averaged."""
-    import torch
-
-    f = _factor(img.width, img.height)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = _bands(img, f, lambda band: images._from_pil(band)[0].permute(1, 2, 0).numpy())
-    for message in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
-        warnings.warn(message, UserWarning, stacklevel=5)
-    return torch.from_numpy(out).permute(2, 0, 1)[None], f
-
-
 def _factor(w: int, h: int) -> int:
     return int(np.ceil(np.sqrt(w * h / images.MAX_PIXELS))) if w * h > images.MAX_PIXELS else 1
 
 
-def _bands(img: Image.Image, f: int, convert) -> np.ndarray:
-    """Mean over ``f x f`` blocks of ``convert(band)`` (``h x w x C`` float32), a band of at
-    most ~16 M source pixels at a time, with the usual downscaling warning."""
+def _bands(img: Image.Image, f: int, mode: str) -> Image.Image:
+    """``img`` shrunk by ``f`` (the mean of each ``f x f`` block) for a mode ``Image.reduce``
+    refuses: a band of rows at a time (about 16 M source pixels) is converted to ``mode``
+    (``"F"`` for 16/32-bit and float data, ``"L"``, ``"RGB"`` or ``"RGBA"`` for bilevel and
+    palette images) and reduced; with the usual downscaling warning."""
     w, h = img.size
     warnings.warn(
         f"image of {w} x {h} pixels (mode {img.mode}) would take {h * w * 12 / 2**30:.1f} GiB as a "
@@ -375,15 +366,12 @@ def _bands(img: Image.Image, f: int, convert) -> np.ndarray:
         stacklevel=5,
     )
     ho, wo = h // f, w // f
+    out = Image.new(mode, (wo, ho))
     rows = max(1, (2**24 // max(1, w)) // f)  # output rows per band
-    out = None
     for r in range(0, ho, rows):
         r1 = min(ho, r + rows)
-        band = convert(img.crop((0, r * f, wo * f, r1 * f)))
-        c = band.shape[2]
-        if out is None:
-            out = np.empty((ho, wo, c), dtype=np.float32)
-        out[r:r1] = band.reshape(r1 - r, f, wo, f, c).mean(axis=(1, 3))
+        band = img.crop((0, r * f, wo * f, r1 * f)).convert(mode)
+        out.paste(band.reduce(f), (0, r))
     return out
 
 
@@ -436,6 +424,7 @@ def choose_window(
     *,
     nominal: tuple[float, float] | None | str = "dtype",
     file_window: tuple[float, float] | None = None,
+    dtype: np.dtype | None = None,
 ) -> tuple[tuple[float, float], str]:
     """``((low, high), rule)``: the values to map to 0 and 1, and how they were chosen (see
     the module's docstring). NaN / inf values are ignored."""
@@ -445,7 +434,7 @@ def choose_window(
         raise ValueError("the image holds no finite value (all NaN or inf)")
     lo, hi = float(finite.min()), float(finite.max())
     if nominal == "dtype":
-        nominal = nominal_range(values.dtype, lo, hi)
+        nominal = nominal_range(dtype or values.dtype, lo, hi)
     if not isinstance(window, str):
         return (float(window[0]), float(window[1])), "given"
     if window == "file" or (window == "auto" and file_window is not None):
@@ -461,8 +450,9 @@ def choose_window(
                 "use 'percentile', 'minmax' or (low, high)"
             )
         return nominal, f"full {_g(nominal[0])}-{_g(nominal[1])}"
-    if window == "auto" and values.dtype in (np.uint8, np.bool_):
-        return ((0.0, 255.0), "8-bit") if values.dtype == np.uint8 else ((0.0, 1.0), "bilevel")
+    dtype = np.dtype(dtype or values.dtype)
+    if window == "auto" and dtype in (np.uint8, np.bool_):
+        return ((0.0, 255.0), "8-bit") if dtype == np.uint8 else ((0.0, 1.0), "bilevel")
     p = np.percentile(sample, percentiles).astype(float)
     pw = (float(p[0]), float(p[1]))
     prule = f"percentile {_g(percentiles[0])}-{_g(percentiles[1])}"
@@ -470,7 +460,8 @@ def choose_window(
         return pw, prule
     # auto: the percentiles, unless they already span half of the nominal range
     if nominal is not None and (pw[1] - pw[0] >= 0.5 * (nominal[1] - nominal[0]) or pw[1] <= pw[0]):
-        return nominal, f"full {_g(nominal[0])}-{_g(nominal[1])} (the data fills it)"
+        why = "the data fills it" if pw[1] > pw[0] else "the percentiles are equal"
+        return nominal, f"full {_g(nominal[0])}-{_g(nominal[1])} ({why})"
     if pw[1] <= pw[0]:
         return (lo, hi), "minmax (the percentiles are equal)"
     return pw, prule
@@ -514,8 +505,10 @@ def _from_values(
     file_window: tuple[float, float] | None = None,
     invert: bool = False,
     notes: tuple[str, ...] = (),
+    dtype: np.dtype | None = None,
 ):
-    """Raw values (``H x W`` or ``H x W x C``, any real dtype) -> windowed tensor and info."""
+    """Raw values (``H x W`` or ``H x W x C``, any real dtype) -> windowed tensor and info;
+    ``dtype``: the source's type when ``values`` were already averaged to float32."""
     import torch
 
     if values.dtype.kind not in "biuf":
@@ -539,14 +532,14 @@ def _from_values(
             UserWarning,
             stacklevel=4,
         )
-        dtype = values.dtype
+        dtype = dtype or values.dtype
         values = _block_mean(values, scale)
-        if nominal == "dtype":  # keep the source type's nominal range after averaging
-            finite = values[np.isfinite(values)]
-            nominal = nominal_range(dtype, float(finite.min()), float(finite.max())) if finite.size else None
+    if dtype is not None and dtype != values.dtype and nominal == "dtype":  # the source type's range
+        finite = values[np.isfinite(values)]
+        nominal = nominal_range(dtype, float(finite.min()), float(finite.max())) if finite.size else None
     masked = int(values.size - np.isfinite(values).sum()) if values.dtype.kind == "f" else 0
     (low, high), how = choose_window(
-        values, opts["window"], opts["percentiles"], nominal=nominal, file_window=file_window
+        values, opts["window"], opts["percentiles"], nominal=nominal, file_window=file_window, dtype=dtype
     )
     out = apply_window(values, low, high, opts["stretch"])
     if invert:
