@@ -153,6 +153,7 @@ def _open(path: Path, size: tuple[int, int] | None = None, page: int = 0) -> Ima
         if asks:
             full = img.size
             img.draft(img.mode, (min(a[0] for a in asks), min(a[1] for a in asks)))
+            img.info["fastloc_original_size"] = full  # for readers.ImageInfo
             if img.size != full and full[0] * full[1] > MAX_PIXELS:  # below that, it is silent
                 warnings.warn(
                     f"image file {str(path)!r} of {full[0]} x {full[1]} pixels is decoded at a "

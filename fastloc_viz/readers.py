@@ -308,6 +308,8 @@ def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
     mode0 = img.mode
     index = index if count > 1 or index else None
     f = _factor(w, h)
+    drafted = img.info.get("fastloc_original_size")  # a JPEG decoded at a reduced scale
+    draft = max(1, round(drafted[0] / w)) if drafted else 1
     if f > 1 and size is not None and img.mode in _REDUCE_UNSUPPORTED:  # as small as the 8-bit path
         f = max(f, min(w // (2 * size[1]), h // (2 * size[0])))
     if img.mode in HIGH_BIT_MODES:
@@ -329,9 +331,11 @@ def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
     if opts["window"] != "auto":  # windowing asked for 8-bit data: on the 0..255 values
         values = t[0].permute(1, 2, 0).numpy() * 255.0
         return _from_values(values, fmt, img.mode, index, count, opts, size=(w, h), scale=f, nominal=(0.0, 255.0))
+    shrunk = f * draft * (img.width // t.shape[-1] if t.shape[-1] < img.width else 1)
+    size0 = tuple(drafted) if drafted else (w, h)
     info = ImageInfo(
-        format=fmt, mode=mode0, size=(w, h), index=index, count=count, window=(0.0, 255.0), scale=f,
-        rule=_rule_text(fmt, mode0, (w, h), index, f, f"8-bit, {what}: values / 255", None),
+        format=fmt, mode=mode0, size=size0, index=index, count=count, window=(0.0, 255.0), scale=shrunk,
+        rule=_rule_text(fmt, mode0, size0, index, shrunk, f"8-bit, {what}: values / 255", None),
     )
     return t, info
 
@@ -479,11 +483,12 @@ def apply_window(values: np.ndarray, low: float, high: float, stretch: str = "li
     """``values`` mapped to float32 ``[0, 1]``: linear ``(v - low) / (high - low)``, clipped,
     then ``asinh(x / 0.1) / asinh(10)`` for ``stretch="asinh"``; NaN / inf become 0."""
     out = np.asarray(values, dtype=np.float32)
+    bad = ~np.isfinite(out)
     out = (out - np.float32(low)) * np.float32(1.0 / (high - low)) if high > low else np.zeros_like(out)
     np.clip(out, 0, 1, out=out)
     if stretch == "asinh":
         out = (np.arcsinh(out / ASINH_SOFTENING) / np.arcsinh(1 / ASINH_SOFTENING)).astype(np.float32)
-    out[~np.isfinite(out)] = 0
+    out[bad] = 0
     return out
 
 
