@@ -14,6 +14,7 @@ from .explanation import Explanation, Neuron, Prediction
 from .images import sample_image
 from .methods import METHODS, Method, MethodParams, get_method, register_method, unregister_method
 from .models import ModelBundle, load_model
+from .readers import ImageInfo, LoadedImage, read_image
 
 __version__ = "0.1.0"
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "RULES",
     "AmbiguousClass",
     "Explanation",
+    "ImageInfo",
+    "LoadedImage",
     "Method",
     "MethodParams",
     "ModelBundle",
@@ -31,6 +34,7 @@ __all__ = [
     "explain",
     "get_method",
     "load_model",
+    "read_image",
     "recombine",
     "register_method",
     "register_rule",

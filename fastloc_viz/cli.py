@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
     e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
+    e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
+    e.add_argument("--window", default=None, help="auto (default), percentile, minmax, full, file or LOW,HIGH")
+    e.add_argument("--stretch", default=None, choices=("linear", "asinh"), help="how the window maps to [0, 1]")
 
     d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
@@ -130,6 +133,10 @@ def _cmd_explain(args) -> int:
         check_writable(out)  # before the slow part
     bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
     image = _image_arg(args.image)
+    if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
+        from .readers import parse_window, read_image
+
+        image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
     results = _run_all(
         bundle,
         image,

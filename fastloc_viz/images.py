@@ -1,6 +1,7 @@
 """Turning what users pass as an image into an ``N x 3 x H x W`` float batch in ``[0, 1]``.
 
-Accepted: a path (``str`` / ``pathlib.Path``), a PIL image, a NumPy array (``H x W``,
+Accepted: a path (``str`` / ``pathlib.Path``), a PIL image, a
+:class:`~fastloc_viz.readers.LoadedImage` (from :func:`fastloc_viz.read_image`), a NumPy array (``H x W``,
 ``H x W x 1|3|4``; uint8, uint16, bool or float in ``[0, 1]``), a tensor (``H x W``,
 ``1|3 x H x W`` or ``N x 1|3 x H x W``; uint8 or float in ``[0, 1]``), or a list of these.
 Conversions (see ``docs/robustness.md``): grayscale, bilevel and palette images are expanded
@@ -13,6 +14,12 @@ decoded pixels would need more than :data:`MAX_DECODE_BYTES` are refused, naming
 needed; images under :data:`MIN_SIDE` pixels a side are refused. Float64 / float16 inputs
 become float32; tensors on another device are copied to the CPU. Every image is resized
 (stretched, not cropped) to the model's input size, so a list may mix sizes.
+
+Files and PIL images are read by :mod:`fastloc_viz.readers` (issue 14): 16-bit, 32-bit and
+float data (modes ``I;16*``, ``I``, ``F``; TIFF, DICOM, FITS files) is windowed to ``[0, 1]``
+by its default rule, and bilevel and palette images over :data:`MAX_PIXELS` are shrunk a band
+of rows at a time; 8-bit data is converted exactly as described above. Arrays and tensors are
+taken as given (pass them through :func:`fastloc_viz.read_image` to window them).
 """
 
 from __future__ import annotations
@@ -52,19 +59,29 @@ def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
 
     Raises:
         FileNotFoundError, IsADirectoryError: bad path.
+        ImportError: a TIFF, DICOM or FITS file whose optional reader is not installed.
         ValueError: unreadable file, NaN/inf, values out of range, a degenerate size, an
             empty list.
         TypeError: an unsupported type, dtype or shape.
     """
+    return load_batch_info(image, size)[0]
+
+
+def load_batch_info(image, size: tuple[int, int]) -> tuple[torch.Tensor, list]:
+    """:func:`load_batch`, and per image the :class:`~fastloc_viz.readers.ImageInfo` of how a
+    file, PIL image or :class:`~fastloc_viz.readers.LoadedImage` was converted (``None`` for
+    arrays and tensors)."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("an empty list of images was given; pass at least one image")
-        return torch.cat([load_batch(im, size) for im in image])
+        parts = [load_batch_info(im, size) for im in image]
+        return torch.cat([p[0] for p in parts]), [i for p in parts for i in p[1]]
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
         if image.shape[0] == 0:
             raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
-        return torch.cat([load_batch(im, size) for im in image])
-    return _resize(_to_tensor(image, size), size)
+        return torch.cat([load_batch(im, size) for im in image]), [None] * image.shape[0]
+    t, info = _to_tensor_info(image, size)
+    return _resize(t, size), [info]
 
 
 def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -74,26 +91,35 @@ def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
     sides is first shrunk in 8-bit (a JPEG while decoding) to no less than twice ``size``:
     the float copy and the antialiased resize then handle a few megabytes, not hundreds.
     """
+    return _to_tensor_info(image, size)[0]
+
+
+def _to_tensor_info(image, size: tuple[int, int] | None = None):
+    """:func:`_to_tensor` and the conversion's ImageInfo (``None`` for arrays and tensors)."""
+    from . import readers
+
+    if isinstance(image, readers.LoadedImage):
+        return _from_array(image.pixels), image.info
     if isinstance(image, str) and "://" in image and not Path(image).exists():
         raise FileNotFoundError(f"image {image!r} is a URL; URLs are not fetched: download the image first")
     if isinstance(image, (str, os.PathLike)):
-        return _from_pil(_open(Path(image).expanduser(), size), size)
+        return readers.load(image, size)
     if isinstance(image, Image.Image):
         try:
-            return _from_pil(image, size)  # a lazily opened image decodes here
+            return readers.load(image, size)  # a lazily opened image decodes here
         except (OSError, SyntaxError) as e:
             raise ValueError(f"the PIL image cannot be decoded (truncated or corrupt file?): {e}") from None
     if isinstance(image, np.ndarray):
-        return _from_array(image)
+        return _from_array(image), None
     if isinstance(image, torch.Tensor):
-        return _from_tensor(image)
+        return _from_tensor(image), None
     raise TypeError(
         f"image of type {type(image).__name__} is not supported; pass a path, a PIL image, "
         "a numpy array, a torch tensor, or a list of these"
     )
 
 
-def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+def _open(path: Path, size: tuple[int, int] | None = None, page: int = 0) -> Image.Image:
     if not path.exists():
         raise FileNotFoundError(f"image file {str(path)!r} does not exist")
     if path.is_dir():
@@ -111,6 +137,11 @@ def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as e:
         raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
     with img:
+        if page:
+            n = getattr(img, "n_frames", 1)
+            if page >= n:
+                raise ValueError(f"image file {str(path)!r} has {n} page(s) (0..{n - 1}); page {page} does not exist")
+            img.seek(page)
         # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale (draft mode) to at least the size
         # asked: the size _reduced() would shrink a huge image to, and twice the model input.
         asks = []
@@ -122,6 +153,7 @@ def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
         if asks:
             full = img.size
             img.draft(img.mode, (min(a[0] for a in asks), min(a[1] for a in asks)))
+            img.info["fastloc_original_size"] = full  # for readers.ImageInfo
             if img.size != full and full[0] * full[1] > MAX_PIXELS:  # below that, it is silent
                 warnings.warn(
                     f"image file {str(path)!r} of {full[0]} x {full[1]} pixels is decoded at a "
@@ -133,8 +165,8 @@ def _open(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
         if need > MAX_DECODE_BYTES:
             raise ValueError(
                 f"image file {str(path)!r} is {img.width} x {img.height} pixels: decoding it needs "
-                f"{need / 2**30:.1f} GiB of memory ({img.width * img.height * 12 / 2**30:.1f} GiB as a "
-                f"float tensor), over the {MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
+                f"{need / 2**30:.1f} GiB of memory (mode {img.mode}; {img.width * img.height * 12 / 2**30:.1f} "
+                "GiB as a float tensor), over the {MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
                 "(fastloc_viz.images.MAX_DECODE_BYTES); downscale it first (for example "
                 "`vipsthumbnail`), or save it as JPEG, which decodes at a reduced scale"
             )

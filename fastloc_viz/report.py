@@ -173,7 +173,8 @@ def render_report(
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
     )
 
-    params = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in lead.params.items())
+    params = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in lead.params.items() if k != "image")
+    params += f"<br>image: {_esc(lead.params['image']['rule'])}" if "image" in lead.params else ""
     parts.append(
         "<section><h2>Localization · "
         + _esc(plots.method_label(lead.method))
