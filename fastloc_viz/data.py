@@ -12,6 +12,12 @@ Format (``annotations.csv`` in the data directory, paths relative to that direct
 * ``boxes``: every ground-truth box of the query's class, ``x0 y0 x1 y1`` in the stored
   image's pixels, ``;`` between boxes.
 
+Without boxes (for the box-free metrics, ``evaluate --metrics faithfulness,sanity``), only the
+``image`` column is required: ``label`` may be missing or empty (the target is then the
+model's top-1 class), and so may the size and ``boxes`` columns. A directory without
+``annotations.csv`` is read as a plain folder of images (every file with an image suffix,
+sorted by name, recursively), one top-1 query each.
+
 The same image may appear on several rows with different labels (one per object class to
 localize, e.g. collages). Images are resized (stretched, never cropped) to the model's input
 size, and :meth:`Query.boxes_at` scales the boxes with them.
@@ -29,6 +35,8 @@ from PIL import Image
 
 COLUMNS = ("image", "label", "wnid", "width", "height", "orig_width", "orig_height", "boxes")
 ANNOTATIONS = "annotations.csv"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".dcm", ".fits", ".fit")
+"""The files a plain folder of images is read from (case-insensitive)."""
 
 
 @dataclass(frozen=True)
@@ -38,16 +46,17 @@ class Query:
     Attributes:
         row: 0-based row index in the CSV (data rows only).
         image: absolute path of the stored image.
-        label: target class index.
+        label: target class index (``None``: the model's top-1 class; box-free data only).
         wnid: WordNet id of the class.
         width, height: size of the stored image in pixels.
         orig_width, orig_height: size of the original image.
-        boxes: ``m x 4`` float64 ``(x0, y0, x1, y1)`` in the stored image's pixels.
+        boxes: ``m x 4`` float64 ``(x0, y0, x1, y1)`` in the stored image's pixels (``0 x 4``
+            for box-free data).
     """
 
     row: int
     image: Path
-    label: int
+    label: int | None
     wnid: str
     width: int
     height: int
@@ -91,51 +100,79 @@ def parse_boxes(text: str) -> np.ndarray:
 
 
 class LocalizationDataset:
-    """The queries of one CSV file, in file order.
+    """The queries of one CSV file (or of a plain folder of images), in file order.
 
     Args:
-        path: a directory holding ``annotations.csv``, or the path of a CSV file. Image paths
-            are relative to the CSV's directory.
+        path: a directory holding ``annotations.csv``, the path of a CSV file (image paths are
+            relative to the CSV's directory), or, with ``boxes=False``, a directory of images.
         limit: keep only the first ``limit`` rows (``None``: all).
+        boxes: require every column and a box on every row (localization); ``False``: only
+            ``image`` is required (see the module's docstring).
 
     Raises:
-        FileNotFoundError: no CSV at ``path``.
+        FileNotFoundError: no CSV at ``path`` (nor, with ``boxes=False``, any image).
         ValueError: missing columns or a malformed row (the message names the row).
     """
 
-    def __init__(self, path: str | Path, limit: int | None = None) -> None:
+    def __init__(self, path: str | Path, limit: int | None = None, boxes: bool = True) -> None:
         path = Path(path)
         csv_path = path / ANNOTATIONS if path.is_dir() else path
-        if not csv_path.is_file():
-            raise FileNotFoundError(f"no {ANNOTATIONS} in {path} (expected a data directory or a CSV)")
         if limit is not None and limit < 0:
             raise ValueError(f"limit={limit!r} must be >= 0 or None")
+        self.queries: list[Query] = []
+        self.boxes = boxes
+        if not csv_path.is_file() and path.is_dir() and not boxes:
+            self._read_folder(path, limit)
+            return
+        if not csv_path.is_file():
+            raise FileNotFoundError(
+                f"no {ANNOTATIONS} in {path} (expected a data directory or a CSV"
+                + (")" if boxes else ", or a folder of images)")
+            )
         self.csv_path = csv_path.resolve()
         self.root = self.csv_path.parent
-        self.queries: list[Query] = []
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
-            missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+            need = COLUMNS if boxes else ("image",)
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{csv_path} lacks columns {missing}; expected {list(COLUMNS)}")
+                raise ValueError(f"{csv_path} lacks columns {missing}; expected {list(need)}"
+                                 + (" (localization needs boxes)" if boxes and "boxes" in missing else ""))
             for i, rec in enumerate(reader):
                 if limit is not None and i >= limit:
                     break
                 try:
-                    query = Query(
-                        row=i,
-                        image=self.root / rec["image"],
-                        label=int(rec["label"]),
-                        wnid=rec["wnid"],
-                        width=int(rec["width"]),
-                        height=int(rec["height"]),
-                        orig_width=int(rec["orig_width"]),
-                        orig_height=int(rec["orig_height"]),
-                        boxes=parse_boxes(rec["boxes"]),
-                    )
+                    self.queries.append(self._query(i, rec))
                 except ValueError as e:
                     raise ValueError(f"{csv_path} row {i} ({rec.get('image')!r}): {e}") from e
-                self.queries.append(query)
+
+    def _query(self, i: int, rec: dict) -> Query:
+        def num(key: str) -> int:
+            v = (rec.get(key) or "").strip()
+            return int(v) if v else 0
+
+        label = (rec.get("label") or "").strip()
+        text = (rec.get("boxes") or "").strip()
+        return Query(
+            row=i,
+            image=self.root / rec["image"],
+            label=int(label) if label or self.boxes else None,
+            wnid=rec.get("wnid") or "",
+            width=num("width"),
+            height=num("height"),
+            orig_width=num("orig_width"),
+            orig_height=num("orig_height"),
+            boxes=parse_boxes(text) if text or self.boxes else np.zeros((0, 4)),
+        )
+
+    def _read_folder(self, path: Path, limit: int | None) -> None:
+        self.root = path.resolve()
+        self.csv_path = self.root  # identifies the data (caches, reports)
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no {ANNOTATIONS} and no image ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+        for i, p in enumerate(files[:limit]):
+            self.queries.append(Query(i, p, None, "", 0, 0, 0, 0, np.zeros((0, 4))))
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -149,4 +186,6 @@ class LocalizationDataset:
     @property
     def name(self) -> str:
         """The data directory's name (or the CSV's stem when it is not ``annotations.csv``)."""
-        return self.root.name if self.csv_path.name == ANNOTATIONS else self.csv_path.stem
+        if self.csv_path == self.root or self.csv_path.name == ANNOTATIONS:
+            return self.root.name
+        return self.csv_path.stem

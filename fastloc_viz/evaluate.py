@@ -1,4 +1,6 @@
-"""``fastloc-viz evaluate``: localization metrics of several methods on a box-annotated data set.
+"""``fastloc-viz evaluate``: localization metrics of several methods on a box-annotated data set,
+and (``--metrics faithfulness,sanity``, :mod:`fastloc_viz.evaluate_boxfree`) box-free ones on any
+CSV or folder of images.
 
 Python API: :func:`evaluate`. CLI: :func:`add_arguments` + :func:`run` (registered as the
 ``evaluate`` subcommand; also ``python -m fastloc_viz.evaluate``).
@@ -439,13 +441,21 @@ def _reset_peak(device: Any) -> None:
 
 # ----------------------------------------------------------------------------- outputs
 def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}}``."""
+    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}}``, plus
+    ``deletion_auc``, ``insertion_auc``, ``sanity_similarity`` and ``sanity_curve`` (a list)
+    for the box-free metrics asked for."""
+    from .evaluate_boxfree import FAITHFULNESS_KEYS
+
+    def keys(m: Mapping[str, Any]) -> dict[str, Any]:
+        d = {k: float(m[k]) for k in (*JSON_KEYS, *FAITHFULNESS_KEYS, "sanity_similarity") if k in m}
+        if "sanity_curve" in m:
+            d["sanity_curve"] = [float(v) for v in m["sanity_curve"]]
+        return d
+
     return {
         "n": int(results["n"]),
         "model": results["model"],
-        "methods": {
-            label: {k: float(m[k]) for k in JSON_KEYS} for label, m in results["methods"].items()
-        },
+        "methods": {label: keys(m) for label, m in results["methods"].items()},
     }
 
 
@@ -498,9 +508,20 @@ def write_outputs(results: Mapping[str, Any], out: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.md", out / "accuracy_vs_threshold.html"]
     write_text_atomic(paths[0], json.dumps(results, indent=1, default=str), what="results")
-    write_text_atomic(paths[1], markdown_table(results), what="results table")
+    localization = all("curves" in m for m in results["methods"].values())
+    write_text_atomic(paths[1], _tables(results), what="results table")
+    if not localization:
+        return paths[:2]
     write_text_atomic(paths[2], threshold_figure(results).to_html(include_plotlyjs=True), what="plot")
     return paths
+
+
+def _tables(results: Mapping[str, Any]) -> str:
+    from . import evaluate_boxfree as bf
+
+    boxfree = any(k in m for m in results["methods"].values() for k in bf.FAITHFULNESS_KEYS + bf.SANITY_KEYS)
+    local = all("curves" in m for m in results["methods"].values())
+    return (markdown_table(results) if local else "") + ("\n" + bf.markdown_table(results) if boxfree else "")
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -513,6 +534,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
         "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics", default="localization",
+        help="comma-separated: localization (needs boxes), faithfulness (deletion / insertion), "
+        "sanity (model randomization); faithfulness and sanity work on any CSV or folder of "
+        "images (default: %(default)s)",
+    )
+    parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default: %(default)s)")
+    parser.add_argument("--sanity-depths", default=None,
+                        help="randomization depths to compute, e.g. 1,3,6,11 (default: all; full is always added)")
+    parser.add_argument("--sanity-limit", type=int, default=None,
+                        help="the sanity check on the first N images only (default: all)")
     parser.add_argument(
         "--layer", default=None,
         help="layer for every method that uses one (default: each method's own default)",
@@ -536,11 +568,14 @@ def run(args: argparse.Namespace) -> int:
 
     from . import load_model
 
+    from .evaluate_boxfree import evaluate_box_free, parse_metrics
+
     dist = init_distributed()
     specs = parse_methods(args.methods)
+    metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit} must be a positive number of rows")
-    dataset = LocalizationDataset(args.data_dir, limit=args.limit)
+    dataset = LocalizationDataset(args.data_dir, limit=args.limit, boxes="localization" in metrics)
     if args.out:  # fail now, not after the whole run
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -555,10 +590,24 @@ def run(args: argparse.Namespace) -> int:
     cache = None
     if not args.no_cache:
         cache = args.cache or (Path(args.out) / "cache" if args.out else default_cache_dir())
-    results = evaluate(
-        bundle, dataset, specs, layer=args.layer, cache_dir=cache,
-        progress=not args.no_progress, dist=dist,
-    )
+    if "localization" in metrics:
+        results = evaluate(
+            bundle, dataset, specs, layer=args.layer, cache_dir=cache,
+            progress=not args.no_progress, dist=dist,
+        )
+    else:
+        results = {"n": len(dataset), "model": bundle.name, "data": str(dataset.csv_path), "layer": args.layer,
+                   "machine": machine_info(device), "methods": {s.label: {"method": s.method} for s in specs}}
+    if set(metrics) - {"localization"}:  # one process: the box-free metrics are not sharded
+        depths = None if not args.sanity_depths else [int(v) for v in args.sanity_depths.split(",")]
+        extra = evaluate_box_free(
+            bundle, dataset, specs, metrics=metrics, layer=args.layer, steps=args.steps,
+            sanity_depths=depths, sanity_limit=args.sanity_limit, cache_dir=cache,
+            progress=not args.no_progress and dist.is_main,
+        )
+        for label, d in extra.items():
+            results["methods"][label].update(d)
+    results["metrics"] = list(metrics)
     results["command"] = " ".join(sys.argv)
     if dist.is_main:
         if args.out:
@@ -567,7 +616,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(json_summary(results)))
         else:
-            print(markdown_table(results), end="")
+            print(_tables(results), end="")
     _barrier()
     return 0
 

@@ -1,0 +1,278 @@
+"""The box-free metrics of ``fastloc-viz evaluate --metrics faithfulness,sanity``.
+
+Per method and query (one image, the row's label as target, or the top-1 class when the data
+have no labels):
+
+* ``faithfulness``: the deletion and insertion curves of the method's map
+  (:mod:`fastloc_viz.faithfulness`; deletion from the mean colour, insertion from the blur)
+  and their areas;
+* ``sanity``: the cascading model-randomization check (:mod:`fastloc_viz.sanity`), the
+  Spearman / SSIM / HOG similarity at each depth computed.
+
+Deterministic (one image at a time, in file order, a fixed randomization seed) and resumable:
+each query's numbers are appended to a JSON-lines cache as soon as they exist, under a key
+that holds the model, the method's parameters and defaults, the data and the metric's
+settings; a rerun skips what is cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import LocalizationDataset, Query
+from .files import write_text_atomic
+from .methods import get_method
+
+METRICS = ("localization", "faithfulness", "sanity")
+FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc")
+SANITY_KEYS = ("sanity_similarity", "sanity_curve")
+CACHE_VERSION = 1
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """``"localization,faithfulness"`` -> the metric names, checked, in :data:`METRICS` order."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in METRICS]
+    if bad or not names:
+        raise ValueError(f"unknown metric(s) {bad or text!r}; choose from {list(METRICS)}")
+    return tuple(m for m in METRICS if m in names)
+
+
+class RowCache:
+    """Append-only JSON-lines store of one dict per query, for one configuration."""
+
+    def __init__(self, root: Path, spec: dict[str, Any]) -> None:
+        text = json.dumps(spec, sort_keys=True, default=str)
+        self.dir = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "spec.json").exists():
+            write_text_atomic(self.dir / "spec.json", json.dumps(spec, indent=1, sort_keys=True, default=str),
+                              what="cache spec")
+        self.path = self.dir / "rows.jsonl"
+        self._file = None
+
+    def load(self, dataset: LocalizationDataset) -> dict[int, dict]:
+        out: dict[int, dict] = {}
+        if not self.path.exists():
+            return out
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                    row = int(d["row"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by an interruption
+                if 0 <= row < len(dataset) and d.get("image") == _image_key(dataset, dataset[row]) \
+                        and d.get("label") == dataset[row].label:
+                    out[row] = d
+        return out
+
+    def append(self, d: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across queries
+            if self._file.tell() > 0:
+                self._file.seek(self._file.tell() - 1)
+                if self._file.read(1) != "\n":
+                    self._file.write("\n")
+        self._file.write(json.dumps(d) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _image_key(dataset: LocalizationDataset, q: Query) -> str:
+    try:
+        return str(q.image.relative_to(dataset.root))
+    except ValueError:
+        return str(q.image)
+
+
+def evaluate_box_free(
+    bundle: Any,
+    dataset: LocalizationDataset,
+    specs: Sequence[Any],
+    *,
+    metrics: Sequence[str] = ("faithfulness", "sanity"),
+    layer: str | None = None,
+    steps: int = 16,
+    sanity_depths: Sequence[int] | None = None,
+    sanity_limit: int | None = None,
+    level: str = "blocks",
+    seed: int = 42,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+    max_queries: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Faithfulness and / or sanity of each method over the data set.
+
+    Args:
+        bundle: a ``ModelBundle``.
+        dataset: the queries (boxes not needed).
+        specs: :class:`~fastloc_viz.evaluate.MethodSpec` (or method names).
+        metrics: ``"faithfulness"`` and / or ``"sanity"``.
+        layer: probe layer for the methods that use one.
+        steps: deletion / insertion steps.
+        sanity_depths: randomization depths to compute (``None``: all; full randomization is
+            always included).
+        sanity_limit: the sanity check only on the first ``sanity_limit`` queries (it costs a
+            map per method and depth).
+        level: what one randomization depth is (``"blocks"`` or ``"modules"``).
+        seed: the randomization seed.
+        cache_dir: per-query cache for resuming (``None``: none).
+        progress: a tqdm bar on stderr.
+        max_queries: stop after computing this many new queries (tests of resuming).
+
+    Returns:
+        ``{label: {"deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve",
+        "fractions", "n_faithfulness", "sec_per_image_faithfulness", "sanity_similarity",
+        "sanity_curve", "sanity_ssim", "sanity_hog", "sanity_depths", "sanity_groups",
+        "n_sanity", "sec_per_image_sanity"}}`` (the keys of the metrics asked for).
+    """
+    from .evaluate import MethodSpec, _explain_function
+    from .faithfulness import faithfulness
+    from .sanity import sanity_check
+
+    explain = _explain_function()
+    specs = [MethodSpec(s) if isinstance(s, str) else s for s in specs]
+    metrics = [m for m in metrics if m != "localization"]
+    settings = {
+        "faithfulness": {"steps": steps, "deletion": "mean", "insertion": "blur"},
+        "sanity": {"depths": None if sanity_depths is None else sorted(set(sanity_depths)), "level": level,
+                   "seed": seed},
+    }
+    caches: dict[tuple[str, str], RowCache] = {}
+    done: dict[tuple[str, str], dict[int, dict]] = {}
+    for spec in specs:
+        for metric in metrics:
+            key = (spec.label, metric)
+            done[key] = {}
+            if cache_dir is not None:
+                caches[key] = RowCache(Path(cache_dir) / metric, {
+                    "version": CACHE_VERSION, "model": bundle.name, "method": spec.method,
+                    "kwargs": dict(spec.kwargs), "defaults": get_method(spec.method).defaults(),
+                    "default_layer": bundle.default_layer, "layer": layer,
+                    "input_size": list(bundle.input_size), "data": str(dataset.csv_path), **settings[metric],
+                })
+                done[key] = caches[key].load(dataset)
+
+    def wanted(q: Query, metric: str) -> bool:
+        return metric != "sanity" or sanity_limit is None or q.row < sanity_limit
+
+    todo = [q for q in dataset if any(wanted(q, m) and q.row not in done[(s.label, m)]
+                                      for s in specs for m in metrics)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), initial=len(dataset) - len(todo), file=sys.stderr,
+                   desc=f"{'+'.join(metrics)} {dataset.name}", unit="img", dynamic_ncols=True)
+    try:
+        for n, q in enumerate(todo):
+            if max_queries is not None and n >= max_queries:
+                break
+            image = q.load_image()
+            for spec in specs:
+                kwargs = dict(spec.kwargs)
+                if layer is not None and "layer" not in kwargs:
+                    kwargs["layer"] = layer
+                base = {"row": q.row, "image": _image_key(dataset, q), "label": q.label}
+                key = (spec.label, "faithfulness")
+                if key in done and q.row not in done[key]:
+                    t = time.perf_counter()
+                    e = explain(bundle, image, method=spec.method, target=q.label, **kwargs)
+                    curves = faithfulness(bundle, image, e.saliency, target=e.target, steps=steps)
+                    d = {**base, "target": e.target, "time_s": time.perf_counter() - t,
+                         **{f"{k}_auc": c.auc for k, c in curves.items()},
+                         **{k: c.probs.tolist() for k, c in curves.items()}}
+                    done[key][q.row] = d
+                    if key in caches:
+                        caches[key].append(d)
+                key = (spec.label, "sanity")
+                if key in done and q.row not in done[key] and wanted(q, "sanity"):
+                    t = time.perf_counter()
+                    lay = kwargs.pop("layer", None)
+                    r = sanity_check(bundle, image, methods=[spec.method], target=q.label, layer=lay,
+                                     level=level, depths=sanity_depths, seed=seed,
+                                     explain_kwargs=kwargs)[spec.method]
+                    d = {**base, "target": r.target, "time_s": time.perf_counter() - t, **r.to_dict()}
+                    done[key][q.row] = d
+                    if key in caches:
+                        caches[key].append(d)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        for c in caches.values():
+            c.close()
+    return {spec.label: _summary(spec.label, metrics, done, steps) for spec in specs}
+
+
+def _summary(label: str, metrics: Sequence[str], done: dict, steps: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "faithfulness" in metrics:
+        rows = [done[(label, "faithfulness")][r] for r in sorted(done[(label, "faithfulness")])]
+        out["n_faithfulness"] = len(rows)
+        out["fractions"] = (np.arange(steps + 1) / steps).tolist()
+        for kind in ("deletion", "insertion"):
+            out[f"{kind}_auc"] = float(np.mean([d[f"{kind}_auc"] for d in rows])) if rows else float("nan")
+            out[f"{kind}_curve"] = np.mean([d[kind] for d in rows], axis=0).tolist() if rows else []
+        out["sec_per_image_faithfulness"] = float(np.mean([d["time_s"] for d in rows])) if rows else float("nan")
+    if "sanity" in metrics:
+        rows = [done[(label, "sanity")][r] for r in sorted(done[(label, "sanity")])]
+        out["n_sanity"] = len(rows)
+        for k in ("spearman", "ssim", "hog"):
+            name = "sanity_curve" if k == "spearman" else f"sanity_{k}"
+            out[name] = np.mean([d[k] for d in rows], axis=0).tolist() if rows else []
+        out["sanity_similarity"] = out["sanity_curve"][-1] if rows else float("nan")
+        out["sanity_depths"] = rows[0]["depths"] if rows else []
+        out["sanity_groups"] = rows[0]["groups"] if rows else []
+        out["sec_per_image_sanity"] = float(np.mean([d["time_s"] for d in rows])) if rows else float("nan")
+    return out
+
+
+def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
+    """Every cached configuration of ``metric`` under an evaluate cache: ``{label: {row: d}}``
+    (for paired intervals, ``benchmarks/paired_bootstrap.py --metrics ...``)."""
+    from .evaluate import MethodSpec
+
+    out: dict[str, dict[int, dict]] = {}
+    for spec_path in sorted((Path(cache_dir) / metric).glob("*/spec.json")):
+        spec = json.loads(spec_path.read_text())
+        label = MethodSpec(spec["method"], spec["kwargs"]).label
+        rows: dict[int, dict] = {}
+        path = spec_path.parent / "rows.jsonl"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    d = json.loads(line)
+                    rows[int(d["row"])] = d
+                except (ValueError, KeyError, TypeError):
+                    continue
+        out.setdefault(label, {}).update(rows)
+    return out
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """A markdown table of the box-free metrics, one row per method."""
+    lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher) | randomization "
+             "similarity (Spearman, lower is better) | s/image faithfulness | s/image sanity |",
+             "|---|---|---|---|---|---|"]
+    for label, m in results["methods"].items():
+        def f(key: str, fmt: str = ".3f") -> str:
+            return format(m[key], fmt) if key in m else "-"
+
+        lines.append(f"| `{label}` | {f('deletion_auc')} | {f('insertion_auc')} | {f('sanity_similarity')} "
+                     f"| {f('sec_per_image_faithfulness', '.2f')} | {f('sec_per_image_sanity', '.2f')} |")
+    return "\n".join(lines) + "\n"
