@@ -156,7 +156,7 @@ def _probs(bundle: ModelBundle, images: torch.Tensor, target: int | None, batch_
     with preserved(bundle.model), torch.no_grad():
         for s in range(0, len(images), batch_size):
             logits = as_logits(bundle.model(bundle.preprocess(images[s : s + batch_size])))
-            p = torch.softmax(logits.float(), dim=1)
+            p = torch.softmax(logits.double(), dim=1)  # float64: exact against a float64 reference
             if target is None:
                 target = int(p[0].argmax())
             out.append(p[:, target].double().cpu())

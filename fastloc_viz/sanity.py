@@ -28,7 +28,8 @@ Similarities between the trained model's map and each randomized one (both ``H x
 * ``ssim``: structural similarity (scikit-image, ``data_range`` 1 after scaling each map to
   ``[0, 1]`` by its maximum);
 * ``hog``: Pearson correlation of the two maps' HOG descriptors (scikit-image ``hog``, 9
-  orientations, 16 x 16 px cells, 2 x 2 blocks), Adebayo et al.'s "HOG similarity".
+  orientations, 16 x 16 px cells (half the map's side if it is under 32 px),
+  2 x 2 blocks), Adebayo et al.'s "HOG similarity".
 
 A constant map (all zeros, which Grad-CAM gives when every gradient is negative) has no
 ranks: its correlations are reported as 0.
@@ -165,8 +166,9 @@ def map_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     const = np.ptp(a) == 0 or np.ptp(b) == 0
     rho = 0.0 if const else float(spearmanr(a.ravel(), b.ravel()).statistic)
     ssim = float(structural_similarity(a, b, data_range=1.0))
-    ha = hog(a, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2))
-    hb = hog(b, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2))
+    cell = max(1, min(16, min(a.shape) // 2))  # 16 px, smaller for maps under 32 px
+    ha = hog(a, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
+    hb = hog(b, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
     h = 0.0 if np.ptp(ha) == 0 or np.ptp(hb) == 0 else float(pearsonr(ha, hb).statistic)
     return {"spearman": rho, "ssim": ssim, "hog": h}
 
