@@ -2,7 +2,8 @@
 
 The report shows, for one image: the image with the combined map and box, the k neuron maps
 with their scores, the rank-score chart, the methods side by side on one colour scale, the
-top-5 predictions, and the timings. The explanations' JSON (``Explanation.to_dict``) is
+top-5 predictions, and the timings; optionally (``faithfulness=``, ``sanity=``) the deletion /
+insertion curves and the randomization sanity check. The explanations' JSON (``Explanation.to_dict``) is
 embedded too, in a ``<script type="application/json" id="fastloc-data">`` element.
 
 The file is written atomically: to a temporary file in the same directory, then renamed
@@ -24,6 +25,7 @@ import plotly
 import plotly.graph_objects as go
 
 from . import plots
+from . import plots_faithfulness as pf
 from .explanation import Box, Explanation
 from .files import write_text_atomic
 
@@ -135,6 +137,8 @@ def render_report(
     *,
     title: str = "fastloc_viz report",
     gt_box: Box | None = None,
+    faithfulness: Mapping[str, Any] | None = None,
+    sanity: Mapping[str, Any] | None = None,
 ) -> str:
     """The report's HTML as a string (see :func:`write_report`)."""
     if not isinstance(explanations, Mapping) or not explanations:
@@ -211,11 +215,20 @@ def render_report(
             + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240))
             + "</section>"
         )
+    parts += _box_free_sections(fig, lead, faithfulness, sanity)
     parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
 
     data = {name: e.to_dict() for name, e in explanations.items()}
     if gt_box is not None:
         data = {"gt_box": list(gt_box), "explanations": data}
+    if faithfulness or sanity:
+        data = data if "explanations" in data else {"explanations": data}
+        if faithfulness:
+            data["faithfulness"] = {k: {kind: {"fractions": x.tolist(), "probs": y.tolist(), "auc": a}
+                                        for kind, (x, y, a) in v.items()}
+                                    for k, v in pf.curves_of(faithfulness).items()}
+        if sanity:
+            data["sanity"] = {k: r.to_dict() for k, r in sanity.items() if hasattr(r, "to_dict")}
     blob = json.dumps(data).replace("</", "<\\/")
     del figs
     return (
@@ -228,12 +241,37 @@ def render_report(
     )
 
 
+def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str]:
+    parts = []
+    if faithfulness:
+        parts.append(
+            "<section><h2>Faithfulness: deletion and insertion</h2><p class='muted'>The image's pixels "
+            "in the order each map ranks them, removed (deletion, from the normalization's mean "
+            "colour) or added to a blurred start (insertion), and the target class's probability "
+            "(Petsiuk et al. 2018). A faithful map makes deletion fall fast and insertion rise fast.</p>"
+            + fig(pf.faithfulness_figure(faithfulness)) + "</section>"
+        )
+    if sanity:
+        objects = {k: r for k, r in sanity.items() if hasattr(r, "maps")}
+        parts.append(
+            "<section><h2>Sanity check: model randomization</h2><p class='muted'>The model's layers "
+            "re-initialized from the top down on a copy, each method's map recomputed "
+            "(Adebayo et al. 2018); ρ is the Spearman correlation with the trained model's map. "
+            "A map that barely changes while the model is destroyed does not explain the model.</p>"
+            + (fig(pf.sanity_strip(objects, image=lead.image)) if objects else "")
+            + fig(pf.sanity_curve_figure(sanity)) + "</section>"
+        )
+    return parts
+
+
 def write_report(
     path: str | os.PathLike[str],
     explanations: Mapping[str, Explanation],
     *,
     title: str = "fastloc_viz report",
     gt_box: Box | None = None,
+    faithfulness: Mapping[str, Any] | None = None,
+    sanity: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
     """Write one self-contained HTML report for one image.
 
@@ -244,6 +282,12 @@ def write_report(
             grid, rank scores); with more than one method, all appear side by side.
         title: the page title.
         gt_box: ``(x0, y0, x1, y1)`` ground-truth box: drawn, and IoUs reported.
+        faithfulness: adds the deletion / insertion curves: ``{method: {"deletion": Curve,
+            "insertion": Curve}}`` from :func:`fastloc_viz.faithfulness.faithfulness_of`
+            (or ``evaluate``'s results, for mean curves over a data set).
+        sanity: adds the randomization sanity check: ``{method: SanityResult}`` from
+            :func:`fastloc_viz.sanity.sanity_check` (maps at each depth and the similarity
+            curve), or ``evaluate``'s results (the curve only).
 
     Returns:
         The path written.
@@ -253,5 +297,5 @@ def write_report(
         FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, OSError: the location is not
             writable; the message names the path. An existing file there is left untouched.
     """
-    text = render_report(explanations, title=title, gt_box=gt_box)
+    text = render_report(explanations, title=title, gt_box=gt_box, faithfulness=faithfulness, sanity=sanity)
     return write_text_atomic(path, text, what="report")
