@@ -243,9 +243,13 @@ def _summary(label: str, metrics: Sequence[str], done: dict, steps: int) -> dict
 
 
 def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
-    """Every cached configuration of ``metric`` under an evaluate cache: ``{label: {row: d}}``
-    (for paired intervals, ``benchmarks/paired_bootstrap.py --metrics ...``)."""
+    """Every cached configuration of ``metric`` under an evaluate cache: ``{label: {row: d}}``,
+    in registry order (for paired intervals, ``benchmarks/boxfree_table.py``). Where one
+    method was run with several settings (say, other sanity depths), the one with the most
+    rows."""
     from .evaluate import MethodSpec
+
+    from .methods import METHODS
 
     out: dict[str, dict[int, dict]] = {}
     for spec_path in sorted((Path(cache_dir) / metric).glob("*/spec.json")):
@@ -260,8 +264,11 @@ def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
                     rows[int(d["row"])] = d
                 except (ValueError, KeyError, TypeError):
                     continue
-        out.setdefault(label, {}).update(rows)
-    return out
+        if len(rows) > len(out.get(label, {})):  # several settings of one method: the fullest
+            out[label] = rows
+    order = list(METHODS)
+    return dict(sorted(out.items(), key=lambda kv: (order.index(kv[0].split("[")[0])
+                                                    if kv[0].split("[")[0] in order else len(order), kv[0])))
 
 
 def markdown_table(results: dict[str, Any]) -> str:
