@@ -517,11 +517,9 @@ def write_outputs(results: Mapping[str, Any], out: str | Path) -> list[Path]:
 
 
 def _tables(results: Mapping[str, Any]) -> str:
-    from . import evaluate_boxfree as bf
+    from .evaluate_boxfree import tables
 
-    boxfree = any(k in m for m in results["methods"].values() for k in bf.FAITHFULNESS_KEYS + bf.SANITY_KEYS)
-    local = all("curves" in m for m in results["methods"].values())
-    return (markdown_table(results) if local else "") + ("\n" + bf.markdown_table(results) if boxfree else "")
+    return tables(results, markdown_table)
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -540,11 +538,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "sanity (model randomization); faithfulness and sanity work on any CSV or folder of "
         "images (default: %(default)s)",
     )
-    parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default: %(default)s)")
-    parser.add_argument("--sanity-depths", default=None,
-                        help="randomization depths to compute, e.g. 1,3,6,11 (default: all; full is always added)")
-    parser.add_argument("--sanity-limit", type=int, default=None,
-                        help="the sanity check on the first N images only (default: all)")
+    from .evaluate_boxfree import add_arguments as box_free_arguments
+
+    box_free_arguments(parser)
     parser.add_argument(
         "--layer", default=None,
         help="layer for every method that uses one (default: each method's own default)",
@@ -568,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import load_model
 
-    from .evaluate_boxfree import evaluate_box_free, parse_metrics
+    from .evaluate_boxfree import parse_metrics, run_box_free
 
     dist = init_distributed()
     specs = parse_methods(args.methods)
@@ -599,15 +595,7 @@ def run(args: argparse.Namespace) -> int:
         results = {"n": len(dataset), "model": bundle.name, "data": str(dataset.csv_path), "layer": args.layer,
                    "machine": machine_info(device), "methods": {s.label: {"method": s.method} for s in specs}}
     if set(metrics) - {"localization"}:  # one process: the box-free metrics are not sharded
-        depths = None if not args.sanity_depths else [int(v) for v in args.sanity_depths.split(",")]
-        extra = evaluate_box_free(
-            bundle, dataset, specs, metrics=metrics, layer=args.layer, steps=args.steps,
-            sanity_depths=depths, sanity_limit=args.sanity_limit, cache_dir=cache,
-            progress=not args.no_progress and dist.is_main,
-        )
-        for label, d in extra.items():
-            results["methods"][label].update(d)
-    results["metrics"] = list(metrics)
+        run_box_free(results, bundle, dataset, specs, metrics, args, cache, not args.no_progress and dist.is_main)
     results["command"] = " ".join(sys.argv)
     if dist.is_main:
         if args.out:

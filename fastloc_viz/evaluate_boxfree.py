@@ -271,6 +271,36 @@ def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
                                                     if kv[0].split("[")[0] in order else len(order), kv[0])))
 
 
+def add_arguments(parser: Any) -> None:
+    """The box-free options of ``fastloc-viz evaluate``."""
+    parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default: %(default)s)")
+    parser.add_argument("--sanity-depths", default=None,
+                        help="randomization depths to compute, e.g. 1,3,6,11 (default: all; full is always added)")
+    parser.add_argument("--sanity-limit", type=int, default=None,
+                        help="the sanity check on the first N images only (default: all)")
+
+
+def run_box_free(results: dict, bundle: Any, dataset: LocalizationDataset, specs: Sequence[Any],
+                 metrics: Sequence[str], args: Any, cache: Any, progress: bool) -> None:
+    """``evaluate``'s CLI: add the box-free numbers to ``results["methods"]``."""
+    depths = None if not args.sanity_depths else [int(v) for v in args.sanity_depths.split(",")]
+    extra = evaluate_box_free(
+        bundle, dataset, specs, metrics=metrics, layer=args.layer, steps=args.steps,
+        sanity_depths=depths, sanity_limit=args.sanity_limit, cache_dir=cache, progress=progress,
+    )
+    for label, d in extra.items():
+        results["methods"][label].update(d)
+    results["metrics"] = list(metrics)
+
+
+def tables(results: dict[str, Any], localization_table: Any) -> str:
+    """The localization table (when there are localization results) and the box-free one."""
+    methods = results["methods"].values()
+    boxfree = any(k in m for m in methods for k in FAITHFULNESS_KEYS + SANITY_KEYS)
+    local = all("curves" in m for m in methods)
+    return (localization_table(results) if local else "") + ("\n" + markdown_table(results) if boxfree else "")
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """A markdown table of the box-free metrics, one row per method."""
     lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher) | randomization "
