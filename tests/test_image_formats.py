@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import cli, images, readers
+from fastloc_viz import cli, formats, images, readers, windowing
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -162,7 +162,7 @@ def test_auto_keeps_full_range_data_and_8_bit_data():
 
 def test_nan_pixels_are_masked():
     v = np.tile(np.array([[np.nan, 0.0, 1.0, 2.0], [3.0, 4.0, np.inf, 5.0]], np.float32), (4, 2))
-    t, info = readers._from_values(v, "array", "float32", None, 1, {"window": "minmax", "percentiles": (0.5, 99.5), "stretch": "linear"})
+    t, info = windowing.from_values(v, "array", "float32", None, 1, {"window": "minmax", "percentiles": (0.5, 99.5), "stretch": "linear"})
     assert info.window == (0.0, 5.0) and info.masked == 16
     np.testing.assert_allclose(t[0, 0, :2, :4].numpy(), [[0, 0, 0.2, 0.4], [0.6, 0.8, 0, 1]], atol=1e-6)
 
@@ -221,7 +221,7 @@ def test_missing_extra_names_it(tmp_path, monkeypatch):
 
 
 def test_cli_missing_extra_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(readers, "_read_dicom", lambda *a: (_ for _ in ()).throw(readers._missing("DICOM")))
+    monkeypatch.setattr(readers, "read_dicom", lambda *a: (_ for _ in ()).throw(formats.missing_reader("DICOM")))
     (tmp_path / "x.dcm").write_bytes(b"\0" * 128 + b"DICM")
     monkeypatch.setattr(fv, "load_model", lambda *a, **k: fv.ModelBundle.__new__(fv.ModelBundle))
     assert cli.main(["explain", str(tmp_path / "x.dcm"), "--page", "0"]) == 2
