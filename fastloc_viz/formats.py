@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import images
+from . import decode
 from .windowing import from_values, _g
 
 _EXTRAS = {
@@ -46,11 +46,11 @@ def read_tiff(path: Path, index, opts):
         page = tf.pages[i]
         shape, dtype = tuple(page.shape), np.dtype(page.dtype)
         need = int(np.prod(shape)) * dtype.itemsize
-        if need > images.MAX_DECODE_BYTES:
+        if need > decode.MAX_DECODE_BYTES:
             raise ValueError(
                 f"image file {str(path)!r} page {i} is {shape} {dtype} (TIFF): decoding it needs "
-                f"{need / 2**30:.1f} GiB of memory, over the {images.MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
-                "(fastloc_viz.images.MAX_DECODE_BYTES); downscale it first"
+                f"{need / 2**30:.1f} GiB of memory, over the {decode.MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
+                "(fastloc_viz.decode.MAX_DECODE_BYTES); downscale it first"
             )
         try:
             arr = page.asarray()
@@ -100,11 +100,11 @@ def read_dicom(path: Path, index, opts):
     i = check_index(index, count, "frame", path)
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     need = rows * cols * count * int(ds.get("SamplesPerPixel", 1) or 1) * 8
-    if need > images.MAX_DECODE_BYTES:
+    if need > decode.MAX_DECODE_BYTES:
         raise ValueError(
             f"DICOM file {str(path)!r} is {cols} x {rows} pixels x {count} frame(s): decoding it needs "
-            f"{need / 2**30:.1f} GiB, over the {images.MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
-            "(fastloc_viz.images.MAX_DECODE_BYTES)"
+            f"{need / 2**30:.1f} GiB, over the {decode.MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
+            "(fastloc_viz.decode.MAX_DECODE_BYTES)"
         )
     try:
         arr = ds.pixel_array
@@ -186,10 +186,10 @@ def read_fits(path: Path, index, opts):
             raise ValueError(f"FITS HDU {index!r} of {str(path)!r} is not an image of 2 or more axes")
         shape = tuple(hdu.shape)
         need = int(np.prod(shape[-2:])) * 8
-        if need > images.MAX_DECODE_BYTES:
+        if need > decode.MAX_DECODE_BYTES:
             raise ValueError(
                 f"FITS HDU {j} of {str(path)!r} is {shape[-1]} x {shape[-2]} pixels: reading it needs "
-                f"{need / 2**30:.1f} GiB, over the {images.MAX_DECODE_BYTES / 2**30:.1f} GiB limit"
+                f"{need / 2**30:.1f} GiB, over the {decode.MAX_DECODE_BYTES / 2**30:.1f} GiB limit"
             )
         data = hdu.section[(0,) * (len(shape) - 2)] if len(shape) > 2 else hdu.data
         notes: tuple[str, ...] = ()

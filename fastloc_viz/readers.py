@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images
+from . import decode
 from .formats import missing_reader, read_dicom, read_fits, read_tiff
 from .windowing import (
     DEFAULT_PERCENTILES,
@@ -96,7 +96,7 @@ def read_image(
     t, info = load(
         source, None, page=page, frame=frame, hdu=hdu, window=window, percentiles=percentiles, stretch=stretch
     )
-    return LoadedImage(images.to_numpy_image(t[0]), info)
+    return LoadedImage(decode.to_numpy_image(t[0]), info)
 
 def load(
     source,
@@ -178,7 +178,7 @@ def _one_index(page, frame, hdu):
     return value if isinstance(value, str) else int(value)
 
 def _read_pil(path: Path, size, index, opts):
-    img = images._open(path, size, page=index or 0)
+    img = decode.open_image(path, size, page=index or 0)
     fmt = img.format or path.suffix.lstrip(".").upper() or "PIL"
     count = getattr(img, "n_frames", 1)
     return _from_pil_image(img, size, fmt, index, count, opts)
@@ -212,7 +212,7 @@ def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
     if img.mode in _REDUCE_UNSUPPORTED and f > 1:
         transparent = img.mode == "PA" or "transparency" in img.info
         img = _bands(img, f, "L" if img.mode == "1" else "RGBA" if transparent else "RGB")
-    t = images._from_pil(img, size)
+    t = decode.from_pil(img, size)
     what = _EIGHT_BIT.get(mode0, f"mode {mode0} converted to RGB")
     if opts["window"] != "auto":  # windowing asked for 8-bit data: on the 0..255 values
         values = t[0].permute(1, 2, 0).numpy() * 255.0

@@ -17,7 +17,7 @@ Values are mapped linearly, ``(v - low) / (high - low)`` clipped to ``[0, 1]``, 
 ``stretch="asinh"``: ``asinh(x / 0.1) / asinh(10)`` of that linear ``x``. NaN and inf pixels
 are left out of the percentiles and shown as 0. Gray data is repeated on the three RGB
 channels; colour data is windowed with one window for all channels (the colour balance is
-kept). Images over :data:`fastloc_viz.images.MAX_PIXELS` are first shrunk by an integer
+kept). Images over :data:`fastloc_viz.decode.MAX_PIXELS` are first shrunk by an integer
 factor (the mean of each ``f x f`` block), a band of rows at a time, and the window is
 computed on what was read; percentiles are computed on at most about a million evenly
 spaced pixels.
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from . import images
+from . import decode
 
 WINDOWS = ("auto", "percentile", "minmax", "full", "file")
 STRETCHES = ("linear", "asinh")
@@ -243,7 +243,7 @@ def from_values(
         raise ValueError(f"{fmt} image of shape {values.shape} is not H x W or H x W x 1|2|3|4")
     h, w = values.shape[:2]
     size = size or (w, h)
-    if scale == 1 and h * w > images.MAX_PIXELS:
+    if scale == 1 and h * w > decode.MAX_PIXELS:
         scale = shrink_factor(w, h)
         warnings.warn(
             f"image of {w} x {h} pixels would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
@@ -267,7 +267,7 @@ def from_values(
         out[~np.isfinite(np.asarray(values, dtype=np.float32))] = 0
     t = torch.from_numpy(np.ascontiguousarray(out))
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    t = images._three_channels(t)
+    t = decode.three_channels(t)
     what = ("gray repeated on R, G, B",) if out.ndim == 2 else ()
     if invert:
         what += ("inverted (white is low)",)
@@ -295,7 +295,7 @@ def rule_text(fmt, mode, size, index, scale, how, notes) -> str:
     return "; ".join(parts)
 
 def shrink_factor(w: int, h: int) -> int:
-    return int(np.ceil(np.sqrt(w * h / images.MAX_PIXELS))) if w * h > images.MAX_PIXELS else 1
+    return int(np.ceil(np.sqrt(w * h / decode.MAX_PIXELS))) if w * h > decode.MAX_PIXELS else 1
 
 def block_mean(values: np.ndarray, f: int) -> np.ndarray:
     """``H x W [x C]`` array (a memory map is fine) -> float32 means of ``f x f`` blocks, a

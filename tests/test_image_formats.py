@@ -1,7 +1,7 @@
 """Images as scientific users have them (issue 14): every PIL mode at any size, 16-bit and
 float TIFF, DICOM and FITS, windowed by a stated, recorded rule.
 
-The "huge" rows of the mode table lower ``images.MAX_PIXELS`` so the huge-image path runs on
+The "huge" rows of the mode table lower ``decode.MAX_PIXELS`` so the huge-image path runs on
 small images (fast); ``test_truly_huge_pngs`` (slow) reads real 30000 x 30000 and 40000 x
 40000 PNGs in a subprocess and bounds its peak RSS.
 """
@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import cli, formats, images, readers, windowing
+from fastloc_viz import cli, decode, formats, readers, windowing
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -85,7 +85,7 @@ HIGH = ("I;16", "I;16B", "I", "F")
 def test_every_mode_at_every_size(mode, huge, bundle, monkeypatch):
     w, h = 120, 90
     if huge:  # the huge-image path, on a small image: over MAX_PIXELS
-        monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+        monkeypatch.setattr(decode, "MAX_PIXELS", 2000)
     img = _make(mode, w, h)
     before = _state(bundle.model)
     with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +118,7 @@ def test_every_mode_from_a_file(mode, bundle, tmp_path, monkeypatch):
     assert t.shape[:2] == (1, 3) and 0 <= float(t.min()) and float(t.max()) <= 1
     if mode in HIGH:
         assert float(t.max()) > 0.9  # windowed, whichever reader (PIL or tifffile) read it
-    monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 2000)
     t, info = readers.load(path, (SIZE, SIZE))
     assert info.size == (120, 90) and info.scale >= 2 and t.shape[:2] == (1, 3)  # JPEG: 1/2 in draft
 
@@ -429,6 +429,6 @@ def test_truly_huge_pngs(name, w, h, depth, color, decoded, tmp_path):
 
 def test_over_the_decode_limit_names_mode_and_size(tmp_path, monkeypatch):
     path = zero_png(tmp_path / "big16.png", 3000, 2000, 16, 0)
-    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 10_000_000)
+    monkeypatch.setattr(decode, "MAX_DECODE_BYTES", 10_000_000)
     with pytest.raises(ValueError, match=r"3000 x 2000 pixels: decoding it needs .*mode I;16"):
         fv.read_image(path)
