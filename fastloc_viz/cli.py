@@ -62,10 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
     d.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
 
-    from . import evaluate
+    from . import evaluate_boxfree
 
-    ev = sub.add_parser("evaluate", help="localization metrics on a data set in the shared CSV format")
-    evaluate.add_arguments(ev)
+    ev = sub.add_parser("evaluate", help="localization (boxes), faithfulness and sanity metrics on a data set")
+    evaluate_boxfree.add_arguments(ev)
     for parser in (e, ev):
         parser.add_argument(
             "--plugin", action="append", default=[], metavar="FILE",
@@ -218,9 +218,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_explain(args)
             if args.command == "demo":
                 return _cmd_demo(args)
-            from . import evaluate
+            from . import evaluate_boxfree
 
-            return evaluate.run(args)
+            return evaluate_boxfree.run(args)
     except KeyboardInterrupt:
         print("fastloc-viz: interrupted", file=sys.stderr)
         return 130

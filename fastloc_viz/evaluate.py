@@ -1,6 +1,6 @@
-"""``fastloc-viz evaluate``: localization metrics of several methods on a box-annotated data set,
-and (``--metrics faithfulness,sanity``, :mod:`fastloc_viz.evaluate_boxfree`) box-free ones on any
-CSV or folder of images.
+"""``fastloc-viz evaluate``: localization metrics of several methods on a box-annotated data set
+(the box-free ones, ``--metrics faithfulness,sanity``, are in :mod:`fastloc_viz.evaluate_boxfree`,
+which runs the ``evaluate`` command).
 
 Python API: :func:`evaluate`. CLI: :func:`add_arguments` + :func:`run` (registered as the
 ``evaluate`` subcommand; also ``python -m fastloc_viz.evaluate``).
@@ -58,6 +58,8 @@ JSON_KEYS = (
     "sec_per_image",
 )
 """The per-method keys of ``--json`` (the schema of issue 4), in order."""
+BOX_FREE_KEYS = ("deletion_auc", "insertion_auc", "sanity_similarity")
+"""Added to ``--json`` by ``--metrics faithfulness,sanity`` (and the list ``sanity_curve``)."""
 
 CACHE_VERSION = 3  # bump when a method's results change for the same parameters and defaults
 
@@ -440,12 +442,11 @@ def _reset_peak(device: Any) -> None:
 # ----------------------------------------------------------------------------- outputs
 def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
     """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}}``, plus
-    ``deletion_auc``, ``insertion_auc``, ``sanity_similarity`` and ``sanity_curve`` (a list)
-    for the box-free metrics asked for."""
-    from .evaluate_boxfree import FAITHFULNESS_KEYS
+    ``deletion_auc``, ``insertion_auc``, ``sanity_similarity`` (numbers) and ``sanity_curve``
+    (a list) where the box-free metrics were computed; a key is there when its metric ran."""
 
     def keys(m: Mapping[str, Any]) -> dict[str, Any]:
-        d = {k: float(m[k]) for k in (*JSON_KEYS, *FAITHFULNESS_KEYS, "sanity_similarity") if k in m}
+        d = {k: float(m[k]) for k in (*JSON_KEYS, *BOX_FREE_KEYS) if k in m}
         if "sanity_curve" in m:
             d["sanity_curve"] = [float(v) for v in m["sanity_curve"]]
         return d
@@ -500,24 +501,18 @@ def threshold_figure(results: Mapping[str, Any]) -> Any:
     return fig
 
 
-def write_outputs(results: Mapping[str, Any], out: str | Path) -> list[Path]:
-    """``results.json``, ``results.md`` and ``accuracy_vs_threshold.html`` into ``out``."""
+def write_outputs(results: Mapping[str, Any], out: str | Path, table: str | None = None) -> list[Path]:
+    """``results.json``, ``results.md`` (``table``, default :func:`markdown_table`) and, with
+    localization results, ``accuracy_vs_threshold.html`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.md", out / "accuracy_vs_threshold.html"]
     write_text_atomic(paths[0], json.dumps(results, indent=1, default=str), what="results")
-    localization = all("curves" in m for m in results["methods"].values())
-    write_text_atomic(paths[1], _tables(results), what="results table")
-    if not localization:
+    write_text_atomic(paths[1], markdown_table(results) if table is None else table, what="results table")
+    if not all("curves" in m for m in results["methods"].values()):
         return paths[:2]
     write_text_atomic(paths[2], threshold_figure(results).to_html(include_plotlyjs=True), what="plot")
     return paths
-
-
-def _tables(results: Mapping[str, Any]) -> str:
-    from .evaluate_boxfree import tables
-
-    return tables(results, markdown_table)
 
 
 # --------------------------------------------------------------------------------- CLI
@@ -530,15 +525,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
         "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
     )
-    parser.add_argument(
-        "--metrics", default="localization",
-        help="comma-separated: localization (needs boxes), faithfulness (deletion / insertion), "
-        "sanity (model randomization); faithfulness and sanity work on any CSV or folder of "
-        "images (default: %(default)s)",
-    )
-    from .evaluate_boxfree import add_arguments as box_free_arguments
-
-    box_free_arguments(parser)
     parser.add_argument(
         "--layer", default=None,
         help="layer for every method that uses one (default: each method's own default)",
@@ -557,19 +543,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``fastloc-viz evaluate``; returns the exit status."""
+    """Run ``fastloc-viz evaluate`` (localization only); returns the exit status."""
+    dist, specs, dataset, bundle, cache = setup(args)
+    results = evaluate(
+        bundle, dataset, specs, layer=args.layer, cache_dir=cache,
+        progress=not args.no_progress, dist=dist,
+    )
+    return finish(results, args, dist, markdown_table(results))
+
+
+def setup(args: argparse.Namespace, boxes: bool = True) -> tuple[Dist, list[MethodSpec], LocalizationDataset, Any, Any]:
+    """What a run needs from its arguments: ``(dist, specs, dataset, bundle, cache_dir)``;
+    ``boxes=False`` reads data without boxes (a label-less CSV or a folder of images)."""
     import torch
 
     from . import load_model
 
-    from .evaluate_boxfree import parse_metrics, run_box_free
-
     dist = init_distributed()
     specs = parse_methods(args.methods)
-    metrics = parse_metrics(args.metrics)
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit} must be a positive number of rows")
-    dataset = LocalizationDataset(args.data_dir, limit=args.limit, boxes="localization" in metrics)
+    dataset = LocalizationDataset(args.data_dir, limit=args.limit, boxes=boxes)
     if args.out:  # fail now, not after the whole run
         out = Path(args.out)
         if out.exists() and not out.is_dir():
@@ -584,25 +578,20 @@ def run(args: argparse.Namespace) -> int:
     cache = None
     if not args.no_cache:
         cache = args.cache or (Path(args.out) / "cache" if args.out else default_cache_dir())
-    if "localization" in metrics:
-        results = evaluate(
-            bundle, dataset, specs, layer=args.layer, cache_dir=cache,
-            progress=not args.no_progress, dist=dist,
-        )
-    else:
-        results = {"n": len(dataset), "model": bundle.name, "data": str(dataset.csv_path), "layer": args.layer,
-                   "machine": machine_info(device), "methods": {s.label: {"method": s.method} for s in specs}}
-    if set(metrics) - {"localization"}:  # one process: the box-free metrics are not sharded
-        run_box_free(results, bundle, dataset, specs, metrics, args, cache, not args.no_progress and dist.is_main)
+    return dist, specs, dataset, bundle, cache
+
+
+def finish(results: dict[str, Any], args: argparse.Namespace, dist: Dist, table: str) -> int:
+    """Write the outputs (rank 0) and print the JSON or the markdown ``table``."""
     results["command"] = " ".join(sys.argv)
     if dist.is_main:
         if args.out:
-            for path in write_outputs(results, args.out):
+            for path in write_outputs(results, args.out, table):
                 log.info("wrote %s", path)
         if args.json:
             print(json.dumps(json_summary(results)))
         else:
-            print(_tables(results), end="")
+            print(table, end="")
     _barrier()
     return 0
 

@@ -272,7 +272,16 @@ def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
 
 
 def add_arguments(parser: Any) -> None:
-    """The box-free options of ``fastloc-viz evaluate``."""
+    """The options of ``fastloc-viz evaluate``: localization's and the box-free ones."""
+    from .evaluate import add_arguments as localization_arguments
+
+    localization_arguments(parser)
+    parser.add_argument(
+        "--metrics", default="localization",
+        help="comma-separated: localization (needs boxes), faithfulness (deletion / insertion), "
+        "sanity (model randomization); faithfulness and sanity work on any CSV or folder of "
+        "images (default: %(default)s)",
+    )
     parser.add_argument("--steps", type=int, default=16, help="deletion / insertion steps (default: %(default)s)")
     parser.add_argument("--sanity-depths", default=None,
                         help="randomization depths to compute, e.g. 1,3,6,11 (default: all; full is always added)")
@@ -280,25 +289,43 @@ def add_arguments(parser: Any) -> None:
                         help="the sanity check on the first N images only (default: all)")
 
 
-def run_box_free(results: dict, bundle: Any, dataset: LocalizationDataset, specs: Sequence[Any],
-                 metrics: Sequence[str], args: Any, cache: Any, progress: bool) -> None:
-    """``evaluate``'s CLI: add the box-free numbers to ``results["methods"]``."""
-    depths = None if not args.sanity_depths else [int(v) for v in args.sanity_depths.split(",")]
-    extra = evaluate_box_free(
-        bundle, dataset, specs, metrics=metrics, layer=args.layer, steps=args.steps,
-        sanity_depths=depths, sanity_limit=args.sanity_limit, cache_dir=cache, progress=progress,
-    )
-    for label, d in extra.items():
-        results["methods"][label].update(d)
+def run(args: Any) -> int:
+    """Run ``fastloc-viz evaluate`` with ``--metrics``; returns the exit status."""
+    from . import evaluate as ev
+
+    metrics = parse_metrics(args.metrics)
+    dist, specs, dataset, bundle, cache = ev.setup(args, boxes="localization" in metrics)
+    progress = not args.no_progress and dist.is_main
+    if "localization" in metrics:
+        results = ev.evaluate(bundle, dataset, specs, layer=args.layer, cache_dir=cache,
+                              progress=not args.no_progress, dist=dist)
+    else:
+        results = {"n": len(dataset), "model": bundle.name, "data": str(dataset.csv_path), "layer": args.layer,
+                   "machine": ev.machine_info(bundle.device),
+                   "methods": {s.label: {"method": s.method, "params": dict(s.kwargs)} for s in specs}}
+    if set(metrics) - {"localization"}:  # one process: the box-free metrics are not sharded
+        depths = None if not args.sanity_depths else [int(v) for v in args.sanity_depths.split(",")]
+        extra = evaluate_box_free(
+            bundle, dataset, specs, metrics=metrics, layer=args.layer, steps=args.steps,
+            sanity_depths=depths, sanity_limit=args.sanity_limit, cache_dir=cache, progress=progress,
+        )
+        for label, d in extra.items():
+            results["methods"][label].update(d)
     results["metrics"] = list(metrics)
+    table = (ev.markdown_table(results) + "\n" if "localization" in metrics else "")
+    table += markdown_table(results) if set(metrics) - {"localization"} else ""
+    return ev.finish(results, args, dist, table)
 
 
-def tables(results: dict[str, Any], localization_table: Any) -> str:
-    """The localization table (when there are localization results) and the box-free one."""
-    methods = results["methods"].values()
-    boxfree = any(k in m for m in methods for k in FAITHFULNESS_KEYS + SANITY_KEYS)
-    local = all("curves" in m for m in methods)
-    return (localization_table(results) if local else "") + ("\n" + markdown_table(results) if boxfree else "")
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m fastloc_viz.evaluate_boxfree``: the same as ``fastloc-viz evaluate``."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(prog="fastloc-viz evaluate", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.WARNING)
+    return run(parser.parse_args(None if argv is None else list(argv)))
 
 
 def markdown_table(results: dict[str, Any]) -> str:
@@ -313,3 +340,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         lines.append(f"| `{label}` | {f('deletion_auc')} | {f('insertion_auc')} | {f('sanity_similarity')} "
                      f"| {f('sec_per_image_faithfulness', '.2f')} | {f('sec_per_image_sanity', '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
