@@ -1,5 +1,7 @@
 """MethodComparison: every registered method (or those asked for) side by side on one
-colour scale, with each one's time and, given a ground-truth box, IoU."""
+colour scale, with each one's time and, given a ground-truth box, IoU; below, the box-free
+checks (deletion / insertion curves, randomization sanity check), computed when opened
+(:mod:`.boxfree`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ..maps import map_to_box
 from ..methods import METHODS
 from ..models import ModelBundle
 from .base import CSS, WidgetBase
+from .boxfree import ChecksPanel
 from .charts import morph
 
 
@@ -39,10 +42,15 @@ class MethodComparison(WidgetBase):
         gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.
         explanations: method -> explanation already computed for ``image`` (same model and
             class): reused instead of computed again.
+        faithfulness_steps: deletion / insertion steps of the faithfulness view.
+        sanity_depths: randomization depths of the sanity view (default: five, from the top
+            layer to full randomization).
         **explain_kwargs: passed to every :func:`~fastloc_viz.explain` call.
 
     Programmatic access: :attr:`explanations` (method -> explanation), :attr:`target`,
-    :attr:`threshold`, :attr:`gt_box`, :meth:`ious`.
+    :attr:`threshold`, :attr:`gt_box`, :meth:`ious`; :attr:`checks` (the box-free views:
+    ``checks.compute("faithfulness")`` / ``("sanity")``, results in ``checks.faithfulness``
+    and ``checks.sanity``).
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class MethodComparison(WidgetBase):
         threshold: float = 0.3,
         debounce: float = 0.25,
         explanations: Mapping[str, Explanation] | None = None,
+        faithfulness_steps: int = 16,
+        sanity_depths: Sequence[int] | None = None,
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
@@ -79,6 +89,7 @@ class MethodComparison(WidgetBase):
         with self._lock:
             self._compute(self._want_t)
         self._seed = {}
+        self.checks = ChecksPanel(self, steps=faithfulness_steps, depths=sanity_depths)
         self._build()
         self._render()
 
@@ -142,6 +153,8 @@ class MethodComparison(WidgetBase):
             self._set_progress(None)
         self._base = out
         self._rebox()
+        if hasattr(self, "checks"):
+            self.checks.invalidate()  # the curves and maps belonged to the old class
 
     def _rebox(self) -> None:
         self._current = {
@@ -207,6 +220,7 @@ class MethodComparison(WidgetBase):
                 self.error,
                 self.grid_fig,
                 self.table,
+                self.checks.widget,
             ],
             layout=W.Layout(padding="6px"),
         )
