@@ -124,7 +124,7 @@ def sanity_curve_figure(source: Mapping[str, Any], *, height: int = 340, title: 
     fig = go.Figure()
     for label, r in rows.items():
         color = method_color(label)
-        x = [0, *r["depths"]]
+        x = list(range(len(r["depths"]) + 1))  # evenly spaced: the depths computed, in order
         ticks = ["trained", *[f"{d}: {g}" for d, g in zip(r["depths"], r["groups"])]]
         for key, dash, shown in (("spearman", "solid", True), ("ssim", "dash", "legendonly"),
                                  ("hog", "dot", "legendonly")):
@@ -137,8 +137,8 @@ def sanity_curve_figure(source: Mapping[str, Any], *, height: int = 340, title: 
                 hovertemplate=f"{_name(label)} ({key})<br>%{{text}}<br>%{{y:.3f}}<extra></extra>",
             ))
     first = next(iter(rows.values()))
-    fig.update_xaxes(title_text="layers randomized, from the top (depth: last group)",
-                     tickvals=[0, *first["depths"]],
+    fig.update_xaxes(title_text="layers randomized from the top (depth: the last one randomized)",
+                     tickvals=list(range(len(first["depths"]) + 1)), tickangle=0,
                      ticktext=["trained", *[f"{d}<br>{g}" for d, g in zip(first["depths"], first["groups"])]])
     fig.update_yaxes(title_text="similarity to the trained model's map", range=[-0.3, 1.05])
     fig.add_hline(y=0, line={"color": "#999", "width": 1})
