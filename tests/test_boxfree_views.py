@@ -116,3 +116,23 @@ def test_figures_and_report(tiny_bundle, tmp_path):
     data = json.loads(re.search(r"id='fastloc-data'>(.*?)</script>", text, re.S).group(1).replace("<\\/", "</"))
     assert data["faithfulness"]["gradcam"]["deletion"]["auc"] == pytest.approx(faith["gradcam"]["deletion"].auc)
     assert data["sanity"]["guided_backprop"]["depths"] == [1, 2, 4]
+
+
+def test_cli_localization_and_faithfulness_together(folder, monkeypatch, capsys, tiny_bundle, tmp_path):
+    import fastloc_viz
+    from fastloc_viz.cli import main
+    from fastloc_viz.evaluate import JSON_KEYS
+
+    (folder / "annotations.csv").write_text(
+        "image,label,wnid,width,height,orig_width,orig_height,boxes\n"
+        "a.jpg,1,n0,24,20,24,20,2 2 20 18\nb.png,3,n0,24,21,24,21,0 0 10 10\n")
+    monkeypatch.setattr(fastloc_viz, "load_model", lambda name, device=None: tiny_bundle)
+    out = tmp_path / "out"
+    rc = main(["evaluate", str(folder), "--metrics", "localization,faithfulness", "--methods", "gradcam[layer=conv3]",
+               "--steps", "4", "--out", str(out), "--no-progress", "--json"])
+    assert rc == 0
+    m = json.loads(capsys.readouterr().out)["methods"]["gradcam[layer=conv3]"]
+    assert set(m) == {*JSON_KEYS, "deletion_auc", "insertion_auc"}
+    table = (out / "results.md").read_text()
+    assert "MaxBoxAcc@0.3" in table and "deletion AUC" in table
+    assert (out / "accuracy_vs_threshold.html").exists() and (out / "cache" / "faithfulness").is_dir()
