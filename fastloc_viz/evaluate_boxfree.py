@@ -140,7 +140,7 @@ def evaluate_box_free(
         "n_sanity", "sec_per_image_sanity"}}`` (the keys of the metrics asked for).
     """
     from .evaluate import MethodSpec, _explain_function
-    from .faithfulness import faithfulness
+    from .faithfulness import faithfulness, step_counts
     from .sanity import sanity_check
 
     explain = _explain_function()
@@ -216,15 +216,17 @@ def evaluate_box_free(
             bar.close()
         for c in caches.values():
             c.close()
-    return {spec.label: _summary(spec.label, metrics, done, steps) for spec in specs}
+    h, w = bundle.input_size
+    fractions = (step_counts(h * w, steps) / (h * w)).tolist()
+    return {spec.label: _summary(spec.label, metrics, done, fractions) for spec in specs}
 
 
-def _summary(label: str, metrics: Sequence[str], done: dict, steps: int) -> dict[str, Any]:
+def _summary(label: str, metrics: Sequence[str], done: dict, fractions: list[float]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "faithfulness" in metrics:
         rows = [done[(label, "faithfulness")][r] for r in sorted(done[(label, "faithfulness")])]
         out["n_faithfulness"] = len(rows)
-        out["fractions"] = (np.arange(steps + 1) / steps).tolist()
+        out["fractions"] = fractions
         for kind in ("deletion", "insertion"):
             out[f"{kind}_auc"] = float(np.mean([d[f"{kind}_auc"] for d in rows])) if rows else float("nan")
             out[f"{kind}_curve"] = np.mean([d[kind] for d in rows], axis=0).tolist() if rows else []
