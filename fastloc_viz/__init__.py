@@ -7,6 +7,7 @@ through Captum; every method is registered in :mod:`fastloc_viz.methods`; widget
 :mod:`fastloc_viz.widgets`. ``docs/architecture.md`` maps the modules.
 """
 
+from .ablation import Ablation, ablate
 from .classes import AmbiguousClass, UnknownClass
 from .combine import RULES, combine_maps, recombine, register_rule
 from .explaining import explain
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "RULES",
+    "Ablation",
     "AmbiguousClass",
     "Explanation",
     "ImageInfo",
@@ -30,6 +32,7 @@ __all__ = [
     "Neuron",
     "Prediction",
     "UnknownClass",
+    "ablate",
     "combine_maps",
     "explain",
     "get_method",
