@@ -9,6 +9,7 @@ through Captum; every method is registered in :mod:`fastloc_viz.methods`; widget
 
 from .ablation import Ablation, ablate
 from .classes import AmbiguousClass, UnknownClass
+from .atlas import NeuronAtlas
 from .combine import RULES, combine_maps, recombine, register_rule
 from .explaining import explain
 from .explanation import Explanation, Neuron, Prediction
@@ -29,6 +30,7 @@ __all__ = [
     "Method",
     "MethodParams",
     "ModelBundle",
+    "NeuronAtlas",
     "Neuron",
     "Prediction",
     "UnknownClass",

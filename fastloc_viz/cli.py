@@ -1,4 +1,4 @@
-"""The ``fastloc-viz`` command: ``explain``, ``demo`` and ``evaluate``.
+"""The ``fastloc-viz`` command: ``explain``, ``demo``, ``evaluate`` and ``atlas``.
 
 Errors end the command with one readable line on stderr and exit code 2 (``--debug`` shows
 the traceback).
@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
     d.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
+
+    a = sub.add_parser("atlas", help="build a neuron atlas: each channel's top activating image patches")
+    a.add_argument("source", help="a folder of images (recursive) or a CSV / data directory in the evaluate format")
+    a.add_argument("--out", required=True, help="the atlas file to write (.npz)")
+    a.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    a.add_argument("--layer", default=None, help="probe layer, a dotted module name (default: explain's)")
+    a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
+    a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
     from . import evaluate
 
@@ -180,6 +188,27 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_atlas(args) -> int:
+    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas."""
+    from . import load_model
+    from .atlas import NeuronAtlas
+    from .files import check_writable
+
+    out = Path(args.out)
+    check_writable(out, what="the atlas")
+    t0 = time.perf_counter()
+    bundle = load_model(args.model)
+    atlas = NeuronAtlas.build(
+        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial"
+    )
+    path = atlas.save(out)
+    print(
+        f"atlas of {bundle.name} at {atlas.layer}: {atlas.channels} channels x top {atlas.top_n} over "
+        f"{len(atlas.images)} images in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fastloc-viz`` console script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="fastloc-viz: %(message)s")
@@ -194,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_explain(args)
             if args.command == "demo":
                 return _cmd_demo(args)
+            if args.command == "atlas":
+                return _cmd_atlas(args)
             from . import evaluate
 
             return evaluate.run(args)

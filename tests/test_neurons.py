@@ -217,3 +217,172 @@ def test_ablation_needs_neurons(relu_net_bundle):
     e = fv.explain(relu_net_bundle, _img(), method="gradcam")
     with pytest.raises(ValueError, match="no neurons|keeps no neurons"):
         fv.ablate(relu_net_bundle, e)
+
+
+# --- the neuron atlas --------------------------------------------------------------------
+
+
+def _images(n=7, seed=0):
+    g = np.random.default_rng(seed)
+    return [g.random((8, 8, 3)).astype(np.float32) for _ in range(n)]
+
+
+def _brute_force(model, bundle, images, top):
+    """Per channel: every image's strongest unit (first in row-major order on ties), images
+    sorted by that activation (descending, earlier image first on ties), the first ``top``."""
+    rows = []
+    with torch.no_grad():
+        for im in images:
+            x = bundle.preprocess(torch.from_numpy(im).permute(2, 0, 1)[None])
+            z = model.conv3(model._act(2, model.conv2(model._act(1, model.conv1(x)))))[0].numpy()
+            rows.append(z)
+    c, h, w = rows[0].shape
+    want = {}
+    for ch in range(c):
+        per = []
+        for i, z in enumerate(rows):
+            flat = z[ch].ravel()
+            j = int(np.argmax(flat))
+            per.append((-float(flat[j]), i, j // w, j % w))
+        per.sort(key=lambda t: (t[0], t[1]))
+        want[ch] = [(i, y, x, -v) for v, i, y, x in per[:top]]
+    return want
+
+
+def test_atlas_top_units_equal_a_brute_force_scan():
+    model = TinyNet("relu").eval()
+    bundle = _bundle(model)
+    images = _images(7)
+    atlas = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, progress=False, patch_px=8)
+    assert atlas.layer == "conv3" and atlas.layer_shape == (8, 4, 4) and atlas.model == "TinyNet"
+    want = _brute_force(model, bundle, images, 3)
+    for ch in range(8):
+        got = atlas.top(ch)
+        assert [(u.index, u.y, u.x) for u in got] == [w[:3] for w in want[ch]]
+        # (the scan batches 2 images, the brute force 1: float32 may differ in the last bits)
+        assert_close([u.activation for u in got], [w[3] for w in want[ch]], rtol=1e-5, atol=1e-5)
+        assert [u.image for u in got] == [f"#{w[0]}" for w in want[ch]]
+        assert [u.rank for u in got] == [1, 2, 3] and all(u.labels == () for u in got)
+    assert len(atlas.top(0, 2)) == 2
+    # fewer images than top: the tables are padded, top() stops early
+    small = fv.NeuronAtlas.build(bundle, images[:2], top=3, progress=False, patch_px=8)
+    assert len(small.top(0)) == 2 and small.image_index[0, 2] == -1
+    with pytest.raises(IndexError):
+        atlas.top(8)
+
+
+def test_atlas_patches_are_the_units_windows():
+    model = TinyNet("relu").eval()
+    bundle = _bundle(model)
+    colours = [(0.9, 0.1, 0.1), (0.1, 0.8, 0.2), (0.2, 0.3, 0.9)]
+    images = [np.broadcast_to(np.array(c, dtype=np.float32), (8, 8, 3)).copy() for c in colours]
+    atlas = fv.NeuronAtlas.build(bundle, images, top=3, progress=False, patch_cells=1, patch_px=16)
+    for ch in range(8):
+        for u, p in zip(atlas.top(ch), atlas.patches(ch)):
+            assert p.shape == (16, 16, 3) and p.dtype == np.uint8
+            assert np.abs(p.reshape(-1, 3).mean(0) / 255 - np.array(colours[u.index])).max() < 0.05
+    assert atlas.strip(0, 3).shape == (16, 3 * 16 + 2 * 2, 3)
+
+
+def test_atlas_save_load_round_trip(tmp_path):
+    bundle = _bundle(TinyNet("relu").eval())
+    atlas = fv.NeuronAtlas.build(bundle, _images(5), top=2, progress=False, patch_px=8)
+    path = atlas.save(tmp_path / "a.npz")
+    with np.load(path, allow_pickle=False) as z:  # plain arrays only: no pickled objects
+        assert all(z[k].dtype != object for k in z.files)
+    back = fv.NeuronAtlas.load(path)
+    assert (back.model, back.layer, back.layer_shape, back.images) == (atlas.model, atlas.layer, atlas.layer_shape, atlas.images)
+    for ch in range(8):
+        assert back.top(ch) == atlas.top(ch)
+        for a, b in zip(back.patches(ch), atlas.patches(ch)):
+            assert np.array_equal(a, b)
+    back.check(bundle, "conv3")
+    with pytest.raises(ValueError, match="built for model 'TinyNet' at layer 'conv3'"):
+        back.check(bundle, "conv2")
+    (tmp_path / "bad.npz").write_bytes(b"not an atlas")
+    with pytest.raises(Exception):
+        fv.NeuronAtlas.load(tmp_path / "bad.npz")
+
+
+def test_atlas_resumes_after_an_interruption(tmp_path):
+    model = TinyNet("relu").eval()
+    bundle = _bundle(model)
+    images = _images(9, seed=3)
+    clean = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, progress=False, patch_px=8)
+    ck = tmp_path / "a.partial"
+    calls = {"n": 0}
+
+    def interrupt(_m, _i):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 3 batches done (6 images), checkpointed after each
+            raise KeyboardInterrupt
+
+    h = model.register_forward_pre_hook(interrupt)
+    before = model_state(model)
+    with pytest.raises(KeyboardInterrupt):
+        fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, checkpoint=ck, checkpoint_every=1, progress=False)
+    assert_same_state(before, model_state(model))
+    h.remove()
+    assert ck.exists()
+    counted = []
+    h = model.register_forward_pre_hook(lambda _m, i: counted.append(i[0].shape[0]))
+    resumed = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, checkpoint=ck, checkpoint_every=1, progress=False)
+    h.remove()
+    assert counted == [2, 1]  # images 6-7 and 8 only
+    assert not ck.exists()
+    assert np.array_equal(resumed.image_index, clean.image_index)
+    assert np.array_equal(resumed.activation, clean.activation)
+    assert np.array_equal(resumed.y, clean.y) and np.array_equal(resumed.x, clean.x)
+    # a checkpoint of another build (other images) is not used
+    fv.NeuronAtlas.build(bundle, images[:5], top=3, batch_size=2, checkpoint=ck, checkpoint_every=1, progress=False)
+    other = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, checkpoint=ck, progress=False)
+    assert np.array_equal(other.image_index, clean.image_index)
+
+
+def test_atlas_sources_folder_and_csv(tmp_path):
+    from PIL import Image
+
+    bundle = _bundle(TinyNet("relu").eval())
+    (tmp_path / "imgs" / "sub").mkdir(parents=True)
+    arrays = _images(3, seed=5)
+    names = ["a.png", "sub/b.png", "sub/c.PNG"]
+    for name, arr in zip(names, arrays):
+        Image.fromarray((arr * 255).astype(np.uint8)).save(tmp_path / "imgs" / name)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    folder = fv.NeuronAtlas.build(bundle, tmp_path / "imgs", top=2, progress=False, patch_px=8)
+    assert folder.images == names
+    csv = tmp_path / "imgs" / "annotations.csv"
+    csv.write_text(
+        "image,label,wnid,width,height,orig_width,orig_height,boxes\n"
+        "a.png,1,n1,8,8,8,8,0 0 4 4\nsub/b.png,3,n3,8,8,8,8,0 0 4 4\nsub/c.PNG,0,n0,8,8,8,8,1 1 2 2\n"
+        "a.png,2,n2,8,8,8,8,0 0 8 8\n"
+    )
+    data = fv.NeuronAtlas.build(bundle, tmp_path / "imgs", top=3, progress=False, patch_px=8)
+    assert data.images == names and data.labels == [[1, 2], [3], [0]]
+    assert np.array_equal(data.image_index, fv.NeuronAtlas.build(bundle, csv, top=3, progress=False).image_index)
+    by_image = {u.image: u.labels for u in data.top(0)}
+    assert by_image == {"a.png": ("b", "c"), "sub/b.png": ("d",), "sub/c.PNG": ("a",)}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        fv.NeuronAtlas.build(bundle, tmp_path / "empty", top=1)
+
+
+def test_cli_atlas_builds_and_saves(tmp_path, capsys, shared_data):
+    from fastloc_viz.cli import main
+
+    out = tmp_path / "atlas.npz"
+    assert main(["atlas", str(_few_images(shared_data, tmp_path, 4)), "--out", str(out), "--top", "2"]) == 0
+    assert "atlas of efficientnet_lite0 at _blocks.15: 320 channels x top 2 over 4 images" in capsys.readouterr().out
+    atlas = fv.NeuronAtlas.load(out)
+    assert atlas.layer == "_blocks.15" and len(atlas.top(0)) == 2
+    assert not (tmp_path / "atlas.npz.partial").exists()
+
+
+def _few_images(shared_data, tmp_path, n):
+    import shutil
+
+    d = tmp_path / "few"
+    d.mkdir()
+    for p in sorted((shared_data / "images").iterdir())[:n]:
+        shutil.copy(p, d / p.name)  # a scratch copy in pytest's tmp dir
+    return d
