@@ -4,7 +4,12 @@
 the forward stopped right after the probe layer) and keeps, for every channel of the probe
 layer, its ``top`` most activating images: in each image the channel's strongest unit
 (position and activation; one unit per image, so a channel's strip shows ``top`` different
-images), the images ranked by that activation (ties: the earlier image first). Then it cuts
+images), the images ranked by that activation (ties: the earlier image first). With
+``negative=True`` (the default) it also keeps each channel's ``top`` most *negative* units
+the same way: a probe layer without a final activation (EfficientNet's block outputs) has
+negative units, and the ranking keeps such a unit when its gradient is negative too; what
+such a neuron detects is where its channel is most negative (``top(channel, sign=-1)``).
+Then it cuts
 each kept unit's receptive-field patch out of its image: a square of ``patch_cells x
 patch_cells`` layer cells centred on the unit (the core of its effective receptive field; the
 theoretical one of a late layer covers the whole image), stored as a small JPEG.
@@ -140,8 +145,9 @@ class _Stop(Exception):
     """Raised by the probe hook: the rest of the forward pass is not needed."""
 
 
-def _scan(bundle: ModelBundle, layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, int]]:
-    """Each channel's strongest unit per image: values and flat positions, ``B x C`` each."""
+def _scan(bundle: ModelBundle, layer, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[int, int, int]]:
+    """Each channel's strongest and most negative unit per image: ``[(max values, flat
+    positions), (-min values, flat positions)]``, ``B x C`` each."""
     name, module = layer
     seen: dict = {"calls": 0}
 
@@ -149,7 +155,8 @@ def _scan(bundle: ModelBundle, layer, x: torch.Tensor) -> tuple[torch.Tensor, to
         seen["calls"] += 1
         seen["out"] = out
         if isinstance(out, torch.Tensor) and out.dim() == 4:
-            seen["max"] = out.detach().flatten(2).float().max(dim=2)
+            flat = out.detach().flatten(2).float()
+            seen["max"] = [flat.max(dim=2), (-flat).max(dim=2)]
             seen["shape"] = tuple(out.shape[1:])
         raise _Stop
 
@@ -160,8 +167,7 @@ def _scan(bundle: ModelBundle, layer, x: torch.Tensor) -> tuple[torch.Tensor, to
             pass
     require_called(name, seen["calls"])
     require_spatial(name, seen["out"])
-    values, where = seen["max"]
-    return values.cpu(), where.cpu(), seen["shape"]
+    return [(v.cpu(), w.cpu()) for v, w in seen["max"]], seen["shape"]
 
 
 def _merge(vals, idx, pos, new_vals, new_idx, new_pos, top):
@@ -191,9 +197,10 @@ class NeuronAtlas:
     Build one with :meth:`build`, store it with :meth:`save`, reload it with :meth:`load`.
     Attributes: ``model``, ``layer``, ``layer_shape`` ``(C, h, w)``, ``input_size``
     ``(H, W)``, ``images`` (names), ``labels`` (per image, class indices), ``class_names``
-    (index -> name for those labels), ``top``, ``patch_cells``, ``patch_px``; the tables
-    ``activation`` (``C x top`` float32, ``-inf`` where fewer images than ``top``),
-    ``image_index`` (``C x top``, ``-1`` there), ``y``, ``x``.
+    (index -> name for those labels), ``top_n``, ``signs`` (``(1,)`` or ``(1, -1)``),
+    ``patch_cells``, ``patch_px``; the tables ``activation`` (``S x C x top`` float32, one
+    slice per sign, ``nan`` where fewer images than ``top``), ``image_index`` (``-1`` there),
+    ``y``, ``x``.
     """
 
     def __init__(
@@ -207,6 +214,7 @@ class NeuronAtlas:
         labels: list[list[int]],
         class_names: dict[int, str],
         top: int,
+        signs: Sequence[int] = (1,),
         patch_cells: int,
         patch_px: int,
         activation: np.ndarray,
@@ -221,16 +229,19 @@ class NeuronAtlas:
         self.input_size = tuple(int(v) for v in input_size)
         self.images, self.labels, self.class_names = list(images), [list(v) for v in labels], dict(class_names)
         self.top_n, self.patch_cells, self.patch_px = int(top), int(patch_cells), int(patch_px)
+        self.signs = tuple(int(v) for v in signs)
+        if self.signs not in ((1,), (1, -1)):
+            raise ValueError(f"atlas signs {self.signs} must be (1,) or (1, -1)")
         self.activation = np.asarray(activation, dtype=np.float32)
         self.image_index = np.asarray(image_index, dtype=np.int64)
         self.y, self.x = np.asarray(y, dtype=np.int64), np.asarray(x, dtype=np.int64)
         self._patch_bytes = np.asarray(patch_bytes, dtype=np.uint8)
         self._patch_offsets = np.asarray(patch_offsets, dtype=np.int64)
-        c = self.layer_shape[0]
+        want = (len(self.signs), self.layer_shape[0], self.top_n)
         for name in ("activation", "image_index", "y", "x"):
-            if getattr(self, name).shape != (c, self.top_n):
-                raise ValueError(f"atlas table {name!r} has shape {getattr(self, name).shape}, expected {(c, self.top_n)}")
-        if self._patch_offsets.shape != (c * self.top_n + 1,):
+            if getattr(self, name).shape != want:
+                raise ValueError(f"atlas table {name!r} has shape {getattr(self, name).shape}, expected {want}")
+        if self._patch_offsets.shape != (int(np.prod(want)) + 1,):
             raise ValueError("atlas patch offsets do not match its tables")
 
     def __repr__(self) -> str:
@@ -251,13 +262,20 @@ class NeuronAtlas:
             raise IndexError(f"channel {channel} does not exist; layer {self.layer!r} has {self.channels} channels")
         return channel
 
-    def top(self, channel: int, n: int | None = None) -> list[AtlasUnit]:
-        """The channel's ``n`` (default: all kept) most activating units, best first."""
+    def _sign(self, sign: int) -> int:
+        if sign not in self.signs:
+            raise ValueError(f"sign={sign!r}: this atlas holds the units of sign {list(self.signs)}")
+        return self.signs.index(sign)
+
+    def top(self, channel: int, n: int | None = None, sign: int = 1) -> list[AtlasUnit]:
+        """The channel's ``n`` (default: all kept) most activating units, best first;
+        ``sign=-1``: its most negative units, most negative first."""
         c = self._check_channel(channel)
+        s = self._sign(sign)
         n = self.top_n if n is None else min(int(n), self.top_n)
         out = []
         for r in range(n):
-            i = int(self.image_index[c, r])
+            i = int(self.image_index[s, c, r])
             if i < 0:
                 break
             out.append(
@@ -266,32 +284,33 @@ class NeuronAtlas:
                     rank=r + 1,
                     image=self.images[i],
                     index=i,
-                    y=int(self.y[c, r]),
-                    x=int(self.x[c, r]),
-                    activation=float(self.activation[c, r]),
+                    y=int(self.y[s, c, r]),
+                    x=int(self.x[s, c, r]),
+                    activation=float(self.activation[s, c, r]),
                     labels=tuple(self.class_names.get(lab, f"class {lab}") for lab in self.labels[i]),
                 )
             )
         return out
 
-    def patch(self, channel: int, rank: int) -> np.ndarray:
+    def patch(self, channel: int, rank: int, sign: int = 1) -> np.ndarray:
         """The receptive-field patch of the channel's unit of ``rank`` (1-based):
         ``patch_px x patch_px x 3`` uint8."""
         c = self._check_channel(channel)
-        if not 1 <= rank <= self.top_n or self.image_index[c, rank - 1] < 0:
+        s = self._sign(sign)
+        if not 1 <= rank <= self.top_n or self.image_index[s, c, rank - 1] < 0:
             raise IndexError(f"channel {c} has no unit of rank {rank}")
-        j = c * self.top_n + rank - 1
+        j = (s * self.channels + c) * self.top_n + rank - 1
         data = self._patch_bytes[self._patch_offsets[j] : self._patch_offsets[j + 1]].tobytes()
         with Image.open(io.BytesIO(data)) as im:
             return np.asarray(im.convert("RGB"))
 
-    def patches(self, channel: int, n: int | None = None) -> list[np.ndarray]:
-        """The patches of :meth:`top` ``(channel, n)``, in order."""
-        return [self.patch(u.channel, u.rank) for u in self.top(channel, n)]
+    def patches(self, channel: int, n: int | None = None, sign: int = 1) -> list[np.ndarray]:
+        """The patches of :meth:`top` ``(channel, n, sign)``, in order."""
+        return [self.patch(u.channel, u.rank, sign) for u in self.top(channel, n, sign)]
 
-    def strip(self, channel: int, n: int = 6, gap: int = 2) -> np.ndarray:
+    def strip(self, channel: int, n: int = 6, sign: int = 1, gap: int = 2) -> np.ndarray:
         """The channel's top ``n`` patches side by side (white gaps): ``h x w x 3`` uint8."""
-        ps = self.patches(channel, n)
+        ps = self.patches(channel, n, sign)
         px = self.patch_px
         out = np.full((px, max(1, len(ps)) * (px + gap) - gap, 3), 255, dtype=np.uint8)
         for i, p in enumerate(ps):
@@ -320,6 +339,7 @@ class NeuronAtlas:
             "labels": self.labels,
             "class_names": {str(k): v for k, v in self.class_names.items()},
             "top": self.top_n,
+            "signs": list(self.signs),
             "patch_cells": self.patch_cells,
             "patch_px": self.patch_px,
         }
@@ -384,6 +404,7 @@ class NeuronAtlas:
         progress: bool | None = None,
         patch_cells: int = 3,
         patch_px: int = 64,
+        negative: bool = True,
     ) -> NeuronAtlas:
         """Run ``images`` through the model once and keep each channel's top units.
 
@@ -400,6 +421,7 @@ class NeuronAtlas:
                 removes it when done. ``None``: no checkpoints.
             progress: show tqdm bars (default: when there is more than one batch).
             patch_cells: the patch's side in layer cells; patch_px: its stored side in pixels.
+            negative: also keep each channel's ``top`` most negative units (``sign=-1``).
         """
         from .explaining import _layer
 
@@ -414,11 +436,18 @@ class NeuronAtlas:
         size = tuple(bundle.input_size)
         first = load_batch(src.items[0], size)
         name, module = _layer(bundle, layer, first)
-        vals = np.full((0, top), -np.inf, dtype=np.float32)  # shaped once the layer is seen
-        idx = pos = None
+        signs = (1, -1) if negative else (1,)
+        vals = idx = pos = None  # S x C x top, made once the layer's shape is seen
         shape = None
         start = 0
-        key = {"model": bundle.name, "layer": name, "images": src.fingerprint, "top": top, "input_size": list(size)}
+        key = {
+            "model": bundle.name,
+            "layer": name,
+            "images": src.fingerprint,
+            "top": top,
+            "signs": list(signs),
+            "input_size": list(size),
+        }
         ck = Path(checkpoint) if checkpoint is not None else None
         if ck is not None and ck.exists():
             state = _read_checkpoint(ck)
@@ -438,14 +467,16 @@ class NeuronAtlas:
             for b, s in enumerate(batches):
                 chunk = src.items[s : s + batch_size]
                 x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size)
-                v, w, shape = _scan(bundle, (name, module), x)
+                found, shape = _scan(bundle, (name, module), x)
                 if idx is None:
-                    c = shape[0]
-                    vals = np.full((c, top), -np.inf, dtype=np.float32)
-                    idx = np.full((c, top), -1, dtype=np.int64)
-                    pos = np.full((c, top), -1, dtype=np.int64)
-                img = np.arange(s, s + len(chunk), dtype=np.int64)[None, :].repeat(v.shape[1], 0)
-                vals, idx, pos = _merge(vals, idx, pos, v.numpy().T, img, w.numpy().T.astype(np.int64), top)
+                    full = (len(signs), shape[0], top)
+                    vals = np.full(full, -np.inf, dtype=np.float32)
+                    idx = np.full(full, -1, dtype=np.int64)
+                    pos = np.full(full, -1, dtype=np.int64)
+                img = np.arange(s, s + len(chunk), dtype=np.int64)[None, :].repeat(shape[0], 0)
+                for k, (v, w) in enumerate(found[: len(signs)]):
+                    new = (v.numpy().T, img, w.numpy().T.astype(np.int64))
+                    vals[k], idx[k], pos[k] = _merge(vals[k], idx[k], pos[k], *new, top)
                 if bar is not None:
                     bar.update(len(chunk))
                 done = s + len(chunk)
@@ -457,8 +488,9 @@ class NeuronAtlas:
         c, h, w = shape
         ys = np.where(idx >= 0, pos // w, -1)
         xs = np.where(idx >= 0, pos % w, -1)
+        activation = np.where(idx >= 0, vals * np.array(signs, dtype=np.float32)[:, None, None], np.nan)
         blobs = _cut_patches(src, size, idx, ys, xs, (h, w), patch_cells, patch_px, show)
-        offsets = np.zeros(c * top + 1, dtype=np.int64)
+        offsets = np.zeros(idx.size + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(bt) for bt in blobs])
         data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if offsets[-1] else np.zeros(0, dtype=np.uint8)
         used = sorted({lab for labs in src.labels for lab in labs})
@@ -472,9 +504,10 @@ class NeuronAtlas:
             labels=src.labels,
             class_names={lab: names[lab] if lab < len(names) else f"class {lab}" for lab in used},
             top=top,
+            signs=signs,
             patch_cells=patch_cells,
             patch_px=patch_px,
-            activation=vals,
+            activation=activation.astype(np.float32),
             image_index=idx,
             y=ys,
             x=xs,
@@ -489,8 +522,8 @@ class NeuronAtlas:
 def _cut_patches(src: _Source, size, idx, ys, xs, grid, cells: int, px: int, show: bool) -> list[bytes]:
     """The JPEG patch of every kept unit, in table order (``b""`` for empty slots); each
     image is loaded once."""
-    c, top = idx.shape
-    blobs = [b""] * (c * top)
+    ys, xs = ys.ravel(), xs.ravel()
+    blobs = [b""] * idx.size
     by_image: dict[int, list[int]] = {}
     for j, i in enumerate(idx.ravel().tolist()):
         if i >= 0:
@@ -504,8 +537,7 @@ def _cut_patches(src: _Source, size, idx, ys, xs, grid, cells: int, px: int, sho
         t = load_batch(src.items[i], size)[0]
         rgb = Image.fromarray((t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8))
         for j in slots:
-            r, k = divmod(j, top)
-            blobs[j] = _patch_jpeg(rgb, int(ys[r, k]), int(xs[r, k]), grid, cells, px)
+            blobs[j] = _patch_jpeg(rgb, int(ys[j]), int(xs[j]), grid, cells, px)
     return blobs
 
 

@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
+    e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
     e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
     e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
@@ -156,12 +157,26 @@ def _cmd_explain(args) -> int:
         threshold=args.threshold,
     )
     out = out or Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
-    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}")
+    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}", **_neuron_extras(bundle, results, args.atlas))
     if args.json:
         print(json.dumps(_as_json(args.image, results, report), indent=2))
     else:
         print(_summary(args.image, results, report))
     return 0
+
+
+def _neuron_extras(bundle, results: dict, atlas_path: str | None) -> dict:
+    """The lead explanation's ablation (one batched forward pass) and the atlas, for the report."""
+    from .ablation import ablate
+    from .atlas import NeuronAtlas
+
+    lead = next(iter(results.values()))
+    if lead.neurons is None:
+        return {}
+    atlas = NeuronAtlas.load(atlas_path) if atlas_path else None
+    if atlas is not None:
+        atlas.check(bundle, lead.layer)
+    return {"ablation": ablate(bundle, lead), "atlas": atlas}
 
 
 def _cmd_demo(args) -> int:
@@ -176,7 +191,9 @@ def _cmd_demo(args) -> int:
     docs = []
     for photo in DEMO_PHOTOS:
         results = _run_all(bundle, sample_image(photo), "fastloc", True)
-        report = write_report(out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}")
+        report = write_report(
+            out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, results, None)
+        )
         docs.append(_as_json(photo, results, report))
         if not args.json:
             print(_summary(photo, results, report.resolve()))

@@ -227,9 +227,10 @@ def _images(n=7, seed=0):
     return [g.random((8, 8, 3)).astype(np.float32) for _ in range(n)]
 
 
-def _brute_force(model, bundle, images, top):
-    """Per channel: every image's strongest unit (first in row-major order on ties), images
-    sorted by that activation (descending, earlier image first on ties), the first ``top``."""
+def _brute_force(model, bundle, images, top, sign=1):
+    """Per channel: every image's strongest unit (``sign=-1``: most negative; the first in
+    row-major order on ties), images sorted by that activation (strongest first, earlier
+    image first on ties), the first ``top``."""
     rows = []
     with torch.no_grad():
         for im in images:
@@ -242,10 +243,10 @@ def _brute_force(model, bundle, images, top):
         per = []
         for i, z in enumerate(rows):
             flat = z[ch].ravel()
-            j = int(np.argmax(flat))
-            per.append((-float(flat[j]), i, j // w, j % w))
+            j = int(np.argmax(flat) if sign > 0 else np.argmin(flat))
+            per.append((-sign * float(flat[j]), i, j // w, j % w, float(flat[j])))
         per.sort(key=lambda t: (t[0], t[1]))
-        want[ch] = [(i, y, x, -v) for v, i, y, x in per[:top]]
+        want[ch] = [(i, y, x, v) for _, i, y, x, v in per[:top]]
     return want
 
 
@@ -255,18 +256,23 @@ def test_atlas_top_units_equal_a_brute_force_scan():
     images = _images(7)
     atlas = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=2, progress=False, patch_px=8)
     assert atlas.layer == "conv3" and atlas.layer_shape == (8, 4, 4) and atlas.model == "TinyNet"
-    want = _brute_force(model, bundle, images, 3)
-    for ch in range(8):
-        got = atlas.top(ch)
-        assert [(u.index, u.y, u.x) for u in got] == [w[:3] for w in want[ch]]
-        # (the scan batches 2 images, the brute force 1: float32 may differ in the last bits)
-        assert_close([u.activation for u in got], [w[3] for w in want[ch]], rtol=1e-5, atol=1e-5)
-        assert [u.image for u in got] == [f"#{w[0]}" for w in want[ch]]
-        assert [u.rank for u in got] == [1, 2, 3] and all(u.labels == () for u in got)
+    for sign in (1, -1):
+        want = _brute_force(model, bundle, images, 3, sign)
+        for ch in range(8):
+            got = atlas.top(ch, sign=sign)
+            assert [(u.index, u.y, u.x) for u in got] == [w[:3] for w in want[ch]]
+            # (the scan batches 2 images, the brute force 1: float32 may differ in the last bits)
+            assert_close([u.activation for u in got], [w[3] for w in want[ch]], rtol=1e-5, atol=1e-5)
+            assert [u.image for u in got] == [f"#{w[0]}" for w in want[ch]]
+            assert [u.rank for u in got] == [1, 2, 3] and all(u.labels == () for u in got)
+    positive_only = fv.NeuronAtlas.build(bundle, images, top=3, batch_size=3, progress=False, patch_px=8, negative=False)
+    assert positive_only.signs == (1,) and positive_only.top(4) == atlas.top(4)
+    with pytest.raises(ValueError, match="sign"):
+        positive_only.top(4, sign=-1)
     assert len(atlas.top(0, 2)) == 2
     # fewer images than top: the tables are padded, top() stops early
     small = fv.NeuronAtlas.build(bundle, images[:2], top=3, progress=False, patch_px=8)
-    assert len(small.top(0)) == 2 and small.image_index[0, 2] == -1
+    assert len(small.top(0)) == 2 and small.image_index[0, 0, 2] == -1
     with pytest.raises(IndexError):
         atlas.top(8)
 
@@ -278,9 +284,10 @@ def test_atlas_patches_are_the_units_windows():
     images = [np.broadcast_to(np.array(c, dtype=np.float32), (8, 8, 3)).copy() for c in colours]
     atlas = fv.NeuronAtlas.build(bundle, images, top=3, progress=False, patch_cells=1, patch_px=16)
     for ch in range(8):
-        for u, p in zip(atlas.top(ch), atlas.patches(ch)):
-            assert p.shape == (16, 16, 3) and p.dtype == np.uint8
-            assert np.abs(p.reshape(-1, 3).mean(0) / 255 - np.array(colours[u.index])).max() < 0.05
+        for sign in (1, -1):
+            for u, p in zip(atlas.top(ch, sign=sign), atlas.patches(ch, sign=sign)):
+                assert p.shape == (16, 16, 3) and p.dtype == np.uint8
+                assert np.abs(p.reshape(-1, 3).mean(0) / 255 - np.array(colours[u.index])).max() < 0.05
     assert atlas.strip(0, 3).shape == (16, 3 * 16 + 2 * 2, 3)
 
 
@@ -292,10 +299,12 @@ def test_atlas_save_load_round_trip(tmp_path):
         assert all(z[k].dtype != object for k in z.files)
     back = fv.NeuronAtlas.load(path)
     assert (back.model, back.layer, back.layer_shape, back.images) == (atlas.model, atlas.layer, atlas.layer_shape, atlas.images)
+    assert back.signs == (1, -1)
     for ch in range(8):
-        assert back.top(ch) == atlas.top(ch)
-        for a, b in zip(back.patches(ch), atlas.patches(ch)):
-            assert np.array_equal(a, b)
+        for sign in (1, -1):
+            assert back.top(ch, sign=sign) == atlas.top(ch, sign=sign)
+            for a, b in zip(back.patches(ch, sign=sign), atlas.patches(ch, sign=sign)):
+                assert np.array_equal(a, b)
     back.check(bundle, "conv3")
     with pytest.raises(ValueError, match="built for model 'TinyNet' at layer 'conv3'"):
         back.check(bundle, "conv2")
@@ -386,3 +395,30 @@ def _few_images(shared_data, tmp_path, n):
     for p in sorted((shared_data / "images").iterdir())[:n]:
         shutil.copy(p, d / p.name)  # a scratch copy in pytest's tmp dir
     return d
+
+
+# --- the report's neuron cards -----------------------------------------------------------
+
+
+def test_report_shows_activation_maps_drops_and_atlas_strips(tmp_path):
+    from fastloc_viz.report import render_report, write_report
+
+    model = TinyNet("relu").eval()
+    bundle = _bundle(model)
+    e = fv.explain(bundle, _img(6), k=3)
+    atlas = fv.NeuronAtlas.build(bundle, _images(4), top=2, progress=False, patch_px=8)
+    a = fv.ablate(bundle, e)
+    text = render_report({"fastloc": e}, atlas=atlas, ablation=a)
+    assert text.count("class='ncard'") == 3 and "where channel fires" in text
+    assert text.count("class='atlas-strip'") == 3
+    for n, d in zip(e.neurons, a.channel_drops):
+        assert f"data-drop='{d:.6f}'" in text
+        sign = -1 if n.activation < 0 else 1
+        assert f"data-channel='{n.channel}' data-sign='{sign}'" in text
+    assert "guided-backprop maps correlate" in text
+    plain = render_report({"fastloc": e})
+    assert "class='ncard'" in plain and "class='atlas-strip'" not in plain and "data-drop" not in plain
+    other = fv.NeuronAtlas.build(bundle, _images(2), layer="conv2", top=1, progress=False, patch_px=8)
+    with pytest.raises(ValueError, match="atlas is for layer 'conv2'"):
+        write_report(tmp_path / "r.html", {"fastloc": e}, atlas=other)
+    assert not (tmp_path / "r.html").exists()
