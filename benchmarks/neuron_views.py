@@ -3,7 +3,10 @@ k=5 guided-backprop maps (``Explanation.neuron_maps``) and of the k=5 activation
 (``Explanation.activation_maps``), fastloc with its defaults (EfficientNet-Lite0,
 ``_blocks.15``), on the first N images of the shared data set.
 
-    OMP_NUM_THREADS=1 python benchmarks/neuron_views.py [--n 200] [--out results.jsonl]
+    OMP_NUM_THREADS=1 python benchmarks/neuron_views.py [--n 200] [--out results.jsonl] [--ablate]
+
+With ``--ablate`` it also records :func:`fastloc_viz.ablate`'s probability drops per image
+(each channel off, each unit off, all five off, only the five kept) and prints their medians.
 
 One line per image is appended to ``--out`` as it is done, so an interrupted run resumes
 where it stopped; the summary is printed at the end.
@@ -31,6 +34,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--out", default="neuron_views.jsonl")
+    ap.add_argument("--ablate", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = pathlib.Path(args.out)
@@ -53,6 +57,16 @@ def main() -> None:
                 "guided": mean_pairwise_correlation(e.neuron_maps),
                 "activation": mean_pairwise_correlation(e.activation_maps),
             }
+            if args.ablate:
+                a = fv.ablate(bundle, e)
+                rec.update(
+                    base=a.base.probability,
+                    channel_drops=list(a.channel_drops),
+                    unit_drops=list(a.unit_drops),
+                    all_off=a.all_off.probability,
+                    only_kept=a.only_kept.probability,
+                    all_off_top_changed=a.all_off.top.index != a.base.top.index,
+                )
             fh.write(json.dumps(rec) + "\n")
             fh.flush()
             done[key] = rec
@@ -68,6 +82,17 @@ def main() -> None:
         )
     d = g[ok] - a[ok]
     print(f"  guided minus activation: mean {d.mean():.3f}; activation maps less alike on {np.mean(d > 0):.1%} of images")
+    abl = [r for r in recs if "channel_drops" in r]
+    if abl:
+        ch = np.array([r["channel_drops"] for r in abl])
+        un = np.array([r["unit_drops"] for r in abl])
+        base = np.array([r["base"] for r in abl])
+        print(f"ablation on {len(abl)} images (probability of the explained class, base median {np.median(base):.3f}):")
+        print(f"  one channel off: median drop {np.median(ch):.3f} (largest per image: median {np.median(ch.max(1)):.3f})")
+        print(f"  one unit off:    median drop {np.median(un):.4f} (largest per image: median {np.median(un.max(1)):.4f})")
+        print(f"  all 5 channels off: median drop {np.median(base - [r['all_off'] for r in abl]):.3f}; "
+              f"top-1 changes on {np.mean([r['all_off_top_changed'] for r in abl]):.1%} of images")
+        print(f"  only the 5 kept channels: median probability {np.median([r['only_kept'] for r in abl]):.4f}")
 
 
 if __name__ == "__main__":

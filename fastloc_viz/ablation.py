@@ -2,7 +2,9 @@
 class again.
 
 :func:`ablate` runs the image's copies through the model once, as one batch, with a forward
-hook on the probe layer that multiplies each copy's activation by its own 0/1 mask:
+hook on the probe layer that multiplies each copy's activation by its own 0/1 mask (the
+layers below the probe run once, on the one image, and the hook hands the masked copies
+upward: see ``shared_prefix``):
 
 * ``base``: nothing zeroed;
 * ``channel_off``: one copy per kept neuron, its whole channel zeroed;
@@ -21,6 +23,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import logging
+import weakref
+
 import numpy as np
 import torch
 from torch import nn
@@ -30,6 +35,12 @@ from .hooks import forward_hook, preserved, require_called, require_spatial, res
 from .models import ModelBundle, as_logits, bundle_of
 
 __all__ = ["Ablation", "Outcome", "RandomControl", "ablate", "ablate_channels", "random_control"]
+
+log = logging.getLogger("fastloc_viz")
+
+# Models on which a shared-prefix run failed (e.g. EfficientNet-Lite0's head reshapes with the
+# input's batch size): not tried again.
+_NO_SHARED_PREFIX: weakref.WeakSet = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -149,45 +160,79 @@ def _explained(bundle: ModelBundle, explanation: Explanation) -> tuple[torch.Ten
 
 
 def _forward_masked(
-    bundle: ModelBundle, image: torch.Tensor, layer: tuple[str, nn.Module], specs: Sequence[_Spec], batch_size: int
+    bundle: ModelBundle,
+    image: torch.Tensor,
+    layer: tuple[str, nn.Module],
+    specs: Sequence[_Spec],
+    batch_size: int,
+    shared_prefix: bool = True,
 ) -> torch.Tensor:
-    """Logits (``len(specs) x classes``, CPU, float32 or float64) of copies of ``image`` with the probe
-    layer's output multiplied by each spec's mask; one forward per ``batch_size`` copies."""
-    name, module = layer
+    """Logits (``len(specs) x classes``, CPU, float32 or float64) of copies of ``image`` with
+    the probe layer's output multiplied by each spec's mask; one forward per ``batch_size``
+    copies.
+
+    With ``shared_prefix`` the model runs on the one image up to the probe layer, and the
+    hook hands downstream the ``B`` masked copies of its output: the layers below the probe
+    run once instead of ``B`` times (the same numbers: they see the same image). This needs
+    the layers above the probe to take their batch from the probe's output (anything that
+    mixes in an earlier tensor must broadcast over it); when the output does not come back
+    with ``B`` rows, or the forward raises, the chunk is run again with ``B`` full copies,
+    and the model is not tried again (EfficientNet-Lite0's head reshapes by the input's
+    batch size: it always runs full copies).
+    """
     out_logits = []
     with preserved(bundle.model), torch.no_grad():
         x1 = bundle.preprocess(image)
         for s in range(0, len(specs), batch_size):
             chunk = specs[s : s + batch_size]
-            seen = {"calls": 0, "out": None}
-
-            def hook(_m, _inp, out, chunk=chunk, seen=seen):
-                seen["calls"] += 1
-                seen["out"] = out
-                if seen["calls"] > 1 or not (isinstance(out, torch.Tensor) and out.dim() == 4):
-                    return None
-                mask = torch.ones(out.shape, dtype=out.dtype, device=out.device)
-                c = out.shape[1]
-                for row, (off, units, keep) in enumerate(chunk):
-                    bad = [ch for ch in [*off, *(u[0] for u in units), *(keep or ())] if not 0 <= ch < c]
-                    if bad:
-                        raise ValueError(f"channels {bad} do not exist in layer {name!r} ({c} channels)")
-                    if keep is not None:
-                        mask[row] = 0
-                        mask[row, list(keep)] = 1
-                    if off:
-                        mask[row, list(off)] = 0
-                    for ch, y, xx in units:
-                        mask[row, ch, y, xx] = 0
-                return out * mask
-
-            with forward_hook(module, hook):
-                logits = as_logits(bundle.model(x1.expand(len(chunk), *x1.shape[1:]).contiguous()))
-            require_called(name, seen["calls"])
-            require_spatial(name, seen["out"])
+            logits = None
+            if shared_prefix and len(chunk) > 1 and bundle.model not in _NO_SHARED_PREFIX:
+                try:
+                    logits = _run_chunk(bundle, x1, layer, chunk, expand=True)
+                except RuntimeError as err:
+                    log.debug("fastloc_viz: shared-prefix ablation failed (%s); running full copies", err)
+                if logits is None or logits.shape[0] != len(chunk):
+                    logits = None
+                    _NO_SHARED_PREFIX.add(bundle.model)
+            if logits is None:
+                logits = _run_chunk(bundle, x1.expand(len(chunk), *x1.shape[1:]).contiguous(), layer, chunk, expand=False)
             keep = logits.dtype in (torch.float32, torch.float64)  # bfloat16 / float16: float32
             out_logits.append((logits if keep else logits.float()).cpu())
     return torch.cat(out_logits)
+
+
+def _run_chunk(bundle: ModelBundle, x: torch.Tensor, layer, chunk: Sequence[_Spec], expand: bool) -> torch.Tensor:
+    """One forward pass of ``x``; the probe's output (``expand``: repeated to ``len(chunk)``
+    rows) multiplied by the chunk's masks."""
+    name, module = layer
+    seen: dict = {"calls": 0, "out": None}
+
+    def hook(_m, _inp, out):
+        seen["calls"] += 1
+        seen["out"] = out
+        if seen["calls"] > 1 or not (isinstance(out, torch.Tensor) and out.dim() == 4):
+            return None
+        shape = (len(chunk), *out.shape[1:])
+        mask = torch.ones(shape, dtype=out.dtype, device=out.device)
+        c = out.shape[1]
+        for row, (off, units, keep) in enumerate(chunk):
+            bad = [ch for ch in [*off, *(u[0] for u in units), *(keep or ())] if not 0 <= ch < c]
+            if bad:
+                raise ValueError(f"channels {bad} do not exist in layer {name!r} ({c} channels)")
+            if keep is not None:
+                mask[row] = 0
+                mask[row, list(keep)] = 1
+            if off:
+                mask[row, list(off)] = 0
+            for ch, y, xx in units:
+                mask[row, ch, y, xx] = 0
+        return (out.expand(shape) if expand else out) * mask
+
+    with forward_hook(module, hook):
+        logits = as_logits(bundle.model(x))
+    require_called(name, seen["calls"])
+    require_spatial(name, seen["out"])
+    return logits
 
 
 def _outcomes(bundle: ModelBundle, logits: torch.Tensor, target: int) -> list[Outcome]:
@@ -204,7 +249,7 @@ def _outcomes(bundle: ModelBundle, logits: torch.Tensor, target: int) -> list[Ou
     ]
 
 
-def ablate(model: ModelBundle | nn.Module, explanation: Explanation) -> Ablation:
+def ablate(model: ModelBundle | nn.Module, explanation: Explanation, *, shared_prefix: bool = True) -> Ablation:
     """Zero the kept neurons at the probe layer and read the explained class again.
 
     One batched forward pass of ``2k + 3`` copies of the explanation's image, no backward
@@ -213,6 +258,9 @@ def ablate(model: ModelBundle | nn.Module, explanation: Explanation) -> Ablation
     Args:
         model: the bundle (or module) the explanation was made with.
         explanation: a fastloc explanation (``neurons`` and ``layer``).
+        shared_prefix: run the layers below the probe once, on the one image, and only the
+            layers above it on the copies (the default; falls back to full copies when the
+            model does not allow it). ``False``: every copy runs the whole model.
 
     Returns:
         An :class:`Ablation`.
@@ -227,7 +275,7 @@ def ablate(model: ModelBundle | nn.Module, explanation: Explanation) -> Ablation
     specs += [((n.channel,), (), None) for n in neurons]
     specs += [((), ((n.channel, n.y, n.x),), None) for n in neurons]
     specs += [(chans, (), None), ((), (), chans)]
-    logits = _forward_masked(bundle, image, layer, specs, batch_size=len(specs))
+    logits = _forward_masked(bundle, image, layer, specs, batch_size=len(specs), shared_prefix=shared_prefix)
     out = _outcomes(bundle, logits, explanation.target)
     k = len(neurons)
     return Ablation(
@@ -250,6 +298,7 @@ def ablate_channels(
     channel_sets: Sequence[Sequence[int]],
     *,
     batch_size: int = 64,
+    shared_prefix: bool = True,
 ) -> list[Outcome]:
     """The explained class with each set of probe-layer channels zeroed (one copy per set,
     ``batch_size`` copies per forward pass, no backward pass). An empty set is the
@@ -259,7 +308,8 @@ def ablate_channels(
     specs: list[_Spec] = [(tuple(int(c) for c in cs), (), None) for cs in channel_sets]
     if not specs:
         return []
-    return _outcomes(bundle, _forward_masked(bundle, image, layer, specs, batch_size), explanation.target)
+    logits = _forward_masked(bundle, image, layer, specs, batch_size, shared_prefix)
+    return _outcomes(bundle, logits, explanation.target)
 
 
 def random_control(
@@ -271,6 +321,7 @@ def random_control(
     seed: int = 0,
     exclude_kept: bool = True,
     batch_size: int = 64,
+    shared_prefix: bool = True,
 ) -> RandomControl:
     """Zero ``k`` random channels of the probe layer, ``draws`` times: how much the explained
     class drops by chance.
@@ -291,7 +342,9 @@ def random_control(
         raise ValueError(f"k={k} must be between 1 and the {len(pool)} channels to draw from")
     rng = np.random.default_rng(seed)
     chans = np.stack([np.sort(rng.choice(pool, size=k, replace=False)) for _ in range(draws)])
-    outs = ablate_channels(bundle, explanation, [()] + [list(row) for row in chans], batch_size=batch_size)
+    outs = ablate_channels(
+        bundle, explanation, [()] + [list(row) for row in chans], batch_size=batch_size, shared_prefix=shared_prefix
+    )
     return RandomControl(
         channels=chans,
         probability=np.array([o.probability for o in outs[1:]]),

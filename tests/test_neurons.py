@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from conftest import TinyNet, assert_same_state, model_state
 from torch.testing import assert_close
 
@@ -152,11 +153,14 @@ def test_ablation_equals_a_forward_hook_reference_on_lite0(lite0):
     assert a.all_off.probability < a.base.probability  # the kept channels carry the class
 
 
-def test_ablation_is_one_batched_forward_and_no_backward(relu_net_bundle, monkeypatch):
+@pytest.mark.parametrize("shared_prefix", [True, False])
+def test_ablation_is_one_batched_forward_and_no_backward(relu_net_bundle, monkeypatch, shared_prefix):
     bundle = relu_net_bundle
     e = fv.explain(bundle, _img(2), k=4)
     calls = []
-    h = bundle.model.register_forward_hook(lambda m, i, o: calls.append((i[0].shape[0], o.requires_grad, o.grad_fn)))
+    h = bundle.model.register_forward_hook(
+        lambda m, i, o: calls.append((i[0].shape[0], o.shape[0], o.requires_grad, o.grad_fn))
+    )
 
     def no_backward(*a, **k):
         raise AssertionError("ablate ran a backward pass")
@@ -165,11 +169,50 @@ def test_ablation_is_one_batched_forward_and_no_backward(relu_net_bundle, monkey
     monkeypatch.setattr(torch.autograd, "backward", no_backward)
     monkeypatch.setattr(torch.Tensor, "backward", no_backward)
     try:
-        a = fv.ablate(bundle, e)
+        a = fv.ablate(bundle, e, shared_prefix=shared_prefix)
     finally:
         h.remove()
-    assert calls == [(2 * 4 + 3, False, None)]  # one forward of the 2k + 3 copies, no graph
+    # one forward pass, 2k + 3 copies out, no graph; with the shared prefix the layers below
+    # the probe see the one image
+    assert calls == [(1 if shared_prefix else 11, 2 * 4 + 3, False, None)]
     assert len(a.channel_off) == len(a.unit_off) == 4
+
+
+class _SkipCat(nn.Module):
+    """A tensor from below the probe is concatenated above it: no broadcasting there."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(10, 3)
+        for p in self.parameters():
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        a = torch.relu(self.conv1(x))
+        b = self.conv2(a)
+        return self.fc(torch.cat([b, a], dim=1).mean(dim=(2, 3)))
+
+
+def test_ablation_falls_back_to_full_copies_when_the_prefix_cannot_be_shared():
+    model = _SkipCat().eval()
+    bundle = fv.load_model(model, input_size=8, layer="conv2", class_names=list("abc"))
+    e = fv.explain(bundle, _img(7), k=2)
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    shared = fv.ablate(bundle, e)
+    h.remove()
+    assert calls == [1, 7]  # the shared-prefix try raised in torch.cat; then 2k + 3 full copies
+    assert shared == fv.ablate(bundle, e, shared_prefix=False)
+    calls.clear()
+    h = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    fv.ablate(bundle, e)
+    h.remove()
+    assert calls == [7]  # not tried again on this model
+    assert shared.channel_off[0].logit != shared.base.logit
 
 
 def test_ablate_channels_and_random_control(relu_net_bundle):
