@@ -21,10 +21,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import boxes, explain, load_model  # noqa: E402
+from fastloc_viz import explain, load_model  # noqa: E402
+from fastloc_viz import maps as M  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
 from fastloc_viz.metrics import LocalizationCounts  # noqa: E402
-from quality_push import _smooth, add_variant, variant_table  # noqa: E402  (the same directory)
+from quality_push import _rule, _smooth, add_variant, variant_table  # noqa: E402  (the same directory)
 
 
 def variants(fl: dict[str, np.ndarray], cam: np.ndarray) -> dict[str, np.ndarray]:
@@ -33,12 +34,12 @@ def variants(fl: dict[str, np.ndarray], cam: np.ndarray) -> dict[str, np.ndarray
     for rank, maps in fl.items():
         for k in (1, 3, 5):
             mk = maps[:k]
-            f = _smooth(mk.mean(0))
+            f = _rule("sum", mk)
             out[f"{rank}{k}-sum"] = f
-            out[f"{rank}{k}-x-cam15"] = boxes.normalize(f * cam)
-            out[f"{rank}{k}-mean-cam15"] = boxes.normalize(f + cam)
-            out[f"{rank}{k}-gate-cam15"] = _smooth(mk.mean(0) * cam)
-            out[f"{rank}{k}-sqrt-x-cam15"] = boxes.normalize(np.sqrt(f * cam))
+            out[f"{rank}{k}-x-cam15"] = M.normalize(f * cam)
+            out[f"{rank}{k}-mean-cam15"] = _rule("sum_cam", mk, cam=cam)
+            out[f"{rank}{k}-gate-only15"] = _smooth(mk.mean(0) * cam)  # not the library's gate_cam
+            out[f"{rank}{k}-sqrt-x-cam15"] = M.normalize(np.sqrt(f * cam))
     return out
 
 

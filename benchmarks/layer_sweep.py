@@ -25,9 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import boxes  # noqa: E402
+from fastloc_viz import maps as M  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from quality_push import _smooth, analyze  # noqa: E402  (the same directory)
+from quality_push import _rule, _smooth, analyze  # noqa: E402  (the same directory)
 
 LAYERS = "_blocks.10,_blocks.12,_blocks.14,_blocks.15,_bn1"
 
@@ -75,7 +75,7 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], c
 
 def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     """name -> a thunk giving the ``H x W`` saliency of that variant for one stored query."""
-    cam = boxes.normalize(d["cam"])
+    cam = M.normalize(d["cam"])
     v: dict[str, Callable[[], np.ndarray]] = {"cam": lambda: cam}
     keys = [name[: -len("_maps")] for name in d if name.endswith("_maps")]
     for key in keys:
@@ -83,14 +83,14 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
         for k in (1, 3, 5, 10):
             if k > len(maps):
                 continue
-            mk = maps[:k].mean(0)
+            mk = maps[:k]
             for s in (16, 32):
-                v[f"{key}-p{k}-sum-s{s}"] = lambda mk=mk, s=s: _smooth(mk, s)
-            v[f"{key}-p{k}-mean-cam"] = lambda mk=mk: boxes.normalize(_smooth(mk, 16) + cam)
-            if k == 5:  # the class map's weight, and neuron maps gated by it
+                v[f"{key}-p{k}-sum-s{s}"] = lambda mk=mk, s=s: _rule("sum", mk, sigma=s)
+            v[f"{key}-p{k}-mean-cam"] = lambda mk=mk: _rule("sum_cam", mk, sigma=16, cam=cam)
+            if k == 5:  # the class map's weight (an experiment), and the library's gate_cam
                 for a in (0.5, 2.0):
-                    v[f"{key}-p{k}-mean-cam-w{a:g}"] = lambda mk=mk, a=a: boxes.normalize(_smooth(mk, 16) + a * cam)
-                v[f"{key}-p{k}-gate-cam-plus-cam"] = lambda mk=mk: boxes.normalize(_smooth(mk * cam, 16) + cam)
+                    v[f"{key}-p{k}-mean-cam-w{a:g}"] = lambda mk=mk, a=a: M.normalize(_smooth(mk.mean(0), 16) + a * cam)
+                v[f"{key}-p{k}-gate-cam-plus-cam"] = lambda mk=mk: _rule("gate_cam", mk, sigma=16, cam=cam)
     return v
 
 

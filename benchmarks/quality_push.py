@@ -16,6 +16,10 @@ same layer::
     python benchmarks/quality_push.py analyze ../shared/data/imagenet-val-wsol /tmp/qp/val200
 
 Variant names: ``{rank}{k}-{rule}[-s{sigma}]`` with ``rank`` ``g`` (guided) or ``p`` (plain).
+Variants that are library rules (``sum``, ``max``, ``weighted``, ``union``, ``mean-cam`` =
+``sum_cam``, ``gate_cam``) are computed by :func:`fastloc_viz.combine.combine_maps`; the others
+(``raw``, ``blobsum``, ``sum-x-cam``, ``gate-only``, ``camweighted``) are experiments that the
+library does not offer.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import boxes  # noqa: E402
+from fastloc_viz import maps as M  # noqa: E402
+from fastloc_viz.combine import combine_maps  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
 from fastloc_viz.metrics import LocalizationCounts, score_query  # noqa: E402
 
@@ -44,7 +49,8 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layer: str, k_guided
     import torch
 
     from fastloc_viz import baselines, load_model
-    from fastloc_viz.fastloc import blobs, neuron_pass, rescore
+    from fastloc_viz.fastloc import neuron_pass, rescore
+    from fastloc_viz.maps import blobs
     from fastloc_viz.hooks import preserved, resolve_layer
     from fastloc_viz.images import load_batch
     from fastloc_viz.models import as_logits
@@ -99,20 +105,16 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layer: str, k_guided
 
 # ------------------------------------------------------------------------------ variants
 def _norm(m: np.ndarray) -> np.ndarray:
-    return boxes.normalize(m)
+    return M.normalize(m)
 
 
 def _smooth(m: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
-    return boxes.normalize(boxes.smooth(m, sigma))
+    return M.normalize(M.smooth(m, sigma))
 
 
-def _union(maps: np.ndarray) -> np.ndarray:
-    return np.any([boxes.blob_mask(m) for m in maps], axis=0).astype(np.float32)
-
-
-def _weights(scores: np.ndarray) -> np.ndarray:
-    w = np.clip(scores, 0, None)
-    return w / w.sum() if w.sum() > 0 else np.full_like(w, 1 / len(w))
+def _rule(rule: str, maps: np.ndarray, *, sigma: float = SIGMA, scores=None, cam=None) -> np.ndarray:
+    """The library's combine rule (no copy of it here)."""
+    return combine_maps(maps, rule=rule, sigma=sigma, scores=scores, class_map=cam)
 
 
 def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
@@ -129,21 +131,20 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
     for rank, (maps, *_rest) in ranks.items():
         for k in (1, 3, 5, 10, 20):
             if k <= len(maps):
-                v[f"{rank}{k}-sum"] = lambda mk=maps[:k]: _smooth(mk.mean(0))
+                v[f"{rank}{k}-sum"] = lambda mk=maps[:k]: _rule("sum", mk)
     # combine rules, normalization, blobs, sigma
     for rank, k in (("g", 5), ("g", 10), ("p", 10)):
         maps, score, top, _yx = ranks[rank]
         if k > len(maps):
             continue
         mk, sk = maps[:k], score[:k]
-        v[f"{rank}{k}-max"] = lambda mk=mk: _smooth(mk.max(0))
-        v[f"{rank}{k}-weighted"] = lambda mk=mk, sk=sk: _smooth(np.tensordot(_weights(sk), mk, 1))
+        v[f"{rank}{k}-max"] = lambda mk=mk: _rule("max", mk)
+        v[f"{rank}{k}-weighted"] = lambda mk=mk, sk=sk: _rule("weighted", mk, scores=sk)
         v[f"{rank}{k}-raw"] = lambda mk=mk, t=top[:k]: _smooth((mk * t[:, None, None]).sum(0))
-        v[f"{rank}{k}-union"] = lambda mk=mk: _union(mk)
-        v[f"{rank}{k}-blobsum"] = lambda mk=mk: _smooth(
-            np.mean([boxes.blob_mask(m) for m in mk], axis=0).astype(np.float32))
+        v[f"{rank}{k}-union"] = lambda mk=mk: _rule("union", mk)
+        v[f"{rank}{k}-blobsum"] = lambda mk=mk: _smooth(M.blobs(mk).mean(axis=0).astype(np.float32))
         for s in (8, 24):
-            v[f"{rank}{k}-sum-s{s}"] = lambda mk=mk, s=s: _smooth(mk.mean(0), s)
+            v[f"{rank}{k}-sum-s{s}"] = lambda mk=mk, s=s: _rule("sum", mk, sigma=s)
     # with the class-level map of the same forward (Grad-CAM at the probe layer)
     for rank, k in (("g", 5), ("g", 10), ("g", 20), ("p", 5), ("p", 10)):
         maps, score, top, yx = ranks[rank]
@@ -151,8 +152,10 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
             continue
         mk = maps[:k]
         v[f"{rank}{k}-sum-x-cam"] = lambda mk=mk: _norm(_smooth(mk.mean(0)) * camn)
-        v[f"{rank}{k}-mean-cam"] = lambda mk=mk: _norm(_smooth(mk.mean(0)) + camn)
-        v[f"{rank}{k}-gate-cam"] = lambda mk=mk: _smooth(mk.mean(0) * camn)
+        v[f"{rank}{k}-mean-cam"] = lambda mk=mk: _rule("sum_cam", mk, cam=cam)
+        v[f"{rank}{k}-gate_cam"] = lambda mk=mk: _rule("gate_cam", mk, cam=cam)
+        # not the library's gate_cam: gated maps alone, without the class map added
+        v[f"{rank}{k}-gate-only"] = lambda mk=mk: _smooth(mk.mean(0) * camn)
 
         def cam_weighted(mk=mk, yx=yx[:k]):
             # each neuron map weighted by the class map at the neuron's own position
@@ -168,8 +171,8 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
         if kmax > len(g):
             continue
         mk = g[np.argsort(-d["rescored"][:kmax], kind="stable")[:5]]
-        v[f"g5of{kmax}-rescored-union"] = lambda mk=mk: _union(mk)
-        v[f"g5of{kmax}-rescored-sum"] = lambda mk=mk: _smooth(mk.mean(0))
+        v[f"g5of{kmax}-rescored-union"] = lambda mk=mk: _rule("union", mk)
+        v[f"g5of{kmax}-rescored-sum"] = lambda mk=mk: _rule("sum", mk)
         v[f"g5of{kmax}-rescored-sum-x-cam"] = lambda mk=mk: _norm(_smooth(mk.mean(0)) * camn)
     return v
 
@@ -177,7 +180,7 @@ def variants(d: dict[str, np.ndarray]) -> dict[str, Callable[[], np.ndarray]]:
 def add_variant(counts: dict[str, LocalizationCounts], name: str, sal: np.ndarray, gt, *, row: int,
                 label: int, prediction: int, thresholds: np.ndarray) -> None:
     """Score one variant's saliency on one query (its box: threshold 0.3, largest component)."""
-    box = boxes.map_to_box(sal, 0.3, "largest")
+    box = M.map_to_box(sal, 0.3, "largest")
     r = score_query(sal, box, gt, row=row, label=label, prediction=prediction, thresholds=thresholds)
     counts.setdefault(name, LocalizationCounts(thresholds=thresholds)).add(r)
 

@@ -17,8 +17,8 @@ from .images import sample_image
 from .methods import METHODS, Method, MethodParams, get_method, register_method, unregister_method
 from .models import ModelBundle, load_model
 from .readers import ImageInfo, LoadedImage, read_image
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = [
     "METHODS",
     "RULES",

@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         help="a state dict file for --model (read with torch.load(weights_only=True))",
     )
     e.add_argument("--target", default=None, help="class index or name (default: the top-1 prediction)")
-    e.add_argument("--method", default="fastloc", choices=list(METHODS))
+    e.add_argument(
+        "--method", default="fastloc", help=f"one of {', '.join(METHODS)} or a --plugin's (default: %(default)s)"
+    )
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
@@ -73,7 +75,26 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="localization metrics on a data set in the shared CSV format")
     evaluate.add_arguments(ev)
+    for parser in (e, ev):
+        parser.add_argument(
+            "--plugin", action="append", default=[], metavar="FILE",
+            help="a Python file that registers methods or combine rules (docs/own-method.md); repeatable",
+        )
     return p
+
+
+def load_plugins(paths: Sequence[str]) -> None:
+    """Import each Python file, so the methods and rules it registers can be named."""
+    import importlib.util
+
+    for path in paths:
+        file = Path(path)
+        if not file.is_file():
+            raise FileNotFoundError(f"--plugin {path!r} is not a file")
+        spec = importlib.util.spec_from_file_location(f"fastloc_viz_plugin_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
 
 
 def _image_arg(text: str):
@@ -135,8 +156,10 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
 def _cmd_explain(args) -> int:
     from . import load_model
     from .files import check_writable
+    from .methods import get_method
     from .report import write_report
 
+    get_method(args.method)  # an unknown name fails before the model loads
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)  # before the slow part
@@ -236,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            load_plugins(getattr(args, "plugin", []))
             if args.command == "explain":
                 return _cmd_explain(args)
             if args.command == "demo":

@@ -43,9 +43,16 @@ RULES: dict[str, Rule] = {}
 
 
 def register_rule(name: str, *, uses_class_map: bool = False) -> Callable:
-    """Register a combine rule under ``name`` (decorator)."""
+    """Register a combine rule under ``name`` (decorator).
+
+    Re-running the same definition (a notebook cell) replaces it; another function under a
+    taken name raises ``ValueError``.
+    """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        old = RULES.get(name)
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"a combine rule named {name!r} is already registered ({old.fn.__qualname__})")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
         RULES[name] = Rule(name, fn, uses_class_map, doc)
         return fn

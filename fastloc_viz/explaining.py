@@ -17,7 +17,8 @@ from .checks import check_int
 from .explanation import Explanation, Prediction
 from .guided import untreated_activation_modules, warn_untreated
 from .hooks import default_layer, preserved, resolve_layer
-from .images import is_batch, load_batch_info, to_numpy_image
+from .decode import to_numpy_image
+from .images import is_batch, load_batch_info
 from .methods import Context, Method, get_method
 from .models import ModelBundle, bundle_of
 

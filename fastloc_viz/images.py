@@ -9,40 +9,36 @@ to RGB; 16-bit grayscale keeps its precision (scaled by 1/65535); 16-bit RGB PNG
 to 8 bits per channel by Pillow; 32-bit float images (mode ``F``) are used as they are when in
 ``[0, 1]``, divided by 255 when in ``[0, 255]``. With a warning: alpha is dropped (composited
 on white), CMYK is converted to RGB without a colour profile, and images over
-:data:`MAX_PIXELS` are downscaled (JPEGs while decoding) before the resize. Files whose
-decoded pixels would need more than :data:`MAX_DECODE_BYTES` are refused, naming the memory
-needed; images under :data:`MIN_SIDE` pixels a side are refused. Float64 / float16 inputs
+:data:`~fastloc_viz.decode.MAX_PIXELS` are downscaled (JPEGs while decoding) before the resize. Files whose
+decoded pixels would need more than :data:`~fastloc_viz.decode.MAX_DECODE_BYTES` are refused, naming the memory
+needed; images under :data:`~fastloc_viz.decode.MIN_SIDE` pixels a side are refused. Float64 / float16 inputs
 become float32; tensors on another device are copied to the CPU. Every image is resized
 (stretched, not cropped) to the model's input size, so a list may mix sizes.
 
 Files and PIL images are read by :mod:`fastloc_viz.readers` (issue 14): 16-bit, 32-bit and
 float data (modes ``I;16*``, ``I``, ``F``; TIFF, DICOM, FITS files) is windowed to ``[0, 1]``
-by its default rule, and bilevel and palette images over :data:`MAX_PIXELS` are shrunk a band
+by its default rule, and bilevel and palette images over :data:`~fastloc_viz.decode.MAX_PIXELS` are shrunk a band
 of rows at a time; 8-bit data is converted exactly as described above. Arrays and tensors are
-taken as given (pass them through :func:`fastloc_viz.read_image` to window them).
+taken as given (pass them through :func:`fastloc_viz.read_image` to window them). The
+decoding itself, and its limits, are :mod:`fastloc_viz.decode`'s.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from . import decode, readers
+
 
 log = logging.getLogger("fastloc_viz")
 
-MIN_SIDE = 8
-MAX_PIXELS = 64_000_000  # larger decoded images are downscaled with a warning
-MAX_DECODE_BYTES = 2**31  # a file whose decoded pixels need more is refused (2 GiB)
-_PIL_LIMIT_LOCK = threading.Lock()
 
 ImageLike = "str | os.PathLike | Image.Image | np.ndarray | torch.Tensor"
 
@@ -81,7 +77,7 @@ def load_batch_info(image, size: tuple[int, int]) -> tuple[torch.Tensor, list]:
             raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
         return torch.cat([load_batch(im, size) for im in image]), [None] * image.shape[0]
     t, info = _to_tensor_info(image, size)
-    return _resize(t, size), [info]
+    return decode.resize(t, size), [info]
 
 
 def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -96,10 +92,8 @@ def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
 
 def _to_tensor_info(image, size: tuple[int, int] | None = None):
     """:func:`_to_tensor` and the conversion's ImageInfo (``None`` for arrays and tensors)."""
-    from . import readers
-
     if isinstance(image, readers.LoadedImage):
-        return _from_array(image.pixels), image.info
+        return decode.from_array(image.pixels), image.info
     if isinstance(image, str) and "://" in image and not Path(image).exists():
         raise FileNotFoundError(f"image {image!r} is a URL; URLs are not fetched: download the image first")
     if isinstance(image, (str, os.PathLike)):
@@ -110,262 +104,13 @@ def _to_tensor_info(image, size: tuple[int, int] | None = None):
         except (OSError, SyntaxError) as e:
             raise ValueError(f"the PIL image cannot be decoded (truncated or corrupt file?): {e}") from None
     if isinstance(image, np.ndarray):
-        return _from_array(image), None
+        return decode.from_array(image), None
     if isinstance(image, torch.Tensor):
-        return _from_tensor(image), None
+        return decode.from_tensor(image), None
     raise TypeError(
         f"image of type {type(image).__name__} is not supported; pass a path, a PIL image, "
         "a numpy array, a torch tensor, or a list of these"
     )
-
-
-def _open(path: Path, size: tuple[int, int] | None = None, page: int = 0) -> Image.Image:
-    if not path.exists():
-        raise FileNotFoundError(f"image file {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"image path {str(path)!r} is a directory, not an image file")
-    try:
-        with _own_size_check():
-            img = Image.open(path)
-    except UnidentifiedImageError:
-        raise ValueError(
-            f"{str(path)!r} is not an image file PIL can read (its content is not a known image "
-            "format, whatever its extension)"
-        ) from None
-    except PermissionError as e:
-        raise PermissionError(f"image file {str(path)!r} cannot be read: {e.strerror or e}") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
-    with img:
-        if page:
-            n = getattr(img, "n_frames", 1)
-            if page >= n:
-                raise ValueError(f"image file {str(path)!r} has {n} page(s) (0..{n - 1}); page {page} does not exist")
-            img.seek(page)
-        # A JPEG decodes straight at 1/2, 1/4 or 1/8 scale (draft mode) to at least the size
-        # asked: the size _reduced() would shrink a huge image to, and twice the model input.
-        asks = []
-        if _too_big(img):
-            f = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
-            asks.append((img.width // f or 1, img.height // f or 1))
-        if size is not None and img.width >= 4 * size[1] and img.height >= 4 * size[0]:
-            asks.append((2 * size[1], 2 * size[0]))
-        if asks:
-            full = img.size
-            img.draft(img.mode, (min(a[0] for a in asks), min(a[1] for a in asks)))
-            img.info["fastloc_original_size"] = full  # for readers.ImageInfo
-            if img.size != full and full[0] * full[1] > MAX_PIXELS:  # below that, it is silent
-                warnings.warn(
-                    f"image file {str(path)!r} of {full[0]} x {full[1]} pixels is decoded at a "
-                    f"reduced scale, {img.width} x {img.height}, to save memory",
-                    UserWarning,
-                    stacklevel=5,
-                )
-        need = _decoded_bytes(img)
-        if need > MAX_DECODE_BYTES:
-            raise ValueError(
-                f"image file {str(path)!r} is {img.width} x {img.height} pixels: decoding it needs "
-                f"{need / 2**30:.1f} GiB of memory (mode {img.mode}; {img.width * img.height * 12 / 2**30:.1f} "
-                "GiB as a float tensor), over the {MAX_DECODE_BYTES / 2**30:.1f} GiB limit "
-                "(fastloc_viz.images.MAX_DECODE_BYTES); downscale it first (for example "
-                "`vipsthumbnail`), or save it as JPEG, which decodes at a reduced scale"
-            )
-        try:
-            img.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ValueError(f"image file {str(path)!r} is truncated or corrupt: {e}") from None
-    return img  # loaded: usable after the file is closed
-
-
-@contextmanager
-def _own_size_check() -> Iterator[None]:
-    """Open files without PIL's decompression-bomb limit: :func:`_open` checks the decoded
-    size itself, after a JPEG's reduced-scale draft, and names the memory needed."""
-    with _PIL_LIMIT_LOCK:
-        limit = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            yield
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-
-
-def _decoded_bytes(img: Image.Image) -> int:
-    depth = 4 if img.mode in ("I", "F") else 2 if img.mode.startswith("I;16") else 1
-    return img.width * img.height * len(img.getbands()) * depth
-
-
-def _too_big(img: Image.Image) -> bool:
-    return img.width * img.height > MAX_PIXELS
-
-
-def _reduced(img: Image.Image) -> Image.Image:
-    """``img`` shrunk by an integer factor to at most :data:`MAX_PIXELS` pixels, with a warning."""
-    need = img.width * img.height * 3 * 4 / 2**30
-    factor = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
-    warnings.warn(
-        f"image of {img.width} x {img.height} pixels would take {need:.1f} GiB as a float "
-        f"tensor; downscaling it by {factor} before resizing to the model's input",
-        UserWarning,
-        stacklevel=5,
-    )
-    return img.reduce(factor)
-
-
-def _from_pil(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Tensor:
-    if _too_big(img):
-        img = _reduced(img)
-    if size is not None:
-        f = min(img.width // (2 * size[1]), img.height // (2 * size[0]))
-        if f >= 2:
-            try:
-                img = img.reduce(f)  # box filter in 8 bits; the antialiased resize follows
-            except ValueError:  # a mode reduce() does not support: resize from full size
-                pass
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
-        warnings.warn(
-            f"image mode {img.mode} has an alpha channel: composited on white, alpha dropped",
-            UserWarning,
-            stacklevel=4,
-        )
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    if img.mode == "CMYK":
-        warnings.warn(
-            "CMYK image: converted to RGB without a colour profile (colours are approximate)",
-            UserWarning,
-            stacklevel=4,
-        )
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img, dtype=np.float32)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return _from_array(np.clip(arr / top, 0, 1))
-    if img.mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        if np.isfinite(arr).all() and arr.size and arr.max() > 1 and arr.min() >= 0 and arr.max() <= 255:
-            arr = arr / 255.0
-        return _from_array(arr)
-    if img.mode not in ("RGB", "L", "1", "P", "CMYK", "RGBA"):
-        log.info("fastloc_viz: image mode %s converted to RGB", img.mode)
-    try:
-        rgb = img.convert("RGB")
-    except ValueError as e:
-        raise ValueError(f"image mode {img.mode} cannot be converted to RGB: {e}") from None
-    return _from_array(np.asarray(rgb))
-
-
-def _from_array(arr: np.ndarray) -> torch.Tensor:
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
-        raise TypeError(
-            f"a numpy image must be H x W or H x W x 1|3|4 (channels last), got shape {arr.shape}"
-        )
-    if arr.shape[2] == 4:
-        warnings.warn(
-            "a 4-channel array is taken as RGBA: the 4th channel is dropped (not composited)",
-            UserWarning,
-            stacklevel=4,
-        )
-        arr = arr[:, :, :3]
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}.get(arr.dtype)
-    if arr.shape[0] * arr.shape[1] > MAX_PIXELS and scale is not None:
-        return _three_channels(torch.from_numpy(_block_mean(arr) / scale).permute(2, 0, 1)[None])
-    if arr.dtype == np.uint8 or arr.dtype == np.uint16:
-        t = torch.from_numpy(arr.astype(np.float32))
-        t /= scale  # in place: one float copy of a big image, not two
-    elif arr.dtype == np.bool_:
-        t = torch.from_numpy(arr.astype(np.float32))
-    elif arr.dtype == np.float16 or arr.dtype == np.float32 or arr.dtype == np.float64:
-        _check_unit_range(arr)
-        # A copy: the caller's array is never aliased (nor written to by a later clamp).
-        huge = arr.shape[0] * arr.shape[1] > MAX_PIXELS
-        t = torch.from_numpy(_block_mean(arr) if huge else np.array(arr, dtype=np.float32))
-    else:
-        raise TypeError(
-            f"numpy image dtype {arr.dtype} is not supported; use uint8, uint16, bool or float in [0, 1]"
-        )
-    return _three_channels(t.permute(2, 0, 1)[None])
-
-
-def _block_mean(arr: np.ndarray) -> np.ndarray:
-    """``H x W x C`` -> mean over ``f x f`` blocks (float32, same value scale), ``f`` the
-    smallest factor reaching :data:`MAX_PIXELS`; a band of rows at a time, with a warning."""
-    h, w, c = arr.shape
-    f = int(np.ceil(np.sqrt(h * w / MAX_PIXELS)))
-    warnings.warn(
-        f"image of {w} x {h} pixels would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
-        f"downscaling it by {f} before resizing to the model's input",
-        UserWarning,
-        stacklevel=5,
-    )
-    ho, wo = h // f, w // f
-    out = np.empty((ho, wo, c), dtype=np.float32)
-    step = max(1, 4096 // f)
-    for r in range(0, ho, step):
-        band = arr[r * f : min(ho, r + step) * f, : wo * f].astype(np.float32)
-        out[r : r + step] = band.reshape(-1, f, wo, f, c).mean(axis=(1, 3))
-    return out
-
-
-def _from_tensor(t: torch.Tensor) -> torch.Tensor:
-    if t.is_meta or t.layout != torch.strided:
-        what = "meta" if t.is_meta else str(t.layout)
-        raise TypeError(
-            f"a tensor image must be a dense tensor holding data, got a {what} tensor of shape "
-            f"{tuple(t.shape)}; pass a strided tensor on the CPU or a GPU"
-        )
-    t = t.detach()
-    if t.ndim == 2:
-        t = t[None]
-    if t.ndim != 3 or t.shape[0] not in (1, 3):
-        raise TypeError(
-            f"a tensor image must be H x W, 1|3 x H x W or N x 1|3 x H x W (channels first), "
-            f"got shape {tuple(t.shape)}"
-        )
-    if t.dtype == torch.bool:
-        t = t.float()
-    if t.dtype == torch.uint8 or t.is_floating_point():
-        # On the CPU first: the image is then resized and moved to the model's device.
-        return _from_array(t.cpu().permute(1, 2, 0).numpy())
-    raise TypeError(
-        f"tensor image dtype {t.dtype} is not supported; use uint8, bool or float in [0, 1]"
-    )
-
-
-def _check_unit_range(arr: np.ndarray) -> None:
-    if not np.isfinite(arr).all():
-        bad = int(arr.size - np.isfinite(arr).sum())
-        raise ValueError(
-            f"the image holds NaN or inf values ({bad} of {arr.size}); pass finite values in [0, 1]"
-        )
-    lo, hi = float(arr.min()), float(arr.max())
-    if lo < 0 or hi > 1:
-        hint = (
-            " (it looks already normalized: pass the raw RGB image, fastloc_viz normalizes it)"
-            if lo < 0
-            else " (for 0..255 values use uint8)"
-        )
-        raise ValueError(f"float image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]{hint}")
-
-
-def _three_channels(t: torch.Tensor) -> torch.Tensor:
-    h, w = t.shape[-2:]
-    if min(h, w) < MIN_SIDE:
-        raise ValueError(f"image of {w} x {h} pixels is too small; each side needs at least {MIN_SIDE} pixels")
-    return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t
-
-
-def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(t.shape[-2:]) == tuple(size):
-        return t
-    return F.interpolate(t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-
-
-def to_numpy_image(t: torch.Tensor) -> np.ndarray:
-    """``3 x H x W`` tensor in ``[0, 1]`` -> ``H x W x 3`` float32 array."""
-    return t.detach().cpu().permute(1, 2, 0).numpy().astype(np.float32)
 
 
 def sample_image(name: str = "chelsea") -> np.ndarray:
@@ -387,7 +132,7 @@ def collage(images: Sequence[np.ndarray], size: int = 224, cols: int | None = No
     rows = int(np.ceil(n / cols))
     out = np.full((rows * size, cols * size, 3), 255, dtype=np.uint8)
     for i, im in enumerate(images):
-        t = _resize(_to_tensor(im), (size, size))[0]
+        t = decode.resize(_to_tensor(im), (size, size))[0]
         r, c = divmod(i, cols)
-        out[r * size : (r + 1) * size, c * size : (c + 1) * size] = (to_numpy_image(t) * 255).round().astype(np.uint8)
+        out[r * size : (r + 1) * size, c * size : (c + 1) * size] = (decode.to_numpy_image(t) * 255).round().astype(np.uint8)
     return out

@@ -98,6 +98,8 @@ def lab(tmp_path_factory):
         os.environ,
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
         JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
+        # a fresh workspace: never reopen the notebooks of an earlier run (their 404s fail the test)
+        JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"),
         JUPYTER_RUNTIME_DIR=str(work / "runtime"),
         PYTHONPATH=str(ROOT),
     )
@@ -178,6 +180,10 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
                 lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None,
             )
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on(  # name the resource behind a bare "Failed to load resource" line
+                "response",
+                lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
+            )
             page.goto(f"{lab['url']}/lab/tree/01_quickstart.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
             # should a kernel chooser still come up, take the notebook's python3

@@ -1,7 +1,7 @@
 """Images as scientific users have them (issue 14): every PIL mode at any size, 16-bit and
 float TIFF, DICOM and FITS, windowed by a stated, recorded rule.
 
-The "huge" rows of the mode table lower ``images.MAX_PIXELS`` so the huge-image path runs on
+The "huge" rows of the mode table lower ``decode.MAX_PIXELS`` so the huge-image path runs on
 small images (fast); ``test_truly_huge_pngs`` (slow) reads real 30000 x 30000 and 40000 x
 40000 PNGs in a subprocess and bounds its peak RSS.
 """
@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import cli, images, readers
+from fastloc_viz import cli, decode, formats, readers, windowing
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -85,7 +85,7 @@ HIGH = ("I;16", "I;16B", "I", "F")
 def test_every_mode_at_every_size(mode, huge, bundle, monkeypatch):
     w, h = 120, 90
     if huge:  # the huge-image path, on a small image: over MAX_PIXELS
-        monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+        monkeypatch.setattr(decode, "MAX_PIXELS", 2000)
     img = _make(mode, w, h)
     before = _state(bundle.model)
     with warnings.catch_warnings(record=True) as caught:
@@ -118,7 +118,7 @@ def test_every_mode_from_a_file(mode, bundle, tmp_path, monkeypatch):
     assert t.shape[:2] == (1, 3) and 0 <= float(t.min()) and float(t.max()) <= 1
     if mode in HIGH:
         assert float(t.max()) > 0.9  # windowed, whichever reader (PIL or tifffile) read it
-    monkeypatch.setattr(images, "MAX_PIXELS", 2000)
+    monkeypatch.setattr(decode, "MAX_PIXELS", 2000)
     t, info = readers.load(path, (SIZE, SIZE))
     assert info.size == (120, 90) and info.scale >= 2 and t.shape[:2] == (1, 3)  # JPEG: 1/2 in draft
 
@@ -162,7 +162,7 @@ def test_auto_keeps_full_range_data_and_8_bit_data():
 
 def test_nan_pixels_are_masked():
     v = np.tile(np.array([[np.nan, 0.0, 1.0, 2.0], [3.0, 4.0, np.inf, 5.0]], np.float32), (4, 2))
-    t, info = readers._from_values(v, "array", "float32", None, 1, {"window": "minmax", "percentiles": (0.5, 99.5), "stretch": "linear"})
+    t, info = windowing.from_values(v, "array", "float32", None, 1, {"window": "minmax", "percentiles": (0.5, 99.5), "stretch": "linear"})
     assert info.window == (0.0, 5.0) and info.masked == 16
     np.testing.assert_allclose(t[0, 0, :2, :4].numpy(), [[0, 0, 0.2, 0.4], [0.6, 0.8, 0, 1]], atol=1e-6)
 
@@ -221,7 +221,7 @@ def test_missing_extra_names_it(tmp_path, monkeypatch):
 
 
 def test_cli_missing_extra_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(readers, "_read_dicom", lambda *a: (_ for _ in ()).throw(readers._missing("DICOM")))
+    monkeypatch.setattr(readers, "read_dicom", lambda *a: (_ for _ in ()).throw(formats.missing_reader("DICOM")))
     (tmp_path / "x.dcm").write_bytes(b"\0" * 128 + b"DICM")
     monkeypatch.setattr(fv, "load_model", lambda *a, **k: fv.ModelBundle.__new__(fv.ModelBundle))
     assert cli.main(["explain", str(tmp_path / "x.dcm"), "--page", "0"]) == 2
@@ -429,6 +429,6 @@ def test_truly_huge_pngs(name, w, h, depth, color, decoded, tmp_path):
 
 def test_over_the_decode_limit_names_mode_and_size(tmp_path, monkeypatch):
     path = zero_png(tmp_path / "big16.png", 3000, 2000, 16, 0)
-    monkeypatch.setattr(images, "MAX_DECODE_BYTES", 10_000_000)
+    monkeypatch.setattr(decode, "MAX_DECODE_BYTES", 10_000_000)
     with pytest.raises(ValueError, match=r"3000 x 2000 pixels: decoding it needs .*mode I;16"):
         fv.read_image(path)

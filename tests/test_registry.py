@@ -1,0 +1,283 @@
+"""The registries (methods, combine rules), the class lookup, and docs/own-method.md run as written."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TinyNet
+from scipy import ndimage
+
+import fastloc_viz as fv
+from fastloc_viz import cli, combine
+from fastloc_viz.classes import AmbiguousClass, UnknownClass, class_index
+from fastloc_viz.models import imagenet_classes
+
+# --- combine rules against longhand references --------------------------------------------
+
+
+def _tiny():
+    return fv.load_model(TinyNet(), class_names=["a", "b", "c", "d"], input_size=(8, 8), layer="a3")
+
+
+def _norm(m):
+    m = np.clip(m.astype(np.float64), 0, None)
+    return m / m.max() if m.max() > 0 else m
+
+
+def _blur(m, s):
+    return ndimage.gaussian_filter(m.astype(np.float32), sigma=s, mode="constant") if s > 0 else m
+
+
+def _longhand(rule, maps, scores, sigma, cam):
+    """Each rule written out on its own, pixel by pixel where that is the definition."""
+    k, h, w = maps.shape
+    if rule == "sum":
+        return _norm(_blur(sum(maps[i] for i in range(k)) / k, sigma))
+    if rule == "max":
+        out = np.zeros((h, w), np.float32)
+        for y in range(h):
+            for x in range(w):
+                out[y, x] = max(maps[i, y, x] for i in range(k))
+        return _norm(_blur(out, sigma))
+    if rule == "weighted":
+        wts = [max(float(s), 0.0) for s in scores]
+        total = sum(wts)
+        wts = [v / total for v in wts] if total > 0 else [1.0 / k] * k
+        return _norm(_blur(sum(wts[i] * maps[i] for i in range(k)), sigma))
+    if rule == "union":
+        out = np.zeros((h, w), bool)
+        for m in maps:
+            pos = m[m > 0]
+            blob = m > np.percentile(pos, 80.0)
+            blob = ndimage.binary_closing(blob, np.ones((3, 3), bool), iterations=3, border_value=0)
+            out |= blob
+        return out.astype(np.float32)
+    c = _norm(cam)
+    gated = [maps[i] * c if rule == "gate_cam" else maps[i] for i in range(k)]
+    return _norm(_norm(_blur(sum(gated) / k, sigma)) + c)
+
+
+BUILT_IN_RULES = ("gate_cam", "sum_cam", "sum", "max", "weighted", "union")
+
+
+def test_the_built_in_rules_are_registered_in_order():
+    assert tuple(fv.RULES)[: len(BUILT_IN_RULES)] == BUILT_IN_RULES
+    assert combine.cam_rules() == ("gate_cam", "sum_cam")
+
+
+@pytest.mark.parametrize("rule", BUILT_IN_RULES)
+@pytest.mark.parametrize("sigma", [0.0, 1.5])
+def test_each_rule_equals_its_longhand_reference(rule, sigma):
+    rng = np.random.default_rng(3)
+    maps = rng.random((4, 12, 10)).astype(np.float32) ** 3
+    scores = np.array([0.5, -1.0, 2.0, 0.25])
+    cam = rng.random((12, 10)).astype(np.float32) * 3
+    got = combine.combine_maps(maps, rule=rule, scores=scores, sigma=sigma, class_map=cam)
+    want = _longhand(rule, maps, scores, sigma, cam)
+    assert got.dtype == np.float32 and got.shape == (12, 10)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_rules_on_an_empty_selection_and_bad_input():
+    cam = np.eye(6, dtype=np.float32)
+    none = np.zeros((0, 6, 6), np.float32)
+    assert np.array_equal(combine.combine_maps(none, rule="gate_cam", class_map=cam), cam)
+    assert not combine.combine_maps(none, rule="sum").any()
+    with pytest.raises(ValueError, match=r"combine='mean' is not one of \['gate_cam'"):
+        combine.combine_maps(none, rule="mean")
+    with pytest.raises(ValueError, match="needs the probe layer's class map"):
+        combine.combine_maps(np.ones((1, 6, 6), np.float32), rule="sum_cam")
+
+
+def test_a_registered_rule_is_used_by_explain_and_recombine():
+    net = _tiny()
+    try:
+        @fv.register_rule("first_only")
+        def first_only(maps, *, sigma, **_):
+            """Only the best neuron's map."""
+            return fv.maps.normalize(maps[0])
+
+        e = fv.explain(net, torch.rand(3, 8, 8), k=2, combine="first_only")
+        assert e.params["combine"] == "first_only"
+        np.testing.assert_array_equal(e.saliency, fv.maps.normalize(e.neuron_maps[0]))
+        again = fv.recombine(e, [2])
+        np.testing.assert_array_equal(again.saliency, fv.maps.normalize(e.neuron_maps[1]))
+        with pytest.raises(ValueError, match="already registered"):
+            fv.register_rule("sum")(first_only)
+    finally:
+        combine.RULES.pop("first_only", None)
+
+
+# --- the method registry -------------------------------------------------------------------
+
+
+def test_the_built_in_methods_and_their_declarations():
+    assert list(fv.METHODS) == ["fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam"]
+    m = fv.get_method("fastloc_rescored")
+    assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
+    assert m.defaults() == {
+        "sigma": None, "threshold": 0.3, "components": "largest",
+        "k": 5, "rank_grad": "plain", "combine": "gate_cam", "passes": "auto", "kmax": 10,
+    }
+    assert fv.get_method("gradcam").defaults()["sigma"] == 0.0
+    assert not fv.get_method("guided_backprop").uses_layer
+    with pytest.raises(TypeError):
+        fv.METHODS["x"] = None  # a read-only view
+
+
+def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"method='gradcam\+\+' is not one of \['fastloc', 'fastloc_rescored', 'gradcam'"):
+        fv.get_method("gradcam++")
+    with pytest.raises(ValueError, match=r"method='nope' is not one of"):
+        fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
+    from fastloc_viz.evaluate import parse_methods
+
+    with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
+        parse_methods("gradcam,nope")
+    assert cli.main(["explain", "sample:chelsea", "--method", "nope"]) == 2
+    assert "method='nope' is not one of ['fastloc'" in capsys.readouterr().err
+
+
+def test_parameters_are_checked_against_the_method():
+    net = _tiny()
+    with pytest.raises(TypeError, match=r"unknown parameter 'n_step' for method 'gradcam'; it takes \['components'"):
+        fv.explain(net, torch.rand(3, 8, 8), method="gradcam", n_step=3)
+    # another method's parameter is ignored (one set of arguments serves a comparison)
+    e = fv.explain(net, torch.rand(3, 8, 8), method="gradcam", k=3, kmax=9)
+    assert set(e.params) == {"sigma", "threshold", "components"}
+
+
+def test_registration_errors_name_the_problem():
+    class NoLabel(fv.Method):
+        name = "no_label"
+
+    with pytest.raises(ValueError, match="needs a label"):
+        fv.register_method(NoLabel)
+
+    class BadName(fv.Method):
+        name, label = "bad name", "Bad"
+
+    with pytest.raises(ValueError, match="must be an identifier"):
+        fv.register_method(BadName)
+
+    class Clash(fv.Method):
+        name, label = "gradcam", "Another Grad-CAM"
+
+    with pytest.raises(ValueError, match="'gradcam' is already registered"):
+        fv.register_method(Clash)
+    with pytest.raises(TypeError, match="subclass of fastloc_viz.Method"):
+        fv.register_method(dict)
+
+
+# --- the class lookup ------------------------------------------------------------------------
+
+NAMES = imagenet_classes()
+
+
+@pytest.mark.parametrize(
+    "text, index",
+    [
+        ("tabby", 281), ("281", 281), (" 281 ", 281), (281, 281), (np.int64(281), 281),
+        ("space shuttle", 812), ("SPACE SHUTTLE", 812), ("space_shuttle", 812),
+        ("SPACE SHUTTLE (812)", 812), ("missile (657)", 657), ("★ missile (657)", 657),
+        ("Tiger-Cat", 282), ("shutt", 812), ("crate", 519),
+    ],
+)
+def test_what_people_type_resolves(text, index):
+    assert class_index(NAMES, text) == index
+
+
+def test_an_ambiguous_text_lists_the_matching_classes_only():
+    with pytest.raises(AmbiguousClass) as err:
+        class_index(NAMES, "cat")
+    names = [NAMES[i] for i in err.value.candidates]
+    assert names == ["tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "Madagascar cat"]
+    assert "crate" not in str(err.value) and "oxcart" not in str(err.value)
+    assert isinstance(err.value, LookupError)
+
+
+def test_unknown_text_and_bad_types():
+    with pytest.raises(UnknownClass, match=r"'tabby kat' is not a class name.*closest: \['tabby'"):
+        class_index(NAMES, "tabby kat")
+    with pytest.raises(UnknownClass, match="out of range"):
+        class_index(NAMES, "1000")
+    with pytest.raises(TypeError, match="class index, a class name or None"):
+        class_index(NAMES, 2.5)
+    with pytest.raises(UnknownClass, match="empty"):
+        class_index(NAMES, "   ")
+
+
+def test_explain_and_the_cli_use_the_same_lookup():
+    bundle = fv.load_model(TinyNet(classes=4), class_names=["tabby", "tiger cat", "Persian cat", "crate"],
+                           input_size=(8, 8), layer="a3")
+    assert fv.explain(bundle, torch.rand(3, 8, 8), method="gradcam", target="TIGER_CAT").target == 1
+    assert fv.explain(bundle, torch.rand(3, 8, 8), method="gradcam", target="crate (3)").target == 3
+    with pytest.raises(AmbiguousClass, match="matches 2 classes"):
+        fv.explain(bundle, torch.rand(3, 8, 8), method="gradcam", target="cat")
+    assert cli._target_arg("281") == 281 and cli._target_arg("tabby") == "tabby"
+
+
+# --- docs/own-method.md, run as written ------------------------------------------------------
+
+
+def _doc_blocks(lang: str) -> list[str]:
+    text = (REPO / "docs" / "own-method.md").read_text()
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+@pytest.fixture
+def own_method(tmp_path):
+    """The doc's first code block, saved as the file it tells the user to save."""
+    path = tmp_path / "integrated_gradients.py"
+    path.write_text(_doc_blocks("python")[0])
+    spec = importlib.util.spec_from_file_location("integrated_gradients", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["integrated_gradients"] = module
+    spec.loader.exec_module(module)
+    yield path
+    fv.unregister_method("integrated_gradients")
+    sys.modules.pop("integrated_gradients", None)
+
+
+def test_the_doc_example_is_one_short_file():
+    block = _doc_blocks("python")[0]
+    assert block.count("class ") == 2 and len(block.splitlines()) < 40
+
+
+def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
+    from fastloc_viz import evaluate as ev
+    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.widgets import MethodComparison
+
+    assert "integrated_gradients" in fv.METHODS
+    cat = fv.sample_image("chelsea")
+    e = fv.explain(lite0, cat, method="integrated_gradients", n_steps=4)
+    assert e.method == "integrated_gradients" and e.params["n_steps"] == 4 and e.target == e.top5[0].index
+    assert e.saliency.shape == (224, 224) and e.saliency.max() == 1.0
+    x0, y0, x1, y1 = e.box
+    assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+    with pytest.raises(ValueError, match="n_steps=0 must be at least 1"):
+        fv.explain(lite0, cat, method="integrated_gradients", n_steps=0)
+
+    mc = MethodComparison(lite0, cat, methods=("gradcam", "integrated_gradients"), n_steps=4, debounce=0.01)
+    try:
+        assert list(mc.explanations) == ["gradcam", "integrated_gradients"]
+        assert "Integrated Gradients" in str(mc.grid_fig.to_dict()["layout"])
+    finally:
+        mc.close()
+
+    r = ev.evaluate(lite0, LocalizationDataset(shared_data, limit=2), [ev.MethodSpec("integrated_gradients", {"n_steps": 2})])
+    assert r["n"] == 2 and 0 <= r["methods"]["integrated_gradients[n_steps=2]"]["maxboxacc_50"] <= 1
+
+    fv.unregister_method("integrated_gradients")  # the CLI loads it again from the file
+    sys.modules.pop("integrated_gradients", None)
+    code = cli.main(["evaluate", str(shared_data), "--limit", "1", "--no-cache", "--no-progress", "--json",
+                     "--plugin", str(own_method), "--methods", "integrated_gradients[n_steps=2]"])
+    assert code == 0, capsys.readouterr().err
+    assert '"integrated_gradients[n_steps=2]"' in capsys.readouterr().out
