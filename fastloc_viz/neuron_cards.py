@@ -12,34 +12,38 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import plots
-from .ablation import Ablation
-from .atlas import NeuronAtlas
+from typing import Any
+
+from . import raster
 from .explanation import Explanation
 from .neuron_views import mean_pairwise_correlation
+
+# An ``Ablation`` (fastloc_viz.ablation) and a ``NeuronAtlas`` (fastloc_viz.atlas) are taken
+# duck-typed (``Any`` below), so this module sits below both and below the report
+# (docs/architecture.md).
 
 __all__ = ["activation_thumbnail", "atlas_sign", "cards_html", "check_atlas", "similarity_note"]
 
 
 def activation_thumbnail(
-    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = plots.DEFAULT_COLORSCALE, dim: float = 0.35
+    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = raster.DEFAULT_COLORSCALE, dim: float = 0.35
 ) -> np.ndarray:
     """Neuron ``index``'s activation map over a dimmed grey photo, its unit's cell marked
     (cyan square): ``h x w x 3`` uint8 with ``max(h, w) <= size``."""
     if explanation.activation_maps is None or explanation.neurons is None:
         raise ValueError("this explanation has no activation maps (fastloc methods only)")
     amap = explanation.activation_maps[index]
-    m, f = plots.downsample(amap, size, reduce="mean")
+    m, f = raster.downsample(amap, size, reduce="mean")
     img = np.asarray(explanation.image, dtype=np.float32)
     if f > 1:
-        small = Image.fromarray(plots._to_uint8(img)).resize((m.shape[1], m.shape[0]), Image.BILINEAR)
+        small = Image.fromarray(raster.to_uint8(img)).resize((m.shape[1], m.shape[0]), Image.BILINEAR)
         img = np.asarray(small, dtype=np.float32) / 255.0
     grey = img.mean(axis=2, keepdims=True) * dim
-    col = plots.colorize(m, colorscale).astype(np.float32) / 255.0
+    col = raster.colorize(m, colorscale).astype(np.float32) / 255.0
     alpha = np.clip(m, 0, 1)[..., None] * 0.85
-    out = Image.fromarray(plots._to_uint8(grey * (1 - alpha) + col * alpha))
+    out = Image.fromarray(raster.to_uint8(grey * (1 - alpha) + col * alpha))
     n = explanation.neurons[index]
-    cx, cy, sx, sy = plots._neuron_centre(explanation, n.y, n.x)
+    cx, cy, sx, sy = raster.neuron_centre(explanation, n.y, n.x)
     cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
     ImageDraw.Draw(out).rectangle(
         [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
@@ -47,12 +51,12 @@ def activation_thumbnail(
     return np.asarray(out)
 
 
-def check_atlas(atlas: NeuronAtlas | None, explanation: Explanation) -> None:
+def check_atlas(atlas: Any, explanation: Explanation) -> None:
     """Raise ``ValueError`` when ``atlas`` is for another layer (or layer shape) than the
     explanation's probe layer; ``TypeError`` when it is not an atlas."""
     if atlas is None:
         return
-    if not isinstance(atlas, NeuronAtlas):
+    if not all(hasattr(atlas, a) for a in ("layer", "layer_shape", "top", "patches", "signs")):
         raise TypeError(f"atlas must be a NeuronAtlas, got {type(atlas).__name__}")
     if atlas.layer != explanation.layer or (
         explanation.layer_shape is not None and tuple(atlas.layer_shape) != tuple(explanation.layer_shape)
@@ -76,10 +80,10 @@ def similarity_note(explanation: Explanation) -> str:
 
 
 def _img(rgb: np.ndarray, title: str, css: str = "") -> str:
-    return f"<img src='{plots.image_uri(rgb)}' title='{html.escape(title)}' alt='{html.escape(title)}' style='{css}'>"
+    return f"<img src='{raster.image_uri(rgb)}' title='{html.escape(title)}' alt='{html.escape(title)}' style='{css}'>"
 
 
-def _drop_text(ablation: Ablation | None, i: int) -> str:
+def _drop_text(ablation: Any, i: int) -> str:
     if ablation is None:
         return ""
     base = ablation.base.probability
@@ -92,13 +96,13 @@ def _drop_text(ablation: Ablation | None, i: int) -> str:
     )
 
 
-def atlas_sign(atlas: NeuronAtlas, activation: float) -> int:
+def atlas_sign(atlas, activation: float) -> int:
     """Which of the atlas's units describe a neuron: its channel's most negative ones when
     the neuron's own activation is negative (and the atlas holds them), else the top ones."""
     return -1 if activation < 0 and -1 in atlas.signs else 1
 
 
-def _strip(atlas: NeuronAtlas, channel: int, n: int, px: int, sign: int = 1) -> str:
+def _strip(atlas: Any, channel: int, n: int, px: int, sign: int = 1) -> str:
     figs = []
     for u, p in zip(atlas.top(channel, n, sign), atlas.patches(channel, n, sign)):
         label = ", ".join(u.labels) if u.labels else u.image.rsplit("/", 1)[-1]
@@ -125,8 +129,8 @@ CSS = """
 def cards_html(
     explanation: Explanation,
     *,
-    ablation: Ablation | None = None,
-    atlas: NeuronAtlas | None = None,
+    ablation: Any = None,
+    atlas: Any = None,
     thumb: int = 150,
     patches: int = 6,
 ) -> str:
@@ -138,7 +142,7 @@ def cards_html(
         raise ValueError("the ablation is for other neurons than the explanation's")
     cards = []
     for i, n in enumerate(explanation.neurons):
-        guided = plots.neuron_card_image(explanation, i, size=thumb)
+        guided = raster.neuron_card_image(explanation, i, size=thumb)
         maps = "<figure>" + _img(guided, "guided-backprop map") + "<figcaption>guided backprop</figcaption></figure>"
         if explanation.activation_maps is not None:
             act = activation_thumbnail(explanation, i, size=thumb)
