@@ -215,6 +215,25 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             assert cards.count() == 5
             page.wait_for_timeout(1500)  # let plotly finish drawing
 
+            # issue 10: each card shows where its channel fires, its atlas strip (the notebook
+            # passes an atlas) and, once the worker's fv.ablate is done, its probability drop
+            first = cards.nth(0)
+            assert first.locator("img.flv-act").count() == 1
+            strip = first.locator("img.flv-atlas")
+            strip.wait_for(state="visible", timeout=30_000)
+            assert page.evaluate("el => el.naturalWidth > 0 && el.naturalHeight > 0", strip.element_handle())
+            assert first.locator(".flv-atlas-labels").inner_text().strip()
+            first.locator(".flv-drop").wait_for(state="attached", timeout=120_000)
+            drop_text = first.locator(".flv-drop").inner_text()
+            assert "channel off" in drop_text and "drop" in drop_text and "pts" in drop_text, drop_text
+            assert float(first.locator(".flv-drop").get_attribute("data-drop")) == pytest.approx(
+                float(drop_text.split("drop")[-1].split("pts")[0]) / 100, abs=6e-4
+            )
+            assert "predicts" in explorer.locator(".flv-without").inner_text() or "Untick" in explorer.locator(
+                ".flv-without"
+            ).inner_text()
+            _save(first.screenshot(), shots / "explorer_card.png")
+
             explorer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)
             before = overlay.screenshot()
