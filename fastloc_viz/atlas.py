@@ -26,7 +26,6 @@ last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -42,7 +41,8 @@ from PIL import Image
 
 from .checks import check_int
 from .files import write_bytes_atomic
-from .hooks import forward_hook, preserved, require_called, require_spatial, resolve_layer
+from .hooks import forward_hook, preserved, require_called, require_spatial
+from .image_sources import IMAGE_SUFFIXES, Source, sources
 from .images import load_batch
 from .models import ModelBundle, bundle_of
 
@@ -51,8 +51,6 @@ __all__ = ["AtlasUnit", "NeuronAtlas", "IMAGE_SUFFIXES"]
 log = logging.getLogger("fastloc_viz")
 
 FORMAT = "fastloc_viz.atlas/1"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-"""The file suffixes (lower case) a folder scan reads."""
 
 
 @dataclass(frozen=True)
@@ -78,67 +76,6 @@ class AtlasUnit:
     x: int
     activation: float
     labels: tuple[str, ...] = ()
-
-
-class _Source:
-    """The images to scan: names, labels, and how to load each one."""
-
-    def __init__(self, names: list[str], items: list[Any], labels: list[list[int]], fingerprint: str):
-        self.names, self.items, self.labels, self.fingerprint = names, items, labels, fingerprint
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-def _sources(images: Any) -> _Source:
-    """A folder (recursive), a CSV / data directory in the evaluate format, a
-    :class:`~fastloc_viz.data.LocalizationDataset`, or a list of images."""
-    from .data import ANNOTATIONS, LocalizationDataset
-
-    if isinstance(images, (str, os.PathLike)):
-        path = Path(images)
-        if path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and (path / ANNOTATIONS).is_file():
-            images = LocalizationDataset(path)
-        elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
-                raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {str(path)!r}")
-            names = [p.relative_to(path).as_posix() for p in files]
-            return _Source(names, files, [[] for _ in files], _digest(["folder", str(path.resolve()), *names]))
-        else:
-            raise FileNotFoundError(f"{str(path)!r} is neither a folder of images nor a CSV file")
-    if isinstance(images, LocalizationDataset):
-        first: dict[Path, int] = {}
-        names, items, labels = [], [], []
-        for q in images:  # an image on several rows (several classes) is scanned once
-            if q.image in first:
-                labels[first[q.image]].append(q.label)
-                continue
-            first[q.image] = len(items)
-            names.append(q.image.relative_to(images.root).as_posix() if q.image.is_relative_to(images.root) else str(q.image))
-            items.append(q.image)
-            labels.append([q.label])
-        return _Source(names, items, labels, _digest(["csv", str(images.csv_path), *names]))
-    if isinstance(images, (list, tuple)):
-        if not images:
-            raise ValueError("an empty list of images was given")
-        names, parts = [], ["list"]
-        for i, im in enumerate(images):
-            if isinstance(im, (str, os.PathLike)):
-                names.append(str(im))
-                parts.append(str(im))
-            else:
-                names.append(f"#{i}")
-                arr = np.asarray(im.detach().cpu() if isinstance(im, torch.Tensor) else im)
-                parts.append(hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest())
-        return _Source(names, list(images), [[] for _ in images], _digest(parts))
-    raise TypeError(
-        f"images must be a folder, a CSV file, a LocalizationDataset or a list of images, got {type(images).__name__}"
-    )
-
-
-def _digest(parts: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 class _Stop(Exception):
@@ -431,7 +368,7 @@ class NeuronAtlas:
         check_int("checkpoint_every", checkpoint_every, 1)
         check_int("patch_cells", patch_cells, 1)
         check_int("patch_px", patch_px, 8)
-        src = _sources(images)
+        src = sources(images)
         n = len(src)
         size = tuple(bundle.input_size)
         first = load_batch(src.items[0], size)
@@ -519,7 +456,7 @@ class NeuronAtlas:
         return atlas
 
 
-def _cut_patches(src: _Source, size, idx, ys, xs, grid, cells: int, px: int, show: bool) -> list[bytes]:
+def _cut_patches(src: Source, size, idx, ys, xs, grid, cells: int, px: int, show: bool) -> list[bytes]:
     """The JPEG patch of every kept unit, in table order (``b""`` for empty slots); each
     image is loaded once."""
     ys, xs = ys.ravel(), xs.ravel()
