@@ -46,7 +46,7 @@ def main() -> None:
     print(
         f"{atlas!r}\nbuild {t1 - t0:.1f} s{' (resumed part only)' if resumed else ''} for {len(ds)} images "
         f"({1000 * (t1 - t0) / len(ds):.0f} ms per image, {torch.get_num_threads()} thread(s)); save {t2 - t1:.2f} s; "
-        f"file {size / 1e6:.2f} MB ({size / atlas.channels / atlas.top_n / 1e3:.1f} kB per unit)"
+        f"file {size / 1e6:.2f} MB ({size / atlas.image_index.size / 1e3:.1f} kB per kept unit, {len(atlas.signs)} sign(s))"
     )
     t = time.perf_counter()
     again = fv.NeuronAtlas.load(path)
