@@ -7,7 +7,9 @@ through Captum; every method is registered in :mod:`fastloc_viz.methods`; widget
 :mod:`fastloc_viz.widgets`. ``docs/architecture.md`` maps the modules.
 """
 
+from .ablation import Ablation, ablate
 from .classes import AmbiguousClass, UnknownClass
+from .atlas import NeuronAtlas
 from .combine import RULES, combine_maps, recombine, register_rule
 from .explaining import explain
 from .explanation import Explanation, Neuron, Prediction
@@ -20,6 +22,7 @@ from .version import __version__
 __all__ = [
     "METHODS",
     "RULES",
+    "Ablation",
     "AmbiguousClass",
     "Explanation",
     "ImageInfo",
@@ -27,9 +30,11 @@ __all__ = [
     "Method",
     "MethodParams",
     "ModelBundle",
+    "NeuronAtlas",
     "Neuron",
     "Prediction",
     "UnknownClass",
+    "ablate",
     "combine_maps",
     "explain",
     "get_method",

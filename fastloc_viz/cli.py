@@ -1,4 +1,4 @@
-"""The ``fastloc-viz`` command: ``explain``, ``demo`` and ``evaluate``.
+"""The ``fastloc-viz`` command: ``explain``, ``demo``, ``evaluate`` and ``atlas``.
 
 Errors end the command with one readable line on stderr and exit code 2 (``--debug`` shows
 the traceback).
@@ -52,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
+    e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
     e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
     e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
@@ -61,6 +62,14 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
     d.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
+
+    a = sub.add_parser("atlas", help="build a neuron atlas: each channel's top activating image patches")
+    a.add_argument("source", help="a folder of images (recursive) or a CSV / data directory in the evaluate format")
+    a.add_argument("--out", required=True, help="the atlas file to write (.npz)")
+    a.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    a.add_argument("--layer", default=None, help="probe layer, a dotted module name (default: explain's)")
+    a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
+    a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
     from . import evaluate_boxfree
 
@@ -171,12 +180,26 @@ def _cmd_explain(args) -> int:
         threshold=args.threshold,
     )
     out = out or Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
-    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}")
+    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}", **_neuron_extras(bundle, results, args.atlas))
     if args.json:
         print(json.dumps(_as_json(args.image, results, report), indent=2))
     else:
         print(_summary(args.image, results, report))
     return 0
+
+
+def _neuron_extras(bundle, results: dict, atlas_path: str | None) -> dict:
+    """The lead explanation's ablation (one batched forward pass) and the atlas, for the report."""
+    from .ablation import ablate
+    from .atlas import NeuronAtlas
+
+    lead = next(iter(results.values()))
+    if lead.neurons is None:
+        return {}
+    atlas = NeuronAtlas.load(atlas_path) if atlas_path else None
+    if atlas is not None:
+        atlas.check(bundle, lead.layer)
+    return {"ablation": ablate(bundle, lead), "atlas": atlas}
 
 
 def _cmd_demo(args) -> int:
@@ -191,7 +214,9 @@ def _cmd_demo(args) -> int:
     docs = []
     for photo in DEMO_PHOTOS:
         results = _run_all(bundle, sample_image(photo), "fastloc", True)
-        report = write_report(out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}")
+        report = write_report(
+            out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, results, None)
+        )
         docs.append(_as_json(photo, results, report))
         if not args.json:
             print(_summary(photo, results, report.resolve()))
@@ -200,6 +225,27 @@ def _cmd_demo(args) -> int:
         print(json.dumps(docs, indent=2))
     else:
         print(f"demo done in {time.perf_counter() - t0:.1f} s (EfficientNet-Lite0, CPU); open the reports above in a browser")
+    return 0
+
+
+def _cmd_atlas(args) -> int:
+    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas."""
+    from . import load_model
+    from .atlas import NeuronAtlas
+    from .files import check_writable
+
+    out = Path(args.out)
+    check_writable(out, what="the atlas")
+    t0 = time.perf_counter()
+    bundle = load_model(args.model)
+    atlas = NeuronAtlas.build(
+        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial"
+    )
+    path = atlas.save(out)
+    print(
+        f"atlas of {bundle.name} at {atlas.layer}: {atlas.channels} channels x top {atlas.top_n} over "
+        f"{len(atlas.images)} images in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
+    )
     return 0
 
 
@@ -218,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_explain(args)
             if args.command == "demo":
                 return _cmd_demo(args)
+            if args.command == "atlas":
+                return _cmd_atlas(args)
             from . import evaluate_boxfree
 
             return evaluate_boxfree.run(args)

@@ -75,6 +75,12 @@ class Explanation:
         class_map: fastloc methods only: ``H x W`` float32 in ``[0, 1]``, the probe layer's
             Grad-CAM for the target, from the ranking's own gradient (no extra pass); the
             ``"gate_cam"`` (default) and ``"sum_cam"`` rules combine it with the neuron maps.
+        activation_maps: fastloc methods only: ``k x H x W`` float32 in ``[0, 1]``, where each
+            kept neuron's channel fires on this image: its probe-layer activation times the sign of
+            the neuron's own activation, upsampled bilinearly to the input grid, positive part
+            scaled by its maximum (so the neuron's unit is always lit), in the order of
+            ``neurons`` (from the forward pass; no extra pass). ``None`` for other methods and
+            for explanations made before it existed.
     """
 
     method: str
@@ -92,6 +98,7 @@ class Explanation:
     neuron_maps: np.ndarray | None = None
     layer_shape: tuple[int, int, int] | None = None
     class_map: np.ndarray | None = None
+    activation_maps: np.ndarray | None = None
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from .explanation import Neuron
 from .guided import GuidedMode
 from .hooks import forward_hook, require_called, require_spatial
 from .models import resolve_targets
+from .neuron_views import activation_maps
 from .ranking import Ranked, rank_neurons
 
 RankGrad = Literal["guided", "plain"]
@@ -42,6 +43,10 @@ class NeuronPass:
         ranked: the kept neurons, ``N x k`` each.
         activation, gradient: ``N x k`` values of the kept units.
         input_grads: ``N x k x 3 x H x W`` guided gradients of each neuron w.r.t. the input.
+        activation_maps: ``N x k x H x W`` float32, the kept units' channels of the probe
+            layer's activation, oriented by the kept unit's sign, upsampled to the input and
+            scaled to ``[0, 1]`` (see
+            :func:`fastloc_viz.neuron_views.activation_maps`; from the forward pass, no extra pass).
         class_map: ``N x H x W`` Grad-CAM of the probe layer computed from the ranking's
             gradient (ReLU on, bilinearly upsampled to the input), detached; with
             ``rank_grad="plain"`` it equals Captum's ``LayerGradCam`` at that layer.
@@ -57,6 +62,7 @@ class NeuronPass:
     gradient: torch.Tensor
     input_grads: torch.Tensor
     class_map: torch.Tensor
+    activation_maps: torch.Tensor
     layer_shape: tuple[int, int, int]
     mode: GuidedMode
     timings: dict[str, float]
@@ -144,14 +150,16 @@ def neuron_pass(
         raise ValueError(f"passes={passes!r} is not one of {PASSES}")
     t3 = time.perf_counter()
     a_flat, g_flat = acts.detach().reshape(n, -1), grad.reshape(n, -1)
+    unit_acts = a_flat.gather(1, flat)
     return NeuronPass(
         logits=logits.detach(),
         targets=tgt,
         ranked=ranked,
-        activation=a_flat.gather(1, flat),
+        activation=unit_acts,
         gradient=g_flat.gather(1, flat),
         input_grads=g.transpose(0, 1).detach(),
         class_map=cam.detach(),
+        activation_maps=activation_maps(acts.detach(), ranked.channel, tuple(x.shape[-2:]), unit_acts),
         layer_shape=(c, h, w),
         mode=mode,
         timings={"forward": t1 - t0, "rank": t2 - t1, "neurons": t3 - t2},

@@ -1,7 +1,10 @@
 """A self-contained HTML report: one file, plotly.js inline once, no network needed to view it.
 
 The report shows, for one image: the image with the combined map and box, the k neuron maps
-with their scores, the rank-score chart, the methods side by side on one colour scale, the
+with their scores, the rank-score chart, a card per neuron (its activation map beside its
+guided-backprop map; with an ``ablation``, the probability drop when its channel is zeroed;
+with an ``atlas``, its channel's top image patches; see :mod:`fastloc_viz.neuron_cards`),
+the methods side by side on one colour scale, the
 top-5 predictions, and the timings; optionally (``faithfulness=``, ``sanity=``) the deletion /
 insertion curves and the randomization sanity check. The explanations' JSON (``Explanation.to_dict``) is
 embedded too, in a ``<script type="application/json" id="fastloc-data">`` element.
@@ -27,6 +30,8 @@ import plotly.graph_objects as go
 from . import plots
 from . import plots_faithfulness as pf
 from .explanation import Box, Explanation
+from .neuron_cards import CSS as _CARDS_CSS
+from .neuron_cards import cards_html
 from .files import write_text_atomic
 
 __all__ = ["write_report", "render_report"]
@@ -137,6 +142,8 @@ def render_report(
     *,
     title: str = "fastloc_viz report",
     gt_box: Box | None = None,
+    atlas=None,
+    ablation=None,
     faithfulness: Mapping[str, Any] | None = None,
     sanity: Mapping[str, Any] | None = None,
 ) -> str:
@@ -206,6 +213,16 @@ def render_report(
             + _neurons_table(lead)
             + "</div></section>"
         )
+        parts.append(
+            "<section id='neuron-cards'><h2>What each neuron does</h2><p class='muted'>Left: the guided-backprop "
+            "map; right: where the neuron's channel fires on this image (its activation, upsampled; the "
+            "square is the neuron's unit)"
+            + ("; the drop of the explained class's probability when the channel is zeroed" if ablation else "")
+            + ("; the channel's most activating image patches in the atlas" if atlas is not None else "")
+            + ".</p>"
+            + cards_html(lead, ablation=ablation, atlas=atlas)
+            + "</section>"
+        )
     if len(explanations) > 1:
         parts.append(
             "<section><h2>Methods side by side</h2><p class='muted'>One colour scale for all "
@@ -235,7 +252,7 @@ def render_report(
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
         f"<meta name='generator' content='fastloc_viz (plotly {plotly.__version__})'>"
-        f"<style>{_CSS}</style></head><body><header><h1>{_esc(title)}</h1><div class='sub'>{sub}</div></header>"
+        f"<style>{_CSS}{_CARDS_CSS}</style></head><body><header><h1>{_esc(title)}</h1><div class='sub'>{sub}</div></header>"
         "<main>" + "".join(parts) + "</main>"
         f"<script type='application/json' id='fastloc-data'>{blob}</script></body></html>\n"
     )
@@ -270,6 +287,8 @@ def write_report(
     *,
     title: str = "fastloc_viz report",
     gt_box: Box | None = None,
+    atlas=None,
+    ablation=None,
     faithfulness: Mapping[str, Any] | None = None,
     sanity: Mapping[str, Any] | None = None,
 ) -> pathlib.Path:
@@ -282,6 +301,10 @@ def write_report(
             grid, rank scores); with more than one method, all appear side by side.
         title: the page title.
         gt_box: ``(x0, y0, x1, y1)`` ground-truth box: drawn, and IoUs reported.
+        atlas: a :class:`~fastloc_viz.NeuronAtlas` for the lead explanation's probe layer:
+            each neuron card shows its channel's top patches, with their labels.
+        ablation: :func:`fastloc_viz.ablate`'s result for the lead explanation: each card
+            shows its probability drop.
         faithfulness: adds the deletion / insertion curves: ``{method: {"deletion": Curve,
             "insertion": Curve}}`` from :func:`fastloc_viz.faithfulness.faithfulness_of`
             (or ``evaluate``'s results, for mean curves over a data set).
@@ -297,5 +320,6 @@ def write_report(
         FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, OSError: the location is not
             writable; the message names the path. An existing file there is left untouched.
     """
-    text = render_report(explanations, title=title, gt_box=gt_box, faithfulness=faithfulness, sanity=sanity)
+    text = render_report(explanations, title=title, gt_box=gt_box, atlas=atlas, ablation=ablation,
+                         faithfulness=faithfulness, sanity=sanity)
     return write_text_atomic(path, text, what="report")

@@ -98,6 +98,8 @@ def lab(tmp_path_factory):
         os.environ,
         OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
         JUPYTERLAB_SETTINGS_DIR=str(work / "settings"),
+        # a fresh workspace: never reopen the notebooks of an earlier run (their 404s fail the test)
+        JUPYTERLAB_WORKSPACES_DIR=str(work / "workspaces"),
         JUPYTER_RUNTIME_DIR=str(work / "runtime"),
         PYTHONPATH=str(ROOT),
     )
@@ -178,6 +180,10 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
                 lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None,
             )
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on(  # name the resource behind a bare "Failed to load resource" line
+                "response",
+                lambda r: errors.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None,
+            )
             page.goto(f"{lab['url']}/lab/tree/01_quickstart.ipynb?token={lab['token']}")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
             # should a kernel chooser still come up, take the notebook's python3
@@ -208,6 +214,25 @@ def test_quickstart_in_jupyterlab(lab, tmp_path):
             )
             assert cards.count() == 5
             page.wait_for_timeout(1500)  # let plotly finish drawing
+
+            # issue 10: each card shows where its channel fires, its atlas strip (the notebook
+            # passes an atlas) and, once the worker's fv.ablate is done, its probability drop
+            first = cards.nth(0)
+            assert first.locator("img.flv-act").count() == 1
+            strip = first.locator("img.flv-atlas")
+            strip.wait_for(state="visible", timeout=30_000)
+            assert page.evaluate("el => el.naturalWidth > 0 && el.naturalHeight > 0", strip.element_handle())
+            assert first.locator(".flv-atlas-labels").inner_text().strip()
+            first.locator(".flv-drop").wait_for(state="attached", timeout=120_000)
+            drop_text = first.locator(".flv-drop").inner_text()
+            assert "channel off" in drop_text and "drop" in drop_text and "pts" in drop_text, drop_text
+            assert float(first.locator(".flv-drop").get_attribute("data-drop")) == pytest.approx(
+                float(drop_text.split("drop")[-1].split("pts")[0]) / 100, abs=6e-4
+            )
+            assert "predicts" in explorer.locator(".flv-without").inner_text() or "Untick" in explorer.locator(
+                ".flv-without"
+            ).inner_text()
+            _save(first.screenshot(), shots / "explorer_card.png")
 
             explorer.scroll_into_view_if_needed()
             page.wait_for_timeout(500)

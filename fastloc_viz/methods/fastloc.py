@@ -62,6 +62,7 @@ class FastLoc(Method):
         t = time.perf_counter()
         all_maps = grads_to_maps(npass.input_grads)  # N x candidates x H x W
         class_maps = npass.class_map.float().cpu().numpy()
+        act_maps = npass.activation_maps.cpu().numpy().astype(np.float32, copy=False)
         rows = []
         for i in range(all_maps.shape[0]):
             order, rescored = self.select(ctx, x[i : i + 1], all_maps[i], int(npass.targets[i]), params)
@@ -72,7 +73,14 @@ class FastLoc(Method):
                 kept, rule=params.combine, scores=[n.score for n in neurons], sigma=params.sigma, class_map=cam
             )
             rows.append(
-                {"neurons": neurons, "neuron_maps": kept, "layer_shape": npass.layer_shape, "saliency": sal, "class_map": cam}
+                {
+                    "neurons": neurons,
+                    "neuron_maps": kept,
+                    "activation_maps": act_maps[i, order],
+                    "layer_shape": npass.layer_shape,
+                    "saliency": sal,
+                    "class_map": cam,
+                }
             )
         timings["maps"] = time.perf_counter() - t
         return Attribution(logits=npass.logits, targets=npass.targets, rows=rows, timings=timings)

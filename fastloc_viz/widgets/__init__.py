@@ -26,7 +26,8 @@ How they stay responsive:
 Modules: :mod:`.state` (what is wanted and shown, the cache, what a change costs; pure),
 :mod:`.worker` (the debouncing thread), :mod:`.base` (what both widgets share: progress,
 errors, the class box), :mod:`.controls` (the explorer's controls from one table),
-:mod:`.cards`, :mod:`.charts`, :mod:`.export`, :mod:`.explorer`, :mod:`.comparison`.
+:mod:`.cards`, :mod:`.effects` (the neurons' drops, computed lazily on the worker),
+:mod:`.charts`, :mod:`.export`, :mod:`.explorer`, :mod:`.comparison`.
 The widgets call this package's ``explain`` and ``recombine`` (tests may patch them).
 """
 

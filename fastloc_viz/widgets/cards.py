@@ -1,6 +1,7 @@
-"""The explorer's cards and buttons: one card per neuron (map thumbnail, numbers, a **use**
-checkbox), the class-map card (the probe layer's Grad-CAM in the ``*_cam`` rules), and the
-top-5 buttons. They call back into the explorer; they hold no state of their own beyond
+"""The explorer's cards and buttons: one card per neuron (its guided-backprop map beside its
+activation map, numbers, the probability drop when its channel is zeroed, its channel's atlas
+strip, a **use** checkbox), the class-map card (the probe layer's Grad-CAM in the ``*_cam``
+rules), and the top-5 buttons. They call back into the explorer; they hold no state of their own beyond
 which rank each card shows."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from PIL import Image as PILImage
 
 from .. import plots
 from ..explanation import Explanation
+from ..neuron_cards import activation_thumbnail, atlas_sign
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 
@@ -26,19 +28,50 @@ def png(rgb_uint8: np.ndarray) -> bytes:
 
 
 def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card") -> dict:
-    """A card: ``{"image", "text", "check", "box", "rank"}``; ``on_check(card, value)`` runs
-    when its checkbox changes."""
-    img = W.Image(format="png", layout=W.Layout(width="150px", height="150px"))
+    """A card: ``{"image", "text", "check", "box", "rank"}`` and, for neuron cards,
+    ``"activation"`` (its activation map), ``"drop"`` (its probability drop) and ``"atlas"``
+    / ``"atlas_text"`` (its channel's top patches and their labels); ``on_check(card, value)``
+    runs when its checkbox changes."""
+    neuron = css_class == "flv-card"
+    size = "112px" if neuron else "150px"
+    img = W.Image(format="png", layout=W.Layout(width=size, height=size))
     text = W.HTML()
     check = W.Checkbox(value=True, description="use", indent=False, layout=W.Layout(width="auto"))
-    box = W.VBox(
-        [img, text, check],
-        layout=W.Layout(padding="4px", width="162px", margin="0 8px 8px 0", border=ON_BORDER),
-    )
+    card = {"image": img, "text": text, "check": check, "rank": 0}
+    if neuron:
+        act = W.Image(format="png", layout=W.Layout(width=size, height=size))
+        act.add_class("flv-act")
+        drop = W.HTML()
+        strip = W.Image(format="png", layout=W.Layout(width="232px", height="auto", display="none"))
+        strip.add_class("flv-atlas")
+        strip_text = W.HTML()
+        card.update(activation=act, drop=drop, atlas=strip, atlas_text=strip_text)
+        act.layout.margin = "0 0 0 4px"
+        children = [W.HBox([img, act]), text, drop, strip, strip_text, check]
+        width = "244px"
+    else:
+        children, width = [img, text, check], "162px"
+    box = W.VBox(children, layout=W.Layout(padding="4px", width=width, margin="0 8px 8px 0", border=ON_BORDER))
     box.add_class(css_class)
-    card = {"image": img, "text": text, "check": check, "box": box, "rank": 0}
+    card["box"] = box
     check.observe(lambda c: on_check(card, c["new"]), "value")
     return card
+
+
+def drop_html(base_p: float, off_p: float, unit_p: float) -> str:
+    """A card's drop line: the class's probability with the channel (and the unit) zeroed."""
+    d = base_p - off_p
+    return (
+        f"<div class='flv-neuron flv-drop' data-drop='{d:.6f}' title='p of the explained class with this "
+        f"channel zeroed at the probe layer ({unit_p:.1%} with only its unit zeroed)'>channel off: "
+        f"{base_p:.1%} → {off_p:.1%} (<b>drop {100 * d:.1f} pts</b>)</div>"
+    )
+
+
+def atlas_caption(units, sign: int) -> str:
+    labels = " · ".join(html.escape(", ".join(u.labels) or u.image.rsplit("/", 1)[-1]) for u in units)
+    what = "top" if sign > 0 else "most negative"
+    return f"<div class='flv-neuron flv-atlas-labels' title='the channel&#39;s {what} images in the atlas'>{what}: {labels}</div>"
 
 
 def neuron_text(n) -> str:
@@ -71,15 +104,26 @@ class Cards:
         self.class_card = make_card(lambda _card, on: on_class_map(on), css_class="flv-class-card")
         self.row = W.HBox(layout=W.Layout(flex_flow="row wrap"))
 
-    def render(self, e: Explanation, colorscale: str, rebuild: bool = False) -> None:
-        """Texts (and with ``rebuild`` the thumbnails) for ``e``; the class card first when
-        ``e`` has a class map."""
+    def render(self, e: Explanation, colorscale: str, rebuild: bool = False, atlas=None) -> None:
+        """Texts (and with ``rebuild`` the thumbnails, and the atlas strips of an ``atlas``
+        for ``e``'s layer) for ``e``; the class card first when ``e`` has a class map."""
         while len(self.cards) < len(e.neurons):
             self.cards.append(make_card(lambda card, on: self._on_toggle(card["rank"], on)))
         for i, (card, n) in enumerate(zip(self.cards, e.neurons)):
             card["rank"] = n.rank
             if rebuild:
                 card["image"].value = png(plots.neuron_card_image(e, i, size=112, colorscale=colorscale))
+                if e.activation_maps is not None:
+                    card["activation"].value = png(activation_thumbnail(e, i, size=112, colorscale=colorscale))
+                card["drop"].value = ""
+                if atlas is not None:
+                    sign = atlas_sign(atlas, n.activation)
+                    card["atlas"].value = png(atlas.strip(n.channel, 4, sign))
+                    card["atlas"].layout.display = None
+                    card["atlas_text"].value = atlas_caption(atlas.top(n.channel, 4, sign), sign)
+                else:
+                    card["atlas"].layout.display = "none"
+                    card["atlas_text"].value = ""
             card["text"].value = neuron_text(n)
         row = [c["box"] for c in self.cards[: len(e.neurons)]]
         if e.class_map is not None:
@@ -89,6 +133,24 @@ class Cards:
                 )
             row.insert(0, self.class_card["box"])
         self.row.children = row
+
+    def show_drops(self, e: Explanation, ablation) -> None:
+        """Each card's drop line from ``ablation`` (:func:`fastloc_viz.ablate` of ``e``)."""
+        for card, co, uo in zip(self.cards, ablation.channel_off, ablation.unit_off):
+            card["drop"].value = drop_html(ablation.base.probability, co.probability, uo.probability)
+
+    def order(self, e: Explanation, ablation=None) -> None:
+        """The row in rank order, or by drop (largest first) with an ``ablation``."""
+        k = len(e.neurons)
+        idx = list(range(k))
+        if ablation is not None:
+            drops = ablation.channel_drops
+            idx.sort(key=lambda i: (-drops[i], i))
+        row = [self.cards[i]["box"] for i in idx]
+        if e.class_map is not None:
+            row.insert(0, self.class_card["box"])
+        if list(self.row.children) != row:
+            self.row.children = row
 
     def sync(self, e: Explanation, enabled: Sequence[int], cam_rule: str, use_cam: bool, set_quiet) -> None:
         """Checkboxes and borders showing ``enabled`` and whether a class-map rule is used."""

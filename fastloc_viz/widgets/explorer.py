@@ -23,10 +23,12 @@ from ..explanation import Explanation
 from ..fastloc import RANK_GRADS
 from ..methods import get_method
 from ..models import ModelBundle
+from ..neuron_cards import check_atlas, similarity_note
 from . import charts
 from .base import CSS, WidgetBase
 from .cards import Cards, top5_buttons
 from .controls import build_controls, neuron_methods, sync_controls
+from .effects import Effects, without_html
 from .export import EXPORT_TIP, export_state, export_stem
 from .state import EXPLAIN, NOTHING, RECOMBINE, ExplorerState
 
@@ -44,9 +46,14 @@ def default_rule(method: str) -> str:
 class NeuronExplorer(WidgetBase):
     """Explore a FastLoc explanation neuron by neuron.
 
-    Layout: the image with the combined map and box; one card per neuron (map thumbnail,
-    rank, score, activation, gradient, and a checkbox); the rank-score bar chart; the top-5
-    predictions. Controls: class (top-5 first, then all classes; type a name, part of one
+    Layout: the image with the combined map and box; one card per neuron (its guided-backprop
+    map beside where its channel fires, rank, score, activation, gradient, the probability
+    drop when its channel is zeroed, with ``atlas`` its channel's top patches, and a
+    checkbox; the cards can be sorted by rank or by drop); under the cards, what the model
+    predicts without the unticked neurons; the rank-score bar chart; the top-5 predictions.
+    The drops come from :func:`fastloc_viz.ablate`, run on the worker thread after the
+    explanation is shown (the first display does not wait for it), with every subset of the
+    k channels for ``k <= 6``, so unticking neurons runs no pass. Controls: class (top-5 first, then all classes; type a name, part of one
     or an index and press Enter), method (the registered methods with neurons),
     ``rank_grad``, ``k``, layer, combination rule, box threshold, map opacity and colours,
     and an export button.
@@ -59,6 +66,8 @@ class NeuronExplorer(WidgetBase):
         explanation: a fastloc explanation already computed for ``image`` (by
             :func:`~fastloc_viz.explain` with the same model): the explorer starts from it
             instead of computing it again.
+        atlas: a :class:`~fastloc_viz.NeuronAtlas` of the probe layer: each card shows its
+            channel's top patches with their labels (hidden while another layer is shown).
         **explain_kwargs: passed to :func:`~fastloc_viz.explain` (``method``, ``target``,
             ``layer``, ``k``, ``kmax``, ``rank_grad``, ``combine``, ``sigma``,
             ``threshold``, ``components``, ``passes``).
@@ -75,9 +84,13 @@ class NeuronExplorer(WidgetBase):
         debounce: float = 0.25,
         export_dir: str | os.PathLike[str] | None = None,
         explanation: Explanation | None = None,
+        atlas: Any = None,
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
+        self.atlas = atlas
+        self.effects = Effects(self.bundle)
+        self.sort_by = "rank"
         methods = neuron_methods()
         if explanation is not None:
             # start from an explanation already computed for this image: no explain call
@@ -126,9 +139,10 @@ class NeuronExplorer(WidgetBase):
             self.state.seed(explanation)
         with self._lock:
             self.state.apply()  # raises on bad arguments, as explain() would
+        check_atlas(atlas, self.state.current)  # an atlas of another layer: say so now
         self._cam_rule = default_rule("fastloc")  # the class card's rule; follows the shown one
         self._build()
-        self._render_all()
+        self._render_all()  # (it also asks the worker for the neurons' drops: after the display)
 
     # ------------------------------------------------------------------ public state
     @property
@@ -140,6 +154,12 @@ class NeuronExplorer(WidgetBase):
     def base_explanation(self) -> Explanation:
         """The explanation with all k neurons, as :func:`~fastloc_viz.explain` returned it."""
         return self.state.base
+
+    @property
+    def ablation(self):
+        """:func:`fastloc_viz.ablate` of :attr:`base_explanation` once the worker computed it
+        (``None`` before; :meth:`wait` waits for it)."""
+        return self.effects.for_base(self.state.base)
 
     @property
     def enabled(self) -> tuple[int, ...]:
@@ -261,17 +281,44 @@ class NeuronExplorer(WidgetBase):
         self._debouncer.poke()
 
     def _work(self) -> None:
-        """Worker thread: bring the widget to the latest wanted state."""
+        """Worker thread: bring the widget to the latest wanted state, then make sure the
+        shown explanation's drops are known."""
         with self._lock:
-            if not self.state.pending:
+            if self.state.pending:
+                want = dict(self.state.wanted)
+                try:
+                    self._apply()
+                except Exception as err:  # noqa: BLE001 - shown in the widget
+                    self._show_error(err, f"computing {self.state.describe(want, self.bundle.class_names)}")
+                else:
+                    self._show_error(None)
+            # Under the lock: the model must not run two passes at once (forward hooks are
+            # per module, not per thread). A toggle meanwhile is applied right after.
+            base = self.state.base
+            if self.effects.ready(base):
                 return
-            want = dict(self.state.wanted)
             try:
-                self._apply()
+                self.effects.compute(base)
             except Exception as err:  # noqa: BLE001 - shown in the widget
-                self._show_error(err, f"computing {self.state.describe(want, self.bundle.class_names)}")
-            else:
-                self._show_error(None)
+                self._show_error(err, "computing what each neuron does to the prediction (fv.ablate)")
+                self.without.value = "<span class='flv-muted'>the neurons' drops could not be computed</span>"
+                return
+            if hasattr(self, "widget"):
+                self._show_effects()
+
+    def _show_effects(self) -> None:
+        """Drops on the cards, their order, the without-line (when the ablation is known)."""
+        e, base = self.explanation, self.state.base
+        a = self.effects.for_base(base)
+        if a is not None:
+            self.cards.show_drops(e, a)
+        self.cards.order(e, a if self.sort_by == "drop" else None)
+        self.without.value = without_html(base, a, self.enabled, self.effects.without(base, self.enabled))
+
+    def _sort(self, by: str) -> None:
+        check_choice("sort", by, ("rank", "drop"))
+        self.sort_by = by
+        self._show_effects()
 
     def _want_target(self, index: int) -> None:
         self._request(target=index)
@@ -296,7 +343,8 @@ class NeuronExplorer(WidgetBase):
             self.opacity = float(opacity)
         if colorscale is not None:
             self.colorscale = colorscale
-            self.cards.render(self.explanation, self.colorscale, rebuild=True)
+            self.cards.render(self.explanation, self.colorscale, rebuild=True, atlas=self._atlas_for(self.explanation))
+            self._show_effects()
 
     # ------------------------------------------------------------------ building
     def _build(self) -> None:
@@ -315,6 +363,17 @@ class NeuronExplorer(WidgetBase):
             on_class_map=lambda on: self._ui(lambda: self._toggle_class_map(on), "toggling the class map"),
         )
         self._cards, self.class_card, self.cards_box = self.cards.cards, self.cards.class_card, self.cards.row
+        self.sort_buttons = W.ToggleButtons(
+            options=[("by rank", "rank"), ("by drop", "drop")],
+            value="rank",
+            tooltips=["the ranking's order", "largest probability drop first (channel zeroed)"],
+            style={"button_width": "72px"},
+        )
+        self.sort_buttons.observe(
+            lambda c: self._ui(lambda: self._sort(c["new"]), "sorting the neurons"), names="value"
+        )
+        self.similarity = W.HTML()
+        self.without = W.HTML()
 
         header = W.HTML(
             CSS + f"<p class='flv-title'>NeuronExplorer · {html.escape(self.bundle.name)}</p>"
@@ -348,11 +407,20 @@ class NeuronExplorer(WidgetBase):
                 W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
                 self.error,
                 row(self.overlay_fig, right),
-                W.HTML(
-                    "<b style='font-size:13px'>Neurons</b> <span class='flv-muted'>(guided-backprop map of each; "
-                    "square: its cell on the layer grid; dotted: the extent of its map)</span>"
+                W.HBox(
+                    [
+                        W.HTML(
+                            "<b style='font-size:13px'>Neurons</b> <span class='flv-muted'>(left: guided-backprop "
+                            "map; right: where its channel fires; square: its cell on the layer grid; dotted: "
+                            "the extent of its map)</span>"
+                        ),
+                        self.sort_buttons,
+                    ],
+                    layout=W.Layout(align_items="center", justify_content="space-between"),
                 ),
+                self.similarity,
                 self.cards_box,
+                self.without,
                 W.HBox([self.export_button, self.export_out], layout=W.Layout(align_items="center")),
             ],
             layout=W.Layout(padding="6px"),
@@ -367,6 +435,9 @@ class NeuronExplorer(WidgetBase):
         t0 = time.perf_counter()
         charts.update_light(self.overlay_fig, self.bars_fig, self.explanation, self.enabled)
         self._sync_controls()
+        base = self.state.base
+        a = self.effects.for_base(base)
+        self.without.value = without_html(base, a, self.enabled, self.effects.without(base, self.enabled))
         self._status(self.explanation)
         self.stats["update_ms"].append((time.perf_counter() - t0) * 1000)
 
@@ -384,9 +455,27 @@ class NeuronExplorer(WidgetBase):
         for w in old:
             w.close()
         self._show_class_options(e)
-        self.cards.render(e, self.colorscale, rebuild=True)
+        atlas = self._atlas_for(e)
+        self.cards.render(e, self.colorscale, rebuild=True, atlas=atlas)
+        note = similarity_note(e)
+        if self.atlas is not None and atlas is None:
+            note += f" (The atlas is for layer {self.atlas.layer}: no strips at {e.layer}.)"
+        self.similarity.value = f"<span class='flv-muted flv-similarity'>{html.escape(note)}</span>"
         self._render_light()
+        if self.effects.ready(self.state.base):
+            self._show_effects()
+        else:
+            self.cards.order(e)
+            self._debouncer.poke()  # the drops: on the worker thread, after this display
         self._set_progress(None)
+
+    def _atlas_for(self, e: Explanation):
+        """The atlas when it is for ``e``'s probe layer, else ``None``."""
+        try:
+            check_atlas(self.atlas, e)
+        except ValueError:
+            return None
+        return self.atlas
 
     def _sync_controls(self) -> None:
         """Make the controls show the applied state (after code set it, or after an error)."""

@@ -58,12 +58,16 @@ class Debouncer:
             if self._stopped:
                 self._idle.set()
                 return
-            while True:  # let the burst settle
+            while True:  # let the burst settle (stop() interrupts the wait)
                 with self._lock:
                     remaining = self._last + self.delay - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._stopped:
                     break
-                time.sleep(remaining)
+                if self._wake.wait(remaining):
+                    self._wake.clear()
+            if self._stopped:  # closed while settling: no work after close()
+                self._idle.set()
+                return
             with self._lock:
                 self._pending = False
             try:
