@@ -134,6 +134,7 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
                 time_s=elapsed,
                 timings={key: v / n for key, v in out.timings.items()},
                 params=dict(record),
+                probability=float(probs[i, target]),
                 **row,
             )
         )

@@ -75,6 +75,7 @@ class Explanation:
         class_map: fastloc methods only: ``H x W`` float32 in ``[0, 1]``, the probe layer's
             Grad-CAM for the target, from the ranking's own gradient (no extra pass); the
             ``"gate_cam"`` (default) and ``"sum_cam"`` rules combine it with the neuron maps.
+        probability: the model's probability (softmax) of the target class.
         original_size: ``(width, height)`` of the photo before it was resized to the grid:
             a file's full size (``ImageInfo.size``), an array's or tensor's own size; ``None``
             when unknown (then the grid is taken as the photo). See :attr:`box_original`.
@@ -96,6 +97,7 @@ class Explanation:
     layer_shape: tuple[int, int, int] | None = None
     class_map: np.ndarray | None = None
     original_size: tuple[int, int] | None = None
+    probability: float | None = None
 
     @property
     def photo_size(self) -> tuple[int, int]:
@@ -123,7 +125,7 @@ class Explanation:
         """Everything but the arrays, as JSON-ready builtins."""
         out: dict[str, Any] = {
             "method": self.method,
-            "target": {"index": self.target, "name": self.target_name},
+            "target": {"index": self.target, "name": self.target_name, "probability": self.probability},
             "top5": [dataclasses.asdict(p) for p in self.top5],
             "layer": self.layer,
             "layer_shape": list(self.layer_shape) if self.layer_shape else None,
