@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastloc_viz"
 RANKS = {
     "explanation": 0, "version": 0, "checks": 0, "files": 0, "classes": 0,
     "maps": 1, "coco": 1, "guided": 1, "ranking": 1, "decode": 1, "data": 1,
-    "hooks": 2, "windowing": 2, "metrics": 2, "combine": 2, "raster": 2,
+    "hooks": 2, "review": 2, "windowing": 2, "metrics": 2, "combine": 2, "raster": 2,
     "formats": 3, "models": 3, "baselines": 3,
     "readers": 4, "fastloc": 4,
     "images": 5,
