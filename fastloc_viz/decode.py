@@ -199,17 +199,23 @@ def from_array(arr: np.ndarray) -> torch.Tensor:
     return three_channels(t.permute(2, 0, 1)[None])
 
 
+def warn_downscale(w: int, h: int, f: int, mode: str | None = None, stacklevel: int = 5) -> None:
+    """The one warning for an image shrunk by ``f`` before the resize, to save memory."""
+    what = f"image of {w} x {h} pixels" + (f" (mode {mode})" if mode else "")
+    warnings.warn(
+        f"{what} would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
+        f"downscaling it by {f} before resizing to the model's input",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def _block_mean(arr: np.ndarray) -> np.ndarray:
     """``H x W x C`` -> mean over ``f x f`` blocks (float32, same value scale), ``f`` the
     smallest factor reaching :data:`MAX_PIXELS`; a band of rows at a time, with a warning."""
     h, w, c = arr.shape
     f = int(np.ceil(np.sqrt(h * w / MAX_PIXELS)))
-    warnings.warn(
-        f"image of {w} x {h} pixels would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
-        f"downscaling it by {f} before resizing to the model's input",
-        UserWarning,
-        stacklevel=5,
-    )
+    warn_downscale(w, h, f, stacklevel=6)
     ho, wo = h // f, w // f
     out = np.empty((ho, wo, c), dtype=np.float32)
     step = max(1, 4096 // f)

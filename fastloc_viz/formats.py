@@ -25,11 +25,13 @@ def missing_reader(kind: str) -> ImportError:
     module, extra = _EXTRAS[kind]
     return ImportError(f"reading {kind} needs {module}: pip install 'fastloc-viz[{extra}]'")
 
+
 def check_index(index, count: int, what: str, path: Path) -> int:
     i = 0 if index is None else index
     if isinstance(i, str) or not 0 <= i < count:
         raise ValueError(f"{str(path)!r} has {count} {what}{'s' if count != 1 else ''} (0..{count - 1}); {what} {index!r} does not exist")
     return i
+
 
 def read_tiff(path: Path, index, opts):
     import tifffile
@@ -84,6 +86,7 @@ def read_tiff(path: Path, index, opts):
         arr, "TIFF", mode, i if count > 1 else None, count, opts, size=(w, h),
         invert=photometric == "MINISWHITE", notes=notes,
     )
+
 
 def read_dicom(path: Path, index, opts):
     try:
@@ -144,6 +147,7 @@ def read_dicom(path: Path, index, opts):
         nominal=nominal, file_window=file_window, invert=photometric == "MONOCHROME1", notes=notes,
     )
 
+
 def _first(value) -> float | None:
     """A DICOM window value (single or multi-valued: the first) as a float."""
     if value is None:
@@ -157,6 +161,7 @@ def _first(value) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
 
 def read_fits(path: Path, index, opts):
     try:

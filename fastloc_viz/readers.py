@@ -15,7 +15,6 @@ in ``docs/scientific-images.md``); TIFF, DICOM and FITS are read by :mod:`fastlo
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +59,7 @@ class LoadedImage:
         """``(width, height)`` of ``pixels`` (after any downscaling while reading)."""
         return (self.pixels.shape[1], self.pixels.shape[0])
 
+
 def read_image(
     source: str | os.PathLike | Image.Image | np.ndarray,
     *,
@@ -97,6 +97,7 @@ def read_image(
         source, None, page=page, frame=frame, hdu=hdu, window=window, percentiles=percentiles, stretch=stretch
     )
     return LoadedImage(decode.to_numpy_image(t[0]), info)
+
 
 def load(
     source,
@@ -141,6 +142,7 @@ def load(
         return read_tiff(path, index, opts)
     return _read_pil(path, size, index, opts)
 
+
 def sniff(path: Path) -> str:
     """``"TIFF"``, ``"DICOM"``, ``"FITS"`` or ``"PIL"`` (anything else), from the file's
     first bytes, else its extension."""
@@ -162,6 +164,7 @@ def sniff(path: Path) -> str:
         return "FITS"
     return "PIL"
 
+
 def _one_index(page, frame, hdu):
     given = [(n, v) for n, v in (("page", page), ("frame", frame), ("hdu", hdu)) if v is not None]
     if len(given) > 1:
@@ -177,11 +180,13 @@ def _one_index(page, frame, hdu):
         raise ValueError(f"{name}={value} must be at least 0")
     return value if isinstance(value, str) else int(value)
 
+
 def _read_pil(path: Path, size, index, opts):
     img = decode.open_image(path, size, page=index or 0)
     fmt = img.format or path.suffix.lstrip(".").upper() or "PIL"
     count = getattr(img, "n_frames", 1)
     return _from_pil_image(img, size, fmt, index, count, opts)
+
 
 def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
     if index is not None and fmt == "PIL":
@@ -237,18 +242,14 @@ _EIGHT_BIT = {
     "YCbCr": "YCbCr converted to RGB",
 }
 
+
 def _bands(img: Image.Image, f: int, mode: str) -> Image.Image:
     """``img`` shrunk by ``f`` (the mean of each ``f x f`` block) for a mode ``Image.reduce``
     refuses: a band of rows at a time (about 16 M source pixels) is converted to ``mode``
     (``"F"`` for 16/32-bit and float data, ``"L"``, ``"RGB"`` or ``"RGBA"`` for bilevel and
     palette images) and reduced; with the usual downscaling warning."""
     w, h = img.size
-    warnings.warn(
-        f"image of {w} x {h} pixels (mode {img.mode}) would take {h * w * 12 / 2**30:.1f} GiB as a "
-        f"float tensor; downscaling it by {f} before resizing to the model's input",
-        UserWarning,
-        stacklevel=5,
-    )
+    decode.warn_downscale(w, h, f, img.mode, stacklevel=6)
     ho, wo = h // f, w // f
     out = Image.new(mode, (wo, ho))
     rows = max(1, (2**24 // max(1, w)) // f)  # output rows per band

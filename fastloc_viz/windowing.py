@@ -29,7 +29,6 @@ says what was done; every reader of :mod:`fastloc_viz.readers` ends there.
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +85,7 @@ class ImageInfo:
         d["window"] = None if self.window is None else [float(v) for v in self.window]
         return d
 
+
 def parse_window(text: str | None) -> str | tuple[float, float]:
     """A ``--window`` value: a rule name, or ``LOW,HIGH`` values."""
     if text is None:
@@ -97,6 +97,7 @@ def parse_window(text: str | None) -> str | tuple[float, float]:
     except ValueError:
         raise ValueError(f"window {text!r} is not one of {list(WINDOWS)} nor LOW,HIGH values") from None
     return (low, high)
+
 
 def check_options(window, percentiles, stretch) -> None:
     if isinstance(window, str):
@@ -118,6 +119,7 @@ def check_options(window, percentiles, stretch) -> None:
     if stretch not in STRETCHES:
         raise ValueError(f"stretch={stretch!r} is not one of {list(STRETCHES)}")
 
+
 def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] | None:
     """The range a type's values are meant to fill: ``0..255`` for 8-bit, ``0..65535`` for
     16-bit, ``0..1`` for floats in ``[0, 1]``; ``None`` when there is none (signed data,
@@ -138,6 +140,7 @@ def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] 
     if dtype.kind in "ui" and hi <= 65535:
         return (0.0, 65535.0)
     return None
+
 
 def choose_window(
     values: np.ndarray,
@@ -188,12 +191,14 @@ def choose_window(
         return (lo, hi), "minmax (the percentiles are equal)"
     return pw, prule
 
+
 def _sample(values: np.ndarray) -> np.ndarray:
     """At most about PERCENTILE_SAMPLES evenly spaced finite values."""
     n = values.shape[0] * values.shape[1]
     step = int(np.ceil(np.sqrt(n / PERCENTILE_SAMPLES))) if n > PERCENTILE_SAMPLES else 1
     s = values[::step, ::step]
     return s[np.isfinite(s)] if s.dtype.kind == "f" else s.ravel()
+
 
 def apply_window(values: np.ndarray, low: float, high: float, stretch: str = "linear") -> np.ndarray:
     """``values`` mapped to float32 ``[0, 1]``: linear ``(v - low) / (high - low)``, clipped,
@@ -207,8 +212,10 @@ def apply_window(values: np.ndarray, low: float, high: float, stretch: str = "li
     out[bad] = 0
     return out
 
+
 def _g(v: float) -> str:
     return f"{v:.6g}"
+
 
 def from_values(
     values: np.ndarray,
@@ -245,12 +252,7 @@ def from_values(
     size = size or (w, h)
     if scale == 1 and h * w > decode.MAX_PIXELS:
         scale = shrink_factor(w, h)
-        warnings.warn(
-            f"image of {w} x {h} pixels would take {h * w * 12 / 2**30:.1f} GiB as a float tensor; "
-            f"downscaling it by {scale} before resizing to the model's input",
-            UserWarning,
-            stacklevel=4,
-        )
+        decode.warn_downscale(w, h, scale, stacklevel=5)
         dtype = dtype or values.dtype
         values = block_mean(values, scale)
     if dtype is not None and dtype != values.dtype and nominal == "dtype":  # the source type's range
@@ -284,6 +286,7 @@ def from_values(
     )
     return t, info
 
+
 def rule_text(fmt, mode, size, index, scale, how, notes) -> str:
     parts = [f"{fmt} {mode} {size[0]} x {size[1]}"]
     if index is not None:
@@ -294,8 +297,10 @@ def rule_text(fmt, mode, size, index, scale, how, notes) -> str:
     parts += list(notes or ())
     return "; ".join(parts)
 
+
 def shrink_factor(w: int, h: int) -> int:
     return int(np.ceil(np.sqrt(w * h / decode.MAX_PIXELS))) if w * h > decode.MAX_PIXELS else 1
+
 
 def block_mean(values: np.ndarray, f: int) -> np.ndarray:
     """``H x W [x C]`` array (a memory map is fine) -> float32 means of ``f x f`` blocks, a

@@ -401,3 +401,59 @@ def test_class_map_card_toggles_sum_cam_without_any_pass(explorer, counter):
     explorer.combine_dropdown.value = "sum_cam"
     assert check.value is True and "'sum_cam'" in explorer.class_card["text"].value
     assert counter.backward == 0 and counter.forward == 0
+
+
+def test_switching_back_from_rescored_drops_the_second_trace_and_axis(explorer):
+    # issue 9, bug 1: the rank-score chart kept the "rescored logit" trace and its
+    # right-hand axis after going back to fastloc, through later k changes too
+    explorer.method = "fastloc_rescored"
+    assert "yaxis2" in explorer.bars_fig.to_dict()["layout"]
+    explorer.method = "fastloc"
+    for _ in range(2):
+        fig = explorer.bars_fig.to_dict()
+        assert "yaxis2" not in fig["layout"]
+        visible = [t for t in fig["data"] if t.get("visible", True) is not False]
+        assert [t.get("name") for t in visible] == ["rank score"]
+        assert all(t.get("yaxis", "y") == "y" for t in fig["data"])
+        explorer.k = 4  # a later heavy change keeps it that way
+    explorer.k = 5
+
+
+def test_class_box_accepts_what_people_type(explorer, bundle):
+    # issue 9, bug 2: only the exact label (with its "★ ") used to act; anything else left
+    # the old map on screen under the new text, with no message
+    names = bundle.class_names
+    top5 = explorer.explanation.top5
+    starless = next(f"{p.name} ({p.index})" for p in top5[1:])  # a top-5 label, no star
+    typed = [
+        ("tabby", 281),
+        ("281", 281),
+        ("space shuttle", names.index("space shuttle")),
+        ("SPACE SHUTTLE (812)", 812),
+        (starless, int(starless.rsplit("(", 1)[1][:-1])),
+    ]
+    for text, index in typed:
+        explorer.target = 1  # start elsewhere, so each text must move the explorer
+        explorer.class_box.value = text
+        assert explorer.wait(120)
+        assert explorer.target == index == explorer.explanation.target, text
+        assert explorer.class_box.value.endswith(f"({index})"), text
+        assert explorer.error.layout.display == "none"
+    shown, target = explorer.explanation, explorer.target
+    explorer.class_box.value = "cat"  # several classes: offered, nothing changes
+    assert explorer.wait(60)
+    message = explorer.class_message.value
+    for cat in ("tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"):
+        assert cat in message and any(cat in o for o in explorer.class_box.options)
+    assert "crate" not in message and "oxcart" not in message
+    assert len(explorer.class_box.options) < 20
+    assert explorer.target == target and explorer.explanation is shown
+    explorer.class_box.value = "zzzz"  # nothing: a message, nothing changes
+    assert explorer.wait(60)
+    assert "zzzz" in explorer.class_message.value
+    assert explorer.class_message.layout.display != "none"
+    assert explorer.target == target and explorer.explanation is shown
+    assert len(explorer.class_box.options) == len(names)
+    explorer.class_box.value = f"{names[target]} ({target})"  # a good one clears the message
+    assert explorer.wait(60)
+    assert explorer.class_message.layout.display == "none" and explorer.target == target

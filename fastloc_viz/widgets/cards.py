@@ -1,0 +1,116 @@
+"""The explorer's cards and buttons: one card per neuron (map thumbnail, numbers, a **use**
+checkbox), the class-map card (the probe layer's Grad-CAM in the ``*_cam`` rules), and the
+top-5 buttons. They call back into the explorer; they hold no state of their own beyond
+which rank each card shows."""
+
+from __future__ import annotations
+
+import html
+import io
+from collections.abc import Callable, Sequence
+
+import ipywidgets as W
+import numpy as np
+from PIL import Image as PILImage
+
+from .. import plots
+from ..explanation import Explanation
+
+ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
+
+
+def png(rgb_uint8: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb_uint8).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card") -> dict:
+    """A card: ``{"image", "text", "check", "box", "rank"}``; ``on_check(card, value)`` runs
+    when its checkbox changes."""
+    img = W.Image(format="png", layout=W.Layout(width="150px", height="150px"))
+    text = W.HTML()
+    check = W.Checkbox(value=True, description="use", indent=False, layout=W.Layout(width="auto"))
+    box = W.VBox(
+        [img, text, check],
+        layout=W.Layout(padding="4px", width="162px", margin="0 8px 8px 0", border=ON_BORDER),
+    )
+    box.add_class(css_class)
+    card = {"image": img, "text": text, "check": check, "box": box, "rank": 0}
+    check.observe(lambda c: on_check(card, c["new"]), "value")
+    return card
+
+
+def neuron_text(n) -> str:
+    resc = "" if n.rescored is None else f"<br>rescored {n.rescored:.3g}"
+    return (
+        f"<div class='flv-neuron'><b>#{n.rank}</b> · ch {n.channel} @({n.y},{n.x})<br>"
+        f"score {n.score:.3g}<br>act {n.activation:.3g} · grad {n.gradient:.3g}{resc}</div>"
+    )
+
+
+def class_card_text(layer: str, rule: str) -> str:
+    return (
+        f"<div class='flv-neuron' title='Grad-CAM of {html.escape(str(layer))}, from the "
+        f"ranking&#39;s gradient'><b>class map</b> · Grad-CAM<br>same pass, free<br>"
+        f"combine '{rule}'</div>"
+    )
+
+
+class Cards:
+    """The cards row: ``cards`` (one per neuron, reused), ``class_card`` and ``row`` (the HBox).
+
+    Args:
+        on_toggle: ``on_toggle(rank, on)`` when a neuron's checkbox changes.
+        on_class_map: ``on_class_map(on)`` when the class map's checkbox changes.
+    """
+
+    def __init__(self, on_toggle: Callable[[int, bool], None], on_class_map: Callable[[bool], None]) -> None:
+        self._on_toggle = on_toggle
+        self.cards: list[dict] = []
+        self.class_card = make_card(lambda _card, on: on_class_map(on), css_class="flv-class-card")
+        self.row = W.HBox(layout=W.Layout(flex_flow="row wrap"))
+
+    def render(self, e: Explanation, colorscale: str, rebuild: bool = False) -> None:
+        """Texts (and with ``rebuild`` the thumbnails) for ``e``; the class card first when
+        ``e`` has a class map."""
+        while len(self.cards) < len(e.neurons):
+            self.cards.append(make_card(lambda card, on: self._on_toggle(card["rank"], on)))
+        for i, (card, n) in enumerate(zip(self.cards, e.neurons)):
+            card["rank"] = n.rank
+            if rebuild:
+                card["image"].value = png(plots.neuron_card_image(e, i, size=112, colorscale=colorscale))
+            card["text"].value = neuron_text(n)
+        row = [c["box"] for c in self.cards[: len(e.neurons)]]
+        if e.class_map is not None:
+            if rebuild:
+                self.class_card["image"].value = png(
+                    plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=colorscale)
+                )
+            row.insert(0, self.class_card["box"])
+        self.row.children = row
+
+    def sync(self, e: Explanation, enabled: Sequence[int], cam_rule: str, use_cam: bool, set_quiet) -> None:
+        """Checkboxes and borders showing ``enabled`` and whether a class-map rule is used."""
+        self.class_card["text"].value = class_card_text(e.layer, cam_rule)
+        set_quiet(self.class_card["check"], value=use_cam)
+        self.class_card["box"].layout.border = CAM_BORDER if use_cam else OFF_BORDER
+        on = set(enabled)
+        for card, n in zip(self.cards, e.neurons):
+            set_quiet(card["check"], value=n.rank in on)
+            card["box"].layout.border = ON_BORDER if n.rank in on else OFF_BORDER
+
+
+def top5_buttons(e: Explanation, on_click: Callable[[int], None]) -> list[W.Button]:
+    """One button per top-5 prediction; the explained class highlighted."""
+    buttons = []
+    for p in e.top5:
+        b = W.Button(
+            description=f"{p.name[:34]} · {p.probability:.1%}",
+            tooltip=f"explain class {p.index}: {p.name}",
+            layout=W.Layout(width="420px", height="28px"),
+            button_style="info" if p.index == e.target else "",
+        )
+        b.on_click(lambda _b, i=p.index: on_click(i))
+        buttons.append(b)
+    return buttons

@@ -1,0 +1,243 @@
+"""MethodComparison: every registered method (or those asked for) side by side on one
+colour scale, with each one's time and, given a ground-truth box, IoU."""
+
+from __future__ import annotations
+
+import html
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from .. import plots
+from ..checks import check_threshold
+from ..explanation import Box, Explanation
+from ..maps import map_to_box
+from ..methods import METHODS
+from ..models import ModelBundle
+from .base import CSS, WidgetBase
+from .charts import morph
+
+
+def _explain(*args: Any, **kwargs: Any) -> Explanation:
+    # fastloc_viz.widgets.explain, looked up at call time (tests patch the package's name)
+    return sys.modules[__package__].explain(*args, **kwargs)
+
+
+class MethodComparison(WidgetBase):
+    """All methods side by side on one colour scale, with per-method time and IoU.
+
+    Shared controls: the class (top-5 first, then all; type a name, part of one or an
+    index) and the box threshold (re-boxes each method's map; no model call).
+
+    Args:
+        model_or_bundle: a :class:`~fastloc_viz.models.ModelBundle` or an ``nn.Module``.
+        image: anything :func:`~fastloc_viz.explain` accepts.
+        methods: names from :data:`fastloc_viz.METHODS` (default: every registered one).
+        gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.
+        explanations: method -> explanation already computed for ``image`` (same model and
+            class): reused instead of computed again.
+        **explain_kwargs: passed to every :func:`~fastloc_viz.explain` call.
+
+    Programmatic access: :attr:`explanations` (method -> explanation), :attr:`target`,
+    :attr:`threshold`, :attr:`gt_box`, :meth:`ious`.
+    """
+
+    def __init__(
+        self,
+        model_or_bundle: ModelBundle | Any,
+        image: Any,
+        methods: Sequence[str] | None = None,
+        gt_box: Box | None = None,
+        *,
+        target: int | str | None = None,
+        threshold: float = 0.3,
+        debounce: float = 0.25,
+        explanations: Mapping[str, Explanation] | None = None,
+        **explain_kwargs: Any,
+    ) -> None:
+        super().__init__(model_or_bundle, image, debounce)
+        methods = tuple(METHODS) if methods is None else tuple(methods)
+        bad = [m for m in methods if m not in METHODS]
+        if bad or not methods:
+            raise ValueError(f"methods={methods!r}: each must be one of {list(METHODS)}")
+        if gt_box is not None and len(tuple(gt_box)) != 4:
+            raise ValueError(f"gt_box={gt_box!r} must be (x0, y0, x1, y1)")
+        check_threshold(threshold)
+        self.methods = methods
+        self._gt = None if gt_box is None else tuple(int(v) for v in gt_box)
+        self._kwargs = explain_kwargs
+        self._threshold = float(threshold)
+        self._want_t: int | None = None if target is None else self.bundle.class_index(target)
+        self._base: dict[str, Explanation] = {}
+        self._current: dict[str, Explanation] = {}
+        self._seed = dict(explanations or {})
+        if self._seed and target is None:
+            self._want_t = next(iter(self._seed.values())).target
+        with self._lock:
+            self._compute(self._want_t)
+        self._seed = {}
+        self._build()
+        self._render()
+
+    @property
+    def explanations(self) -> dict[str, Explanation]:
+        """Method -> explanation on screen (boxes at the current threshold)."""
+        return dict(self._current)
+
+    @property
+    def target(self) -> int:
+        return self._first().target
+
+    @target.setter
+    def target(self, value: int | str | None) -> None:
+        index = None if value is None else self.bundle.class_index(value)
+        with self._lock:
+            self._compute(index)
+            self._want_t = self.target
+            self._render()
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        check_threshold(value)
+        with self._lock:
+            self._threshold = float(value)
+            self._rebox()
+            self._render()
+
+    @property
+    def gt_box(self) -> Box | None:
+        return self._gt
+
+    @gt_box.setter
+    def gt_box(self, value: Box | None) -> None:
+        self._gt = None if value is None else tuple(int(v) for v in value)
+        self._render()
+
+    def ious(self) -> dict[str, float] | None:
+        """Method -> IoU of its box with :attr:`gt_box` (``None`` without one)."""
+        if self._gt is None:
+            return None
+        return {m: plots.box_iou(e.box, self._gt) for m, e in self._current.items()}
+
+    def _compute(self, target: int | None) -> None:
+        out: dict[str, Explanation] = {}
+        n = len(self.methods)
+        for i, m in enumerate(self.methods):
+            if hasattr(self, "widget"):
+                self._set_progress(i / n, f"{m} {i + 1}/{n}")
+            seed = self._seed.get(m)
+            if seed is not None and seed.target == target:
+                out[m] = seed
+                continue
+            out[m] = _explain(self.bundle, self.image, method=m, target=target, threshold=self._threshold, **self._kwargs)
+            self.stats["explain_calls"] += 1
+        if hasattr(self, "widget"):
+            self._set_progress(None)
+        self._base = out
+        self._rebox()
+
+    def _rebox(self) -> None:
+        self._current = {
+            m: e.replace(
+                box=map_to_box(e.saliency, self._threshold, e.params.get("components", "largest")),
+                params={**e.params, "threshold": self._threshold},
+            )
+            for m, e in self._base.items()
+        }
+
+    def _want_target(self, index: int) -> None:
+        self._want_t = index
+        self._debouncer.poke()
+
+    def _work(self) -> None:
+        with self._lock:
+            want = self._want_t
+            if want == self.target:
+                self._set_quiet(self.class_box, value=self._class_label(self._first(), self.target))
+                return
+            try:
+                self._compute(want)
+            except Exception as err:  # noqa: BLE001 - shown in the widget
+                self._want_t = self.target
+                self._show_error(err, f"explaining class {want}")
+                self._set_progress(None)
+                self._set_quiet(self.class_box, value=self._class_label(self._first(), self.target))
+                return
+            self._set_progress(0.95, "drawing…")
+            self._guarded(self._render, "drawing")
+            self._set_progress(None)
+
+    def _first(self) -> Explanation:
+        return next(iter(self._current.values()))
+
+    def _build(self) -> None:
+        self.threshold_slider = W.FloatSlider(
+            value=self._threshold,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="box threshold",
+            readout_format=".2f",
+            style={"description_width": "initial"},
+            layout=W.Layout(width="300px"),
+        )
+        self.threshold_slider.observe(
+            lambda c: (
+                None
+                if self._muted
+                else self._guarded(lambda: setattr(self, "threshold", float(c["new"])), "changing the threshold")
+            ),
+            "value",
+        )
+        self.grid_fig = go.FigureWidget(plots.method_grid(self._current, gt_box=self._gt, cell=230))
+        self.table = W.HTML()
+        self.widget = W.VBox(
+            [
+                W.HTML(CSS + f"<p class='flv-title'>MethodComparison · {html.escape(self.bundle.name)}</p>"),
+                W.HBox([self.class_box, self.threshold_slider], layout=W.Layout(flex_flow="row wrap")),
+                self.class_message,
+                W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
+                self.error,
+                self.grid_fig,
+                self.table,
+            ],
+            layout=W.Layout(padding="6px"),
+        )
+        self.widget.add_class("fastloc-comparison")
+
+    def _render(self) -> None:
+        if not hasattr(self, "widget"):
+            return
+        e0 = self._first()
+        morph(self.grid_fig, plots.method_grid(self._current, gt_box=self._gt, cell=230))
+        self._show_class_options(e0)
+        self._set_quiet(self.class_box, value=self._class_label(e0, e0.target))
+        self._set_quiet(self.threshold_slider, value=self._threshold)
+        ious = self.ious()
+        rows = "".join(
+            f"<tr><td>{html.escape(METHODS[m].label if m in METHODS else plots.method_label(m))}</td>"
+            f"<td style='text-align:right'>{e.time_s * 1000:.0f} ms</td>"
+            f"<td style='text-align:right'>{tuple(e.box)}</td>"
+            + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "")
+            + "</tr>"
+            for m, e in self._current.items()
+        )
+        self.table.value = (
+            "<table class='flv-stat' style='border-collapse:collapse'><tr><th style='text-align:left'>method</th>"
+            "<th>time</th><th>box</th>"
+            + ("<th>IoU vs GT</th>" if ious else "")
+            + "</tr>"
+            + rows
+            + "</table>"
+        )
+        self.status.value = (
+            f"<span class='flv-stat'>class {html.escape(e0.target_name)} ({e0.target}) · "
+            f"total {sum(e.time_s for e in self._current.values()) * 1000:.0f} ms</span>"
+        )
