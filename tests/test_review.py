@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
+from PIL import Image
 
 from fastloc_viz import coco
 from fastloc_viz.review import ReviewStore
@@ -74,3 +76,30 @@ def test_bad_calls_name_the_problem(tmp_path):
     (tmp_path / "x.json").write_text("{}")
     with pytest.raises(ValueError, match="not a COCO boxes file"):
         ReviewStore(tmp_path / "x.json")
+
+
+def test_box_review_gallery_decides_and_a_new_gallery_finds_the_decisions(tmp_path):
+    from fastloc_viz.widgets import BoxReview
+
+    path = _boxes_file(tmp_path)
+    for name, (w, h) in {"a.jpg": (600, 400), "sub/b.jpg": (100, 300), "c.jpg": (50, 50)}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (w, h), (120, 80, 40)).save(tmp_path / name)
+    g = BoxReview(path, page_size=2)
+    assert [p.file for p in g.current] == ["a.jpg", "c.jpg"] and g.page_label.value.count("of 2")
+    thumb = Image.open(io.BytesIO(g.cards[0].children[0].value))
+    assert thumb.size == (160, 107)  # the photo's own 3:2 aspect
+    g.cards[0].children[2].children[0].click()  # accept a.jpg
+    g._on_key({"key": "ArrowRight"})
+    g._on_key({"key": "r"})  # reject c.jpg (selected)
+    g.edit("a.jpg")
+    b = g.bbox_widget.bboxes[0]
+    g.bbox_widget.bboxes = [dict(b, x=b["x"] + 10)]
+    g.accept_edit()
+    g.class_menu.value = 0  # cat only
+    assert [p.file for p in g.current] == ["sub/b.jpg"]
+    again = BoxReview(path)  # after a kernel restart
+    assert again.store.counts() == {"accepted": 1, "rejected": 1, "undecided": 1}
+    assert again.store["a.jpg"].final_box[0] == 10 + round(10 / g._edit_scale)
+    doc = json.loads(again.export(tmp_path / "acc.json").read_text())
+    assert [im["file_name"] for im in doc["images"]] == ["a.jpg"]
