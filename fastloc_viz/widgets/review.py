@@ -190,7 +190,10 @@ class BoxReview(W.VBox):
         if f is None:
             return
         p = self.store[f]
-        from jupyter_bbox_widget import BBoxWidget
+        try:
+            from jupyter_bbox_widget import BBoxWidget
+        except ImportError:
+            raise ImportError("dragging boxes needs jupyter-bbox-widget: pip install 'fastloc-viz[review]'") from None
 
         with Image.open(p.path) as im:
             im.draft("RGB", (512, 512))
