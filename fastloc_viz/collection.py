@@ -384,7 +384,7 @@ def run_boxes(
         part = _open_part(parts / f"rank-{dist.rank}.jsonl")
         delay = float(os.environ.get("FASTLOC_BOXES_DELAY", "0") or 0)  # tests: slow a run down to kill it
         last = time.monotonic()
-        new = 0
+        new, first_batch = 0, None  # steady rate: from the end of the first batch (workers up, model warm)
         try:
             for batch in loader:
                 lines = []
@@ -407,6 +407,8 @@ def run_boxes(
                 part.flush()
                 os.fsync(part.fileno())
                 new += len(lines)
+                if first_batch is None:
+                    first_batch = (time.perf_counter(), new)
                 if bar is not None:
                     bar.update(len(lines) * dist.world_size)
                 if delay:
@@ -418,6 +420,9 @@ def run_boxes(
             part.close()
             if bar is not None:
                 bar.close()
+        t_end = time.perf_counter()
+        steady = (new - first_batch[1]) / (t_end - first_batch[0]) if first_batch and new > first_batch[1] else None
+        steady = _all_sum(steady or 0.0, dist)
         _barrier(dist)
         elapsed = time.perf_counter() - t_start
         if dist.is_main:
@@ -427,6 +432,7 @@ def run_boxes(
                        "boxed": sum(r["status"] == "ok" for r in rows),
                        "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
                        "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
+                       "steady_images_per_s": steady,
                        "machine": machine_info(bundle.device), "world_size": dist.world_size}
             return summary
         return {"rank": dist.rank, "new_this_run": new}
@@ -444,6 +450,17 @@ def _all_min(value: int, dist: Dist) -> int:
     t = torch.tensor([value])
     td.all_reduce(t, op=td.ReduceOp.MIN)
     return int(t.item())
+
+
+def _all_sum(value: float, dist: Dist) -> float:
+    if dist.world_size == 1:
+        return value
+    import torch
+    import torch.distributed as td
+
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    td.all_reduce(t)
+    return float(t.item())
 
 
 def _barrier(dist: Dist) -> None:
