@@ -137,7 +137,9 @@ def _image_args(texts: Sequence[str]) -> list[tuple[str, object]]:
         if not text.startswith("sample:") and path.is_dir():
             files = _image_files(path)
             if not files:
-                raise FileNotFoundError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...) in {text!r}")
+                raise IsADirectoryError(
+                    f"{text!r} is a directory with no image files under it ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)"
+                )
             out += [(str(f), f) for f in files]
         else:
             out.append((text, _image_arg(text)))
