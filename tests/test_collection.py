@@ -212,3 +212,26 @@ def test_explain_cli_takes_a_folder_into_one_report_and_json_leaves_nothing(lite
                      "--out", str(out)]) == 0
     html = out.read_text()
     assert html.count("class='image-name'") == 2 and "a.png" in html and "b.png" in html
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_merge_to_the_single_process_result(shared_data, tmp_path):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for p in sorted((shared_data / "images").iterdir())[:6]:
+        shutil.copy(p, src / p.name)
+    (src / "text.png").write_text("not an image\n")
+    common = ["--method", "gradcam", "--batch-size", "2", "--workers", "0", "--no-progress", "--json"]
+    cmd, env = _cli(src, "--out", tmp_path / "one" / "boxes.json", *common)
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600).returncode == 0
+    cmd, env = _cli(src, "--out", tmp_path / "two" / "boxes.json", *common)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    parts = sorted(p.name for p in (tmp_path / "two" / "boxes.json.parts").iterdir())
+    assert parts == ["rank-0.jsonl", "rank-1.jsonl", "spec.json"]
+    a, b = (json.loads((tmp_path / d / "boxes.json").read_text()) for d in ("one", "two"))
+    assert a["images"] == b["images"] and a["skipped"] == b["skipped"] and len(a["images"]) == 6
+    for x, y in zip(a["annotations"], b["annotations"], strict=True):
+        assert x["bbox"] == y["bbox"] and x["category_id"] == y["category_id"]
+        assert x["score"] == pytest.approx(y["score"], abs=1e-5)
