@@ -1,4 +1,4 @@
-"""The ``fastloc-viz`` command: ``explain``, ``demo``, ``evaluate`` and ``atlas``.
+"""The ``fastloc-viz`` command: ``explain``, ``boxes``, ``demo``, ``evaluate`` and ``atlas``.
 
 Errors end the command with one readable line on stderr and exit code 2 (``--debug`` shows
 the traceback).
@@ -35,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    e = sub.add_parser("explain", help="explain one image and write an HTML report")
-    e.add_argument("image", help="image file (or 'sample:NAME' for a scikit-image photo, e.g. sample:chelsea)")
+    e = sub.add_parser("explain", help="explain images and write one HTML report")
+    e.add_argument(
+        "image", nargs="+",
+        help="image files or folders (searched recursively), or 'sample:NAME' for a scikit-image photo (sample:chelsea)",
+    )
     e.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
     e.add_argument(
         "--weights",
@@ -53,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
-    e.add_argument("--out", default=None, help="HTML report path (default: a temporary file)")
+    e.add_argument(
+        "--out", default=None,
+        help="HTML report path (default: a temporary file; with --json and no --out, no report is written)",
+    )
     e.add_argument("--json", action="store_true", help="print machine-readable JSON to stdout")
     e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
     e.add_argument("--window", default=None, help="auto (default), percentile, minmax, full, file or LOW,HIGH")
@@ -75,12 +81,36 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="localization (boxes), faithfulness and sanity metrics on a data set")
     evaluate_boxfree.add_arguments(ev)
-    for parser in (e, ev):
+    b = sub.add_parser("boxes", help="a box for every image of a folder, ImageFolder tree or CSV: COCO JSON + CSV")
+    _box_arguments(b)
+    for parser in (e, b, ev):
         parser.add_argument(
             "--plugin", action="append", default=[], metavar="FILE",
             help="a Python file that registers methods or combine rules (docs/own-method.md); repeatable",
         )
     return p
+
+
+def _box_arguments(b: argparse.ArgumentParser) -> None:
+    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
+    b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
+    b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
+    b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
+    b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
+    b.add_argument("-k", type=int, default=None, help="neurons to keep (fastloc methods)")
+    b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map's max (0.3)")
+    b.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder", "csv"),
+                   help="how SOURCE gives targets (auto: a CSV, an ImageFolder when every sub-folder names a class, "
+                   "else top-1)")
+    b.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default %(default)s)")
+    b.add_argument("--workers", type=int, default=2, help="decoding processes beside the model (default %(default)s)")
+    b.add_argument("--masks", action="store_true", help="add each thresholded map as a COCO RLE (needs pycocotools)")
+    b.add_argument("--restart", action="store_true", help="forget the parts of an earlier run of this output")
+    b.add_argument("--checkpoint", type=float, default=60.0, metavar="SECONDS",
+                   help="rewrite the outputs this often (default %(default)s s)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--json", action="store_true", help="print the run's summary as JSON")
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -103,6 +133,25 @@ def _image_arg(text: str):
     if text.startswith("sample:"):
         return sample_image(text.split(":", 1)[1])
     return Path(text)
+
+
+def _image_args(texts: Sequence[str]) -> list[tuple[str, object]]:
+    """``(name, image)`` for every argument; a folder gives each image file under it."""
+    from .collection import IMAGE_EXTENSIONS, _image_files
+
+    out: list[tuple[str, object]] = []
+    for text in texts:
+        path = Path(text)
+        if not text.startswith("sample:") and path.is_dir():
+            files = _image_files(path)
+            if not files:
+                raise IsADirectoryError(
+                    f"{text!r} is a directory with no image files under it ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)"
+                )
+            out += [(str(f), f) for f in files]
+        else:
+            out.append((text, _image_arg(text)))
+    return out
 
 
 def _target_arg(text: str | None):
@@ -139,7 +188,7 @@ def _summary(name: str, results: dict, report: Path) -> str:
             f"activation {n.activation:8.3f}  gradient {n.gradient:8.4f}"
         )
     for method, e in results.items():
-        lines.append(f"  {method:16s} box {e.box}  {e.time_s * 1000:7.1f} ms")
+        lines.append(f"  {method:16s} box {e.box}  in the photo {e.box_original}  {e.time_s * 1000:7.1f} ms")
     lines.append(f"  report: {report}")
     return "\n".join(lines)
 
@@ -148,8 +197,11 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
     main = next(iter(results.values()))
     d = main.to_dict()
     d["image"] = name
-    d["report"] = str(report)
-    d["baselines"] = {m: {"box": list(e.box), "time_s": e.time_s} for m, e in list(results.items())[1:]}
+    d["report"] = str(report) if report is not None else None
+    d["baselines"] = {
+        m: {"box": list(e.box), "box_original": list(e.box_original), "time_s": e.time_s}
+        for m, e in list(results.items())[1:]
+    }
     return d
 
 
@@ -157,55 +209,91 @@ def _cmd_explain(args) -> int:
     from . import load_model
     from .files import check_writable
     from .methods import get_method
-    from .report import write_report
+    from .report import write_pages
 
     get_method(args.method)  # an unknown name fails before the model loads
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)  # before the slow part
+    images = _image_args(args.image)
     bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
-    image = _image_arg(args.image)
-    if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
-        from .readers import parse_window, read_image
+    pages = {}
+    for name, image in images:
+        if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
+            from .readers import parse_window, read_image
 
-        image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
-    results = _run_all(
-        bundle,
-        image,
-        args.method,
-        not args.no_baselines,
-        target=_target_arg(args.target),
-        layer=args.layer,
-        k=args.k,
-        threshold=args.threshold,
-    )
-    out = out or Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
-    report = write_report(out, results, title=f"fastloc_viz: {Path(args.image).name}", **_neuron_extras(bundle, results, args.atlas))
+            image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
+        pages[name] = _run_all(
+            bundle,
+            image,
+            args.method,
+            not args.no_baselines,
+            target=_target_arg(args.target),
+            layer=args.layer,
+            k=args.k,
+            threshold=args.threshold,
+        )
+    if out is None and not args.json:
+        out = Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
+    report = None
+    if out is not None:
+        title = f"fastloc_viz: {Path(images[0][0]).name}" if len(images) == 1 else f"fastloc_viz: {len(images)} images"
+        report = write_pages(out, pages, title=title, **_neuron_extras(bundle, pages, args.atlas))
     if args.json:
-        print(json.dumps(_as_json(args.image, results, report), indent=2))
+        docs = [_as_json(name, results, report) for name, results in pages.items()]
+        print(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
     else:
-        print(_summary(args.image, results, report))
+        print("\n\n".join(_summary(name, results, report) for name, results in pages.items()))
     return 0
 
 
-def _neuron_extras(bundle, results: dict, atlas_path: str | None) -> dict:
-    """The lead explanation's ablation (one batched forward pass) and the atlas, for the report."""
+def _cmd_boxes(args) -> int:
+    from . import load_model
+    from .collection import run_boxes
+    from .methods import get_method
+
+    get_method(args.method)
+    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
+    params = {k: v for k, v in (("layer", args.layer), ("k", args.k), ("threshold", args.threshold)) if v is not None}
+    summary = run_boxes(
+        args.source, args.out, bundle, method=args.method, layout=args.layout, batch_size=args.batch_size,
+        workers=args.workers, masks=args.masks, restart=args.restart, checkpoint_s=args.checkpoint,
+        progress=not args.no_progress, **params,
+    )
+    if "out" not in summary:  # a torchrun rank other than 0
+        return 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['boxed']} of {summary['images']} images boxed ({summary['new_this_run']} this run, "
+              f"{summary['images_per_s']:.1f} images/s); {len(summary['skipped'])} skipped")
+        for s in summary["skipped"]:
+            print(f"  skipped {s['file']}: {s['reason']}")
+        print(f"  COCO: {summary['out']}\n  CSV:  {summary['csv']}")
+    return 0
+
+
+def _neuron_extras(bundle, pages: dict, atlas_path: str | None) -> dict:
+    """For ``write_pages``: the atlas, and each page's lead ablation (one batched forward pass)."""
     from .ablation import ablate
     from .atlas import NeuronAtlas
 
-    lead = next(iter(results.values()))
-    if lead.neurons is None:
-        return {}
     atlas = NeuronAtlas.load(atlas_path) if atlas_path else None
-    if atlas is not None:
-        atlas.check(bundle, lead.layer)
-    return {"ablation": ablate(bundle, lead), "atlas": atlas}
+    extras = {}
+    for name, results in pages.items():
+        lead = next(iter(results.values()))
+        if lead.neurons is None:
+            continue
+        if atlas is not None:
+            atlas.check(bundle, lead.layer)
+        extras[name] = {"ablation": ablate(bundle, lead)}
+    return {"atlas": atlas, "extras": extras}
 
 
 def _cmd_demo(args) -> int:
     from . import load_model, sample_image
     from .files import make_dir
-    from .report import write_report
+    from .report import write_pages
 
     t0 = time.perf_counter()
     bundle = load_model("efficientnet_lite0")
@@ -214,8 +302,9 @@ def _cmd_demo(args) -> int:
     docs = []
     for photo in DEMO_PHOTOS:
         results = _run_all(bundle, sample_image(photo), "fastloc", True)
-        report = write_report(
-            out_dir / f"demo-{photo}.html", results, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, results, None)
+        page = {"": results}
+        report = write_pages(
+            out_dir / f"demo-{photo}.html", page, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, page, None)
         )
         docs.append(_as_json(photo, results, report))
         if not args.json:
@@ -266,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_demo(args)
             if args.command == "atlas":
                 return _cmd_atlas(args)
+            if args.command == "boxes":
+                return _cmd_boxes(args)
             from . import evaluate_boxfree
 
             return evaluate_boxfree.run(args)

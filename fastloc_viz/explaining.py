@@ -18,7 +18,7 @@ from .explanation import Explanation, Prediction
 from .guided import untreated_activation_modules, warn_untreated
 from .hooks import default_layer, preserved, resolve_layer
 from .decode import to_numpy_image
-from .images import is_batch, load_batch_info
+from .images import is_batch, load_batch_sizes
 from .methods import Context, Method, get_method
 from .models import ModelBundle, bundle_of
 
@@ -76,7 +76,7 @@ def explain(
     p = m.make_params(params)
     check_int("batch_size", batch_size, 1)
 
-    images, conversions = load_batch_info(image, bundle.input_size)
+    images, conversions, sizes = load_batch_sizes(image, bundle.input_size)
     n = images.shape[0]
     targets = _targets(bundle, target, n)
     ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None)
@@ -91,8 +91,9 @@ def explain(
     results: list[Explanation] = []
     for s in chunks:
         results += _explain_chunk(ctx, m, p, record, images[s : s + batch_size], targets[s : s + batch_size])
-    results = [  # how each file / PIL image / read_image result was converted to RGB
-        r if c is None else r.replace(params={**r.params, "image": c.to_dict()}) for r, c in zip(results, conversions)
+    results = [  # the photo's own size, and how each file / PIL image / read_image result was converted
+        r.replace(original_size=s) if c is None else r.replace(original_size=s, params={**r.params, "image": c.to_dict()})
+        for r, c, s in zip(results, conversions, sizes)
     ]
     if not is_batch(image):
         return results[0].replace(time_s=time.perf_counter() - start)
@@ -133,6 +134,7 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
                 time_s=elapsed,
                 timings={key: v / n for key, v in out.timings.items()},
                 params=dict(record),
+                probability=float(probs[i, target]),
                 **row,
             )
         )

@@ -81,6 +81,10 @@ class Explanation:
             scaled by its maximum (so the neuron's unit is always lit), in the order of
             ``neurons`` (from the forward pass; no extra pass). ``None`` for other methods and
             for explanations made before it existed.
+        probability: the model's probability (softmax) of the target class.
+        original_size: ``(width, height)`` of the photo before it was resized to the grid:
+            a file's full size (``ImageInfo.size``), an array's or tensor's own size; ``None``
+            when unknown (then the grid is taken as the photo). See :attr:`box_original`.
     """
 
     method: str
@@ -99,6 +103,21 @@ class Explanation:
     layer_shape: tuple[int, int, int] | None = None
     class_map: np.ndarray | None = None
     activation_maps: np.ndarray | None = None
+    original_size: tuple[int, int] | None = None
+    probability: float | None = None
+
+    @property
+    def photo_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the original photo (the grid's when it is not known)."""
+        if self.original_size is not None:
+            return (int(self.original_size[0]), int(self.original_size[1]))
+        h, w = self.input_size
+        return (w, h)
+
+    @property
+    def box_original(self) -> Box:
+        """:attr:`box` in the original photo's pixels, by :func:`box_to_original`."""
+        return box_to_original(self.box, self.input_size, self.photo_size)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -113,12 +132,14 @@ class Explanation:
         """Everything but the arrays, as JSON-ready builtins."""
         out: dict[str, Any] = {
             "method": self.method,
-            "target": {"index": self.target, "name": self.target_name},
+            "target": {"index": self.target, "name": self.target_name, "probability": self.probability},
             "top5": [dataclasses.asdict(p) for p in self.top5],
             "layer": self.layer,
             "layer_shape": list(self.layer_shape) if self.layer_shape else None,
             "input_size": list(self.input_size),
             "box": list(self.box),
+            "original_size": list(self.photo_size),
+            "box_original": list(self.box_original),
             "time_s": self.time_s,
             "timings": dict(self.timings),
             "params": _jsonable(self.params),
@@ -129,6 +150,29 @@ class Explanation:
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
+
+
+def box_to_original(box: Box, grid_size: tuple[int, int], original_size: tuple[int, int]) -> Box:
+    """A box on the model's grid -> the same box in the original photo's pixels.
+
+    The photo (``original_size = (W0, H0)``) was stretched, not cropped, to the grid
+    (``grid_size = (H, W)``), so a pixel edge at grid coordinate ``x`` is at ``x * W0 / W``
+    in the photo (``y * H0 / H`` vertically). Each edge is scaled so and rounded outward, to
+    whole photo pixels that cover the whole grid box: ``x0' = floor(x0 * W0 / W)``,
+    ``x1' = ceil(x1 * W0 / W)`` (same for ``y``), in exact integer arithmetic, then clipped to
+    ``0 .. W0`` and ``0 .. H0``. A box covering the whole grid covers the whole photo.
+    """
+    h, w = int(grid_size[0]), int(grid_size[1])
+    w0, h0 = int(original_size[0]), int(original_size[1])
+    x0, y0, x1, y1 = (int(v) for v in box)
+
+    def lo(v: int, full: int, grid: int) -> int:
+        return min(max((v * full) // grid, 0), full)
+
+    def hi(v: int, full: int, grid: int) -> int:
+        return min(max(-((-v * full) // grid), 0), full)
+
+    return (lo(x0, w0, w), lo(y0, h0, h), hi(x1, w0, w), hi(y1, h0, h))
 
 
 def _jsonable(value: Any) -> Any:

@@ -38,6 +38,7 @@ from .raster import (  # re-exported: plots.neuron_thumbnail etc. stay where use
     neuron_card_image,
     neuron_centre,
     neuron_thumbnail,
+    photo_aspect,
     receptive_field,
 )
 
@@ -106,14 +107,18 @@ def _box_shape(
 
 
 def _image_axes(
-    fig: go.Figure, h: int, w: int, row: int | None = None, col: int | None = None
+    fig: go.Figure, h: int, w: int, row: int | None = None, col: int | None = None, aspect: float = 1.0
 ) -> None:
+    """Axes in grid pixels; a single figure draws a grid pixel ``aspect`` times as tall as it
+    is wide (:func:`~fastloc_viz.raster.photo_aspect`), so the photo keeps its own shape;
+    subplots get it from the figure's size."""
     kw = dict(row=row, col=col) if row is not None else {}
     fig.update_xaxes(range=[-0.5, w - 0.5], visible=False, constrain="domain", **kw)
     fig.update_yaxes(
         range=[h - 0.5, -0.5],
         visible=False,
         scaleanchor="x" if row is None else None,
+        scaleratio=aspect if row is None else None,
         constrain="domain",
         **kw,
     )
@@ -205,6 +210,7 @@ def overlay(
     sal = explanation.saliency if saliency is None else saliency
     bx = explanation.box if box is None else box
     h, w = sal.shape
+    aspect = photo_aspect(explanation) if sal.shape == explanation.input_size else 1.0
     fig = go.Figure()
     fig.add_trace(_photo_trace(explanation.image, name="image"))
     fig.add_trace(heatmap_trace(sal, opacity=opacity, colorscale=colorscale, max_side=max_side))
@@ -220,7 +226,7 @@ def overlay(
     fig.update_layout(
         shapes=shapes,
         width=size + 60,
-        height=round(size * h / w) + 44,
+        height=round(size * h / w * aspect) + 44,
         margin=dict(l=4, r=4, t=40, b=4),
         title=dict(text=title, x=0.02, font=dict(size=14)),
         font=_FONT,
@@ -228,7 +234,7 @@ def overlay(
         paper_bgcolor="white",
         dragmode=False,
     )
-    _image_axes(fig, h, w)
+    _image_axes(fig, h, w, aspect=aspect)
     return fig
 
 
@@ -331,7 +337,7 @@ def neuron_grid(
         ann.font = dict(size=10.5)
     fig.update_layout(
         width=cell * cols + 20,
-        height=rows * (cell + 30) + 30,
+        height=rows * (round(cell * h / w * photo_aspect(explanation)) + 30) + 30,
         margin=dict(l=6, r=6, t=56, b=6),
         font=_FONT,
         plot_bgcolor="white",
@@ -495,7 +501,7 @@ def method_grid(
             colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0),
         ),
         width=cols * cell + 70,
-        height=rows * round(cell * h / w + (62 if two_lines else 44)) + 20,
+        height=rows * round(cell * h / w * photo_aspect(first) + (62 if two_lines else 44)) + 20,
         margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4),
         font=_FONT,
         plot_bgcolor="white",

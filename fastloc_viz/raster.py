@@ -146,6 +146,29 @@ def neuron_thumbnail(
     return to_uint8(grey * (1 - alpha) + col * alpha)
 
 
+def photo_aspect(explanation: Explanation) -> float:
+    """How tall one grid pixel is drawn relative to its width, so that the photo shows at its
+    own aspect ratio: ``(photo height / grid height) / (photo width / grid width)`` (1 for a
+    square photo on a square grid, or when the photo's size is not known)."""
+    h, w = explanation.input_size
+    pw, ph = explanation.photo_size
+    return (ph / h) / (pw / w)
+
+
+def to_photo_aspect(img: np.ndarray, aspect: float, max_side: int | None = None) -> np.ndarray:
+    """An ``h x w x 3`` uint8 image on the grid stretched to the photo's aspect ratio (rows by
+    ``aspect``, see :func:`photo_aspect`), then shrunk so no side exceeds ``max_side``."""
+    h, w = img.shape[:2]
+    if abs(aspect - 1) < 1e-3:
+        return img
+    nh, nw = h * aspect, float(w)
+    if max_side is not None and max(nh, nw) > max_side:
+        f = max_side / max(nh, nw)
+        nh, nw = nh * f, nw * f
+    size = (max(1, round(nw)), max(1, round(nh)))
+    return np.asarray(PILImage.fromarray(img).resize(size, PILImage.BILINEAR))
+
+
 def neuron_card_image(
     explanation: Explanation, index: int, *, size: int = 112, colorscale: str = DEFAULT_COLORSCALE
 ) -> np.ndarray:
@@ -157,7 +180,7 @@ def neuron_card_image(
         index: the neuron's position in ``explanation.neurons`` (0-based).
 
     Returns:
-        ``h x w x 3`` uint8, ``max(h, w) <= size``.
+        ``h x w x 3`` uint8, ``max(h, w) <= size``, at the photo's own aspect ratio.
     """
     from PIL import ImageDraw
 
@@ -182,7 +205,7 @@ def neuron_card_image(
     draw.rectangle(
         [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
     )
-    return np.asarray(img)
+    return to_photo_aspect(np.asarray(img), photo_aspect(explanation), max_side=size)
 
 
 def receptive_field(neuron_map: np.ndarray, threshold: float = 0.15, sigma: float = 2.0) -> Box:

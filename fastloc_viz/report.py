@@ -148,6 +148,58 @@ def render_report(
     sanity: Mapping[str, Any] | None = None,
 ) -> str:
     """The report's HTML as a string (see :func:`write_report`)."""
+    extras = {"": {"ablation": ablation, "faithfulness": faithfulness, "sanity": sanity}}
+    return render_pages({"": explanations}, title=title, gt_box=gt_box, atlas=atlas, extras=extras)
+
+
+def render_pages(
+    pages: Mapping[str, Mapping[str, Explanation]],
+    *,
+    title: str = "fastloc_viz report",
+    gt_box: Box | None = None,
+    atlas=None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
+    """One HTML report for several images: ``pages`` maps an image's name to its
+    explanations (method -> :class:`Explanation`); each image gets its own sections, under
+    a heading with its name when there are several. ``atlas`` (a neuron atlas) serves every
+    page; ``extras`` maps a page's name to its ``ablation``, ``faithfulness`` and ``sanity``
+    (see :func:`write_report`)."""
+    if not isinstance(pages, Mapping) or not pages:
+        raise ValueError("pages must be a non-empty mapping of image name -> explanations")
+    state = {"first": True}
+    parts: list[str] = []
+    subs: list[str] = []
+    data: dict[str, Any] = {}
+    for name, explanations in pages.items():
+        sub, body, blob = _image_sections(explanations, gt_box, state, atlas=atlas, **dict((extras or {}).get(name, {})))
+        if len(pages) > 1:
+            parts.append(f"<h2 class='image-name' id='image-{len(subs)}'>{_esc(name)}</h2>")
+            sub = f"{len(pages)} images · " + sub.split(" · ", 2)[-1]
+        parts += body
+        subs.append(sub)
+        data[name] = blob
+    blob = json.dumps(data[""] if list(data) == [""] else {"images": data}).replace("</", "<\\/")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
+        f"<meta name='generator' content='fastloc_viz (plotly {plotly.__version__})'>"
+        f"<style>{_CSS}{_CARDS_CSS}</style></head><body><header><h1>{_esc(title)}</h1><div class='sub'>{subs[0]}</div></header>"
+        "<main>" + "".join(parts) + "</main>"
+        f"<script type='application/json' id='fastloc-data'>{blob}</script></body></html>\n"
+    )
+
+
+def _image_sections(
+    explanations: Mapping[str, Explanation],
+    gt_box: Box | None,
+    state: dict,
+    *,
+    atlas=None,
+    ablation=None,
+    faithfulness: Mapping[str, Any] | None = None,
+    sanity: Mapping[str, Any] | None = None,
+):
     if not isinstance(explanations, Mapping) or not explanations:
         raise ValueError(
             "explanations must be a non-empty mapping of method name -> Explanation, "
@@ -167,20 +219,18 @@ def render_report(
         (n for n, e in explanations.items() if e.neurons is not None), next(iter(explanations))
     )
     lead = explanations[lead_name]
-    figs: list[tuple[str, go.Figure]] = []
     parts: list[str] = []
-    first = True
 
     def fig(f: go.Figure) -> str:
-        nonlocal first
-        out = _fig_div(f, first)
-        first = False
+        out = _fig_div(f, state["first"])
+        state["first"] = False
         return out
 
     h, w = lead.input_size
+    pw, ph = lead.photo_size
     sub = (
         f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
-        f"input {h}×{w} · {len(explanations)} method(s) · "
+        f"photo {pw}×{ph} px, input {h}×{w} · {len(explanations)} method(s) · "
         f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
     )
 
@@ -193,7 +243,8 @@ def render_report(
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
         + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
         + _predictions_table(lead)
-        + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges)"
+        + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
+        + f" · in the photo's pixels {tuple(lead.box_original)} ({pw}×{ph})"
         + (
             f" · ground truth {tuple(gt_box)} · IoU {plots.box_iou(lead.box, gt_box):.2f}"
             if gt_box
@@ -235,7 +286,7 @@ def render_report(
     parts += _box_free_sections(fig, lead, faithfulness, sanity)
     parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
 
-    data = {name: e.to_dict() for name, e in explanations.items()}
+    data: dict[str, Any] = {name: e.to_dict() for name, e in explanations.items()}
     if gt_box is not None:
         data = {"gt_box": list(gt_box), "explanations": data}
     if faithfulness or sanity:
@@ -246,16 +297,7 @@ def render_report(
                                     for k, v in pf.curves_of(faithfulness).items()}
         if sanity:
             data["sanity"] = {k: r.to_dict() for k, r in sanity.items() if hasattr(r, "to_dict")}
-    blob = json.dumps(data).replace("</", "<\\/")
-    del figs
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
-        f"<meta name='generator' content='fastloc_viz (plotly {plotly.__version__})'>"
-        f"<style>{_CSS}{_CARDS_CSS}</style></head><body><header><h1>{_esc(title)}</h1><div class='sub'>{sub}</div></header>"
-        "<main>" + "".join(parts) + "</main>"
-        f"<script type='application/json' id='fastloc-data'>{blob}</script></body></html>\n"
-    )
+    return sub, parts, data
 
 
 def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str]:
@@ -323,3 +365,15 @@ def write_report(
     text = render_report(explanations, title=title, gt_box=gt_box, atlas=atlas, ablation=ablation,
                          faithfulness=faithfulness, sanity=sanity)
     return write_text_atomic(path, text, what="report")
+
+
+def write_pages(
+    path: str | os.PathLike[str],
+    pages: Mapping[str, Mapping[str, Explanation]],
+    *,
+    title: str = "fastloc_viz report",
+    atlas=None,
+    extras: Mapping[str, Mapping[str, Any]] | None = None,
+) -> pathlib.Path:
+    """Write one self-contained HTML report holding several images (see :func:`render_pages`)."""
+    return write_text_atomic(path, render_pages(pages, title=title, atlas=atlas, extras=extras), what="report")

@@ -40,5 +40,6 @@ from ..explaining import explain  # noqa: F401
 from ..hooks import probe_layer_options  # noqa: F401
 from .comparison import MethodComparison
 from .explorer import NeuronExplorer
+from .review import BoxReview
 
-__all__ = ["NeuronExplorer", "MethodComparison"]
+__all__ = ["NeuronExplorer", "MethodComparison", "BoxReview"]

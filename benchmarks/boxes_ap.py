@@ -1,0 +1,95 @@
+"""COCO AP of `fastloc-viz boxes` on the 1000 shared images (issue 12).
+
+Runs `boxes` (resumable: rerun after a kill to continue) on the shared CSV for fastloc and
+Grad-CAM, with each image's labelled class as the target, and scores every box set, and the
+whole-image and centre baselines, against the ground truth with pycocotools' COCOeval
+(bbox AP@0.5 and AP@[.5:.95], every box of the labelled class as ground truth).
+
+    OMP_NUM_THREADS=1 python benchmarks/boxes_ap.py [--limit N] [--work DIR]
+
+The centre baseline is a centred box covering the central 50 % of each side (a quarter of
+the area); the whole-image baseline is the whole photo. Both score 1.0 (one box per image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
+sys.path.insert(0, str(REPO))
+
+
+def main() -> None:
+    import fastloc_viz as fv
+    from fastloc_viz.coco import average_precision, centre_box, ground_truth, whole_box
+    from fastloc_viz.collection import run_boxes
+    from fastloc_viz.data import LocalizationDataset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--work", default="/tmp/fastloc-boxes-ap")
+    ap.add_argument("--methods", default="fastloc,gradcam")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=16)
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    ds = LocalizationDataset(args.data, limit=args.limit)
+    csv_path = ds.csv_path
+    if args.limit is not None:  # a CSV of the first rows, in the work folder, images by absolute path
+        csv_path = work / f"first{args.limit}.csv"
+        lines = Path(ds.csv_path).read_text().splitlines()
+        head, rows = lines[0], lines[1 : args.limit + 1]
+        csv_path.write_text("\n".join([head] + [f"{ds.root}/{r}" for r in rows]) + "\n")
+    gt = ground_truth(
+        [{"file": q.image.relative_to(ds.root).as_posix() if args.limit is None else str(q.image),
+          "width": q.width, "height": q.height, "label": q.label, "boxes": q.boxes} for q in ds],
+        1000,
+    )
+    bundle = fv.load_model("efficientnet_lite0")
+    table = {}
+    for method in args.methods.split(","):
+        t0 = time.perf_counter()
+        summary = run_boxes(csv_path, work / f"{method}.json", bundle, method=method, batch_size=args.batch_size,
+                            workers=args.workers, progress=True, checkpoint_s=120)
+        doc = json.loads((work / f"{method}.json").read_text())
+        table[method] = average_precision(gt, doc) | {"images": len(doc["images"]),
+                                                        "seconds_this_run": time.perf_counter() - t0,
+                                                        "skipped": len(summary["skipped"])}
+        print(method, table[method], flush=True)
+    for name, fn in (("whole image", whole_box), ("centre 50 %", centre_box)):
+        dets = [{"file": im["file_name"], "category_id": a["category_id"], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                 "score": 1.0}
+                for im, a in zip(gt["images"], _labels(ds)) for b in [fn(im["width"], im["height"])]]
+        table[name] = average_precision(gt, dets) | {"images": len(dets)}
+        print(name, table[name], flush=True)
+    out = {"n": len(ds), "table": table, "load_average": os.getloadavg(), "torch_threads": _threads()}
+    (work / "ap.json").write_text(json.dumps(out, indent=1))
+    print("| boxes | AP@0.5 | AP@[.5:.95] | images |\n| --- | ---: | ---: | ---: |")
+    for name, r in table.items():
+        print(f"| {name} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['images']} |")
+
+
+def _labels(ds):
+    seen = {}
+    for q in ds:
+        seen.setdefault(q.image, {"category_id": q.label})
+    return list(seen.values())
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+if __name__ == "__main__":
+    main()
