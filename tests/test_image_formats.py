@@ -394,16 +394,18 @@ def test_zero_png_writer_is_a_valid_png(tmp_path):
         assert img.mode == mode and img.size == (301, 203) and not np.asarray(img).any()
 
 
+# The peak is this process's VmHWM, not ru_maxrss: Linux carries the parent's RSS at fork into
+# the child's ru_maxrss across exec, so a big pytest process would inflate it (by 2.4 GB once).
 _MEASURE = """
-import json, resource, sys, warnings
+import json, sys, warnings
 warnings.simplefilter("ignore")
 import torch
 from fastloc_viz import images
-def rss():
-    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmRSS"))
-base = rss()
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+base = status("VmRSS")
 t = images.load_batch(sys.argv[1], (224, 224))
-print(json.dumps({"shape": list(t.shape), "grew": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+print(json.dumps({"shape": list(t.shape), "grew": status("VmHWM") - base}))
 """
 
 HUGE = [  # (w, h, depth, color, PIL's decoded bytes)
