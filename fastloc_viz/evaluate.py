@@ -16,7 +16,6 @@ Python API: :func:`evaluate`. CLI: :func:`add_arguments` + :func:`run` (register
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .data import LocalizationDataset, Query
-from .files import make_dir, write_text_atomic
+from .files import JsonLines, make_dir, write_text_atomic
 from .methods import get_method
 from .metrics import (
     DEFAULT_THRESHOLDS,
@@ -157,49 +156,29 @@ class ResultCache:
     """
 
     def __init__(self, root: Path, spec: dict[str, Any], rank: int = 0) -> None:
-        text = json.dumps(spec, sort_keys=True, default=str)
-        key = hashlib.sha1(text.encode()).hexdigest()[:16]
-        self.dir = Path(root) / key
-        self.dir.mkdir(parents=True, exist_ok=True)
-        spec_path = self.dir / "spec.json"
-        if not spec_path.exists():
-            write_text_atomic(spec_path, json.dumps(spec, indent=1, sort_keys=True, default=str), what="cache spec")
-        self.path = self.dir / f"part-{rank}.jsonl"
-        self._file = None
+        self._store = JsonLines(root, spec, f"part-{rank}.jsonl")
+        self.dir, self.path = self._store.dir, self._store.path
 
     def load(self, dataset: LocalizationDataset) -> dict[int, QueryResult]:
         out: dict[int, QueryResult] = {}
-        for part in sorted(self.dir.glob("part-*.jsonl")):
-            with open(part) as f:
-                for line in f:
-                    try:
-                        d = json.loads(line)
-                        row = int(d["row"])
-                        q = dataset[row] if 0 <= row < len(dataset) else None
-                        if q is None or d["image"] != q.image.name or int(d["label"]) != q.label:
-                            continue
-                        out[row] = QueryResult.from_dict(d)
-                    except (ValueError, KeyError, TypeError):
-                        continue
+        for d in self._store.rows("part-*.jsonl"):
+            try:
+                row = int(d["row"])
+                q = dataset[row] if 0 <= row < len(dataset) else None
+                if q is None or d["image"] != q.image.name or int(d["label"]) != q.label:
+                    continue
+                out[row] = QueryResult.from_dict(d)
+            except (ValueError, KeyError, TypeError):
+                continue
         return out
 
     def append(self, query: Query, result: QueryResult) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across queries
-            # An interrupted run may have left half a line: end it, so it spoils only itself.
-            if self._file.tell() > 0:
-                self._file.seek(self._file.tell() - 1)
-                if self._file.read(1) != "\n":
-                    self._file.write("\n")
         d = result.to_dict()
         d["image"] = query.image.name
-        self._file.write(json.dumps(d) + "\n")
-        self._file.flush()
+        self._store.append(d)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._store.close()
 
 
 def default_cache_dir() -> Path:

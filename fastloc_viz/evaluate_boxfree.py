@@ -17,7 +17,6 @@ settings; a rerun skips what is cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from .data import LocalizationDataset, Query
-from .files import write_text_atomic
+from .files import JsonLines
 from .methods import get_method
 
 METRICS = ("localization", "faithfulness", "sanity")
@@ -50,45 +49,26 @@ class RowCache:
     """Append-only JSON-lines store of one dict per query, for one configuration."""
 
     def __init__(self, root: Path, spec: dict[str, Any]) -> None:
-        text = json.dumps(spec, sort_keys=True, default=str)
-        self.dir = Path(root) / hashlib.sha1(text.encode()).hexdigest()[:16]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "spec.json").exists():
-            write_text_atomic(self.dir / "spec.json", json.dumps(spec, indent=1, sort_keys=True, default=str),
-                              what="cache spec")
-        self.path = self.dir / "rows.jsonl"
-        self._file = None
+        self._store = JsonLines(root, spec)
+        self.dir, self.path = self._store.dir, self._store.path
 
     def load(self, dataset: LocalizationDataset) -> dict[int, dict]:
         out: dict[int, dict] = {}
-        if not self.path.exists():
-            return out
-        with open(self.path) as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                    row = int(d["row"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by an interruption
-                if 0 <= row < len(dataset) and d.get("image") == _image_key(dataset, dataset[row]) \
-                        and d.get("label") == dataset[row].label:
-                    out[row] = d
+        for d in self._store.rows():
+            try:
+                row = int(d["row"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if 0 <= row < len(dataset) and d.get("image") == _image_key(dataset, dataset[row]) \
+                    and d.get("label") == dataset[row].label:
+                out[row] = d
         return out
 
     def append(self, d: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across queries
-            if self._file.tell() > 0:
-                self._file.seek(self._file.tell() - 1)
-                if self._file.read(1) != "\n":
-                    self._file.write("\n")
-        self._file.write(json.dumps(d) + "\n")
-        self._file.flush()
+        self._store.append(d)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._store.close()
 
 
 def _image_key(dataset: LocalizationDataset, q: Query) -> str:

@@ -96,3 +96,56 @@ def check_writable(out: str | os.PathLike[str], what: str = "the report") -> Non
     make_dir(out.parent)
     if not os.access(out.parent, os.W_OK):
         raise PermissionError(f"cannot write {what} to {str(out)!r}: the directory is not writable")
+
+
+class JsonLines:
+    """An append-only JSON-lines store for one configuration, for resumable runs.
+
+    ``root/<key>/spec.json`` describes the configuration (``key``: a hash of ``spec``); rows
+    go to ``root/<key>/<name>``, one JSON object per line, flushed at once, so an interrupted
+    run loses at most the row in flight. :meth:`rows` reads every file matching ``pattern``
+    (several writers, one file each) and skips lines that do not parse (a line cut by an
+    interruption).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], spec: dict, name: str = "rows.jsonl") -> None:
+        import hashlib
+        import json
+
+        self._json = json
+        text = json.dumps(spec, sort_keys=True, default=str)
+        self.dir = pathlib.Path(root) / hashlib.sha1(text.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "spec.json").exists():
+            write_text_atomic(self.dir / "spec.json", json.dumps(spec, indent=1, sort_keys=True, default=str),
+                              what="cache spec")
+        self.path = self.dir / name
+        self._file = None
+
+    def rows(self, pattern: str | None = None):
+        """Every row written so far (of the files matching ``pattern``, default this one's)."""
+        for part in sorted(self.dir.glob(pattern or self.path.name)):
+            with open(part) as f:
+                for line in f:
+                    try:
+                        d = self._json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(d, dict):
+                        yield d
+
+    def append(self, row: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across rows
+            # An interrupted run may have left half a line: end it, so it spoils only itself.
+            if self._file.tell() > 0:
+                self._file.seek(self._file.tell() - 1)
+                if self._file.read(1) != "\n":
+                    self._file.write("\n")
+        self._file.write(self._json.dumps(row) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
