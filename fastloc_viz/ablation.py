@@ -238,12 +238,11 @@ def _run_chunk(bundle: ModelBundle, x: torch.Tensor, layer, chunk: Sequence[_Spe
 def _outcomes(bundle: ModelBundle, logits: torch.Tensor, target: int) -> list[Outcome]:
     probs = torch.softmax(logits, dim=1)
     top_p, top_i = probs.max(dim=1)
-    names = bundle.class_names
     return [
         Outcome(
             probability=float(probs[r, target]),
             logit=float(logits[r, target]),
-            top=Prediction(int(top_i[r]), names[int(top_i[r])] if int(top_i[r]) < len(names) else f"class {int(top_i[r])}", float(top_p[r])),
+            top=Prediction(int(top_i[r]), bundle.class_name(int(top_i[r])), float(top_p[r])),
         )
         for r in range(len(logits))
     ]

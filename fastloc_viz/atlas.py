@@ -45,6 +45,7 @@ from .hooks import forward_hook, preserved, require_called, require_spatial
 from .image_sources import IMAGE_SUFFIXES, Source, sources
 from .images import load_batch
 from .models import ModelBundle, bundle_of
+from .raster import encode, to_uint8
 
 __all__ = ["AtlasUnit", "NeuronAtlas", "IMAGE_SUFFIXES"]
 
@@ -123,9 +124,7 @@ def _patch_jpeg(image: Image.Image, y: int, x: int, grid: tuple[int, int], cells
     cy, cx = (y + 0.5) * sy, (x + 0.5) * sx
     box = (round(cx - cells * sx / 2), round(cy - cells * sy / 2), round(cx + cells * sx / 2), round(cy + cells * sy / 2))
     img = image.crop(box).resize((px, px), Image.BILINEAR)  # outside the image: black
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=88)
-    return buf.getvalue()
+    return encode(np.asarray(img))
 
 
 class NeuronAtlas:
@@ -431,7 +430,6 @@ class NeuronAtlas:
         offsets[1:] = np.cumsum([len(bt) for bt in blobs])
         data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if offsets[-1] else np.zeros(0, dtype=np.uint8)
         used = sorted({lab for labs in src.labels for lab in labs})
-        names = bundle.class_names
         atlas = cls(
             model=bundle.name,
             layer=name,
@@ -439,7 +437,7 @@ class NeuronAtlas:
             input_size=size,
             images=src.names,
             labels=src.labels,
-            class_names={lab: names[lab] if lab < len(names) else f"class {lab}" for lab in used},
+            class_names={lab: bundle.class_name(lab) for lab in used},
             top=top,
             signs=signs,
             patch_cells=patch_cells,
@@ -472,7 +470,7 @@ def _cut_patches(src: Source, size, idx, ys, xs, grid, cells: int, px: int, show
         items = tqdm(items, desc="atlas patches", unit="img")
     for i, slots in items:
         t = load_batch(src.items[i], size)[0]
-        rgb = Image.fromarray((t.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8))
+        rgb = Image.fromarray(to_uint8(t.permute(1, 2, 0).numpy()))
         for j in slots:
             blobs[j] = _patch_jpeg(rgb, int(ys[j]), int(xs[j]), grid, cells, px)
     return blobs

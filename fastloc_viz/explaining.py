@@ -125,8 +125,8 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
             Explanation(
                 method=m.name,
                 target=target,
-                target_name=_name(bundle, target),
-                top5=tuple(Prediction(int(j), _name(bundle, int(j)), float(q)) for q, j in zip(top.values, top.indices)),
+                target_name=bundle.class_name(target),
+                top5=tuple(Prediction(int(j), bundle.class_name(int(j)), float(q)) for q, j in zip(top.values, top.indices)),
                 layer=ctx.layer[0] if ctx.layer else None,
                 saliency=sal,
                 box=M.map_to_box(sal, p.threshold, p.components),
@@ -139,10 +139,6 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
             )
         )
     return results
-
-
-def _name(bundle: ModelBundle, index: int) -> str:
-    return bundle.class_names[index] if index < len(bundle.class_names) else f"class {index}"
 
 
 def _targets(bundle: ModelBundle, target, n: int) -> list[int | None]:

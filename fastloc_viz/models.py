@@ -74,6 +74,10 @@ class ModelBundle:
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
         return (images - mean[:, None, None]) / std[:, None, None]
 
+    def class_name(self, index: int) -> str:
+        """The name of class ``index`` (``"class N"`` past the end of ``class_names``)."""
+        return self.class_names[index] if index < len(self.class_names) else f"class {index}"
+
     def class_index(self, target: int | str) -> int:
         """A class index from an index, a name or a widget label; see :mod:`fastloc_viz.classes`.
 

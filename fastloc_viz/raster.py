@@ -55,17 +55,21 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def image_uri(rgb: np.ndarray, fmt: str = "JPEG", quality: int = 88) -> str:
-    """A ``data:`` URI for an ``H x W x 3`` RGB image (float in ``[0, 1]`` or uint8)."""
+def encode(rgb: np.ndarray, fmt: str = "JPEG", quality: int = 88, optimize: bool = True) -> bytes:
+    """An ``H x W x 3`` RGB image (float in ``[0, 1]`` or uint8) as JPEG or PNG bytes."""
     buf = io.BytesIO()
     img = PILImage.fromarray(to_uint8(rgb))
     if fmt.upper() == "JPEG":
         img.save(buf, format="JPEG", quality=quality)
-        mime = "image/jpeg"
     else:
-        img.save(buf, format="PNG", optimize=True)
-        mime = "image/png"
-    return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        img.save(buf, format="PNG", optimize=optimize)
+    return buf.getvalue()
+
+
+def image_uri(rgb: np.ndarray, fmt: str = "JPEG", quality: int = 88) -> str:
+    """A ``data:`` URI for an ``H x W x 3`` RGB image (float in ``[0, 1]`` or uint8)."""
+    mime = "image/jpeg" if fmt.upper() == "JPEG" else "image/png"
+    return f"data:{mime};base64," + base64.b64encode(encode(rgb, fmt, quality)).decode("ascii")
 
 
 @functools.lru_cache(maxsize=32)

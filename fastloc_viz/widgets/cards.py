@@ -7,24 +7,21 @@ which rank each card shows."""
 from __future__ import annotations
 
 import html
-import io
 from collections.abc import Callable, Sequence
 
 import ipywidgets as W
 import numpy as np
-from PIL import Image as PILImage
 
 from .. import plots
 from ..explanation import Explanation
 from ..neuron_cards import activation_thumbnail, atlas_sign
+from ..raster import encode
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 
 
 def png(rgb_uint8: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(rgb_uint8).save(buf, format="PNG", optimize=False)
-    return buf.getvalue()
+    return encode(rgb_uint8, "PNG", optimize=False)
 
 
 def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card") -> dict:
