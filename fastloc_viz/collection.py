@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from .coco import coco_document, csv_text, mask_rle, unique_rows
-from .evaluate import Dist, init_distributed, machine_info
-from .files import check_writable, make_dir, write_text_atomic
+from .evaluate import Dist, barrier, init_distributed, machine_info
+from .files import check_writable, make_dir, open_json_lines, read_json_lines, write_text_atomic
 
 log = logging.getLogger("fastloc_viz")
 
@@ -225,26 +225,7 @@ class OutputLock:
 
 # -------------------------------------------------------------------------------- parts
 def _read_parts(parts: Path) -> list[dict]:
-    rows = []
-    for part in sorted(parts.glob("rank-*.jsonl")):
-        with open(part) as f:
-            for line in f:
-                try:
-                    d = json.loads(line)
-                    if isinstance(d, dict) and "key" in d and "status" in d:
-                        rows.append(d)
-                except ValueError:  # a line cut by a kill
-                    continue
-    return rows
-
-
-def _open_part(path: Path):
-    f = open(path, "a+")  # noqa: SIM115 - kept open for the run
-    if f.tell() > 0:  # end a line a kill cut, so it spoils only itself
-        f.seek(f.tell() - 1)
-        if f.read(1) != "\n":
-            f.write("\n")
-    return f
+    return [d for d in read_json_lines(parts, "rank-*.jsonl") if "key" in d and "status" in d]
 
 
 def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool) -> dict:
@@ -356,7 +337,7 @@ def run_boxes(
                     p.unlink()
             make_dir(parts, "the run's parts folder")
             _check_spec(parts, spec)
-        _barrier(dist)
+        barrier()
         done = {r["key"] for r in _read_parts(parts)}
         mine = [it for it in items if it.index % dist.world_size == dist.rank and it.key not in done]
         info = {"description": f"fastloc-viz boxes: {method} on {Path(source).name}", "model": bundle.name,
@@ -381,7 +362,7 @@ def run_boxes(
 
             bar = tqdm(total=len(items), initial=len(done), unit="img", desc=f"boxes {method}",
                        dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-        part = _open_part(parts / f"rank-{dist.rank}.jsonl")
+        part = open_json_lines(parts / f"rank-{dist.rank}.jsonl")
         delay = float(os.environ.get("FASTLOC_BOXES_DELAY", "0") or 0)  # tests: slow a run down to kill it
         last = time.monotonic()
         new, first_batch = 0, None  # steady rate: from the end of the first batch (workers up, model warm)
@@ -423,7 +404,7 @@ def run_boxes(
         t_end = time.perf_counter()
         steady = (new - first_batch[1]) / (t_end - first_batch[0]) if first_batch and new > first_batch[1] else None
         steady = _all_sum(steady or 0.0, dist)
-        _barrier(dist)
+        barrier()
         elapsed = time.perf_counter() - t_start
         if dist.is_main:
             write_outputs()
@@ -463,8 +444,3 @@ def _all_sum(value: float, dist: Dist) -> float:
     return float(t.item())
 
 
-def _barrier(dist: Dist) -> None:
-    if dist.world_size > 1:
-        import torch.distributed as td
-
-        td.barrier()

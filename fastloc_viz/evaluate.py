@@ -219,7 +219,7 @@ def init_distributed() -> Dist:
     return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
 
 
-def _barrier() -> None:
+def barrier() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -571,7 +571,7 @@ def finish(results: dict[str, Any], args: argparse.Namespace, dist: Dist, table:
             print(json.dumps(json_summary(results)))
         else:
             print(table, end="")
-    _barrier()
+    barrier()
     return 0
 
 

@@ -27,12 +27,10 @@ from typing import Any
 import numpy as np
 
 from .data import LocalizationDataset, Query
-from .files import JsonLines
+from .files import JsonLines, read_json_lines
 from .methods import get_method
 
 METRICS = ("localization", "faithfulness", "sanity")
-FAITHFULNESS_KEYS = ("deletion_auc", "insertion_auc")
-SANITY_KEYS = ("sanity_similarity", "sanity_curve")
 CACHE_VERSION = 1
 
 
@@ -167,6 +165,7 @@ def evaluate_box_free(
                 if layer is not None and "layer" not in kwargs:
                     kwargs["layer"] = layer
                 base = {"row": q.row, "image": _image_key(dataset, q), "label": q.label}
+                e = None  # the trained model's explanation, shared by both metrics
                 key = (spec.label, "faithfulness")
                 if key in done and q.row not in done[key]:
                     t = time.perf_counter()
@@ -181,10 +180,9 @@ def evaluate_box_free(
                 key = (spec.label, "sanity")
                 if key in done and q.row not in done[key] and wanted(q, "sanity"):
                     t = time.perf_counter()
-                    lay = kwargs.pop("layer", None)
-                    r = sanity_check(bundle, image, methods=[spec.method], target=q.label, layer=lay,
-                                     level=level, depths=sanity_depths, seed=seed,
-                                     explain_kwargs=kwargs)[spec.method]
+                    r = sanity_check(bundle, image, methods=[spec.method], target=q.label,
+                                     level=level, depths=sanity_depths, seed=seed, explain_kwargs=kwargs,
+                                     originals=None if e is None else {spec.method: e})[spec.method]
                     d = {**base, "target": r.target, "time_s": time.perf_counter() - t, **r.to_dict()}
                     done[key][q.row] = d
                     if key in caches:
@@ -238,14 +236,11 @@ def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
         spec = json.loads(spec_path.read_text())
         label = MethodSpec(spec["method"], spec["kwargs"]).label
         rows: dict[int, dict] = {}
-        path = spec_path.parent / "rows.jsonl"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    d = json.loads(line)
-                    rows[int(d["row"])] = d
-                except (ValueError, KeyError, TypeError):
-                    continue
+        for d in read_json_lines(spec_path.parent, "rows.jsonl"):
+            try:
+                rows[int(d["row"])] = d
+            except (ValueError, KeyError, TypeError):
+                continue
         if len(rows) > len(out.get(label, {})):  # several settings of one method: the fullest
             out[label] = rows
     order = list(METHODS)

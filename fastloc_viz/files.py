@@ -6,11 +6,13 @@ written to a temporary file beside the target, flushed to disk, then renamed ove
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pathlib
 import tempfile
 
-__all__ = ["check_writable", "make_dir", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["JsonLines", "check_writable", "make_dir", "open_json_lines", "read_json_lines", "write_bytes_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, what: str = "file") -> pathlib.Path:
@@ -98,6 +100,31 @@ def check_writable(out: str | os.PathLike[str], what: str = "the report") -> Non
         raise PermissionError(f"cannot write {what} to {str(out)!r}: the directory is not writable")
 
 
+def read_json_lines(directory: str | os.PathLike[str], pattern: str):
+    """The JSON objects of every file in ``directory`` matching ``pattern``, line by line,
+    skipping lines that do not parse (one cut by an interruption)."""
+    for part in sorted(pathlib.Path(directory).glob(pattern)):
+        with open(part) as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(d, dict):
+                    yield d
+
+
+def open_json_lines(path: str | os.PathLike[str]):
+    """``path`` opened for appending JSON lines; a last line an interruption cut is ended
+    first, so it spoils only itself."""
+    f = open(path, "a+")  # noqa: SIM115 - the caller keeps it open across rows
+    if f.tell() > 0:
+        f.seek(f.tell() - 1)
+        if f.read(1) != "\n":
+            f.write("\n")
+    return f
+
+
 class JsonLines:
     """An append-only JSON-lines store for one configuration, for resumable runs.
 
@@ -109,10 +136,6 @@ class JsonLines:
     """
 
     def __init__(self, root: str | os.PathLike[str], spec: dict, name: str = "rows.jsonl") -> None:
-        import hashlib
-        import json
-
-        self._json = json
         text = json.dumps(spec, sort_keys=True, default=str)
         self.dir = pathlib.Path(root) / hashlib.sha1(text.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -124,25 +147,12 @@ class JsonLines:
 
     def rows(self, pattern: str | None = None):
         """Every row written so far (of the files matching ``pattern``, default this one's)."""
-        for part in sorted(self.dir.glob(pattern or self.path.name)):
-            with open(part) as f:
-                for line in f:
-                    try:
-                        d = self._json.loads(line)
-                    except ValueError:
-                        continue
-                    if isinstance(d, dict):
-                        yield d
+        return read_json_lines(self.dir, pattern or self.path.name)
 
     def append(self, row: dict) -> None:
         if self._file is None:
-            self._file = open(self.path, "a+")  # noqa: SIM115 - kept open across rows
-            # An interrupted run may have left half a line: end it, so it spoils only itself.
-            if self._file.tell() > 0:
-                self._file.seek(self._file.tell() - 1)
-                if self._file.read(1) != "\n":
-                    self._file.write("\n")
-        self._file.write(self._json.dumps(row) + "\n")
+            self._file = open_json_lines(self.path)
+        self._file.write(json.dumps(row) + "\n")
         self._file.flush()
 
     def close(self) -> None:

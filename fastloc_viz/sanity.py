@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,6 +195,7 @@ def sanity_check(
     seed: int = 42,
     progress: bool = False,
     explain_kwargs: dict[str, Any] | None = None,
+    originals: Mapping[str, Any] | None = None,
 ) -> dict[str, SanityResult]:
     """Cascading model randomization for one image and several methods.
 
@@ -210,7 +211,10 @@ def sanity_check(
         depths: which depths to compute (``None``: all); full randomization is always added.
         seed: the re-initialization seed.
         progress: a tqdm bar over the depths.
-        explain_kwargs: more keyword arguments for ``explain`` (method parameters).
+        explain_kwargs: more keyword arguments for ``explain`` (method parameters; a
+            ``layer`` there counts as ``layer``).
+        originals: method -> the trained model's explanation of this image, already computed
+            with the same arguments (a caller that has it saves one ``explain`` per method).
 
     Returns:
         ``{method: SanityResult}``.
@@ -219,7 +223,12 @@ def sanity_check(
 
     bundle = bundle_of(model)
     kw = dict(explain_kwargs or {})
-    originals = {m: explain(bundle, image, method=m, target=target, layer=layer, **kw) for m in methods}
+    layer = kw.pop("layer", layer)
+    given = dict(originals or {})
+    originals = {
+        m: given[m] if m in given else explain(bundle, image, method=m, target=target, layer=layer, **kw)
+        for m in methods
+    }
     tgt = next(iter(originals.values())).target if originals else None
     groups = randomization_groups(bundle.model, level)
     ds = _depths(depths, len(groups))

@@ -95,13 +95,12 @@ class ChecksPanel:
                     out[m] = faithfulness_of(self.owner.bundle, e, steps=self.steps)
                 self.faithfulness = out
             else:
-                kw = dict(self.owner._kwargs)
-                layer = kw.pop("layer", None)
                 out = {}
                 for i, (m, e) in enumerate(exps.items()):
                     self._progress(i / n, f"{m} {i + 1}/{n}")
                     out[m] = sanity_check(self.owner.bundle, self.owner.image, methods=[m], target=e.target,
-                                          layer=layer, depths=self.depths, explain_kwargs=kw)[m]
+                                          depths=self.depths, explain_kwargs=self.owner._kwargs,
+                                          originals={m: e})[m]
                 self.sanity = out
             self._progress(None)
             self._draw(section)
