@@ -111,14 +111,8 @@ def _too_big(img: Image.Image) -> bool:
 
 def _reduced(img: Image.Image) -> Image.Image:
     """``img`` shrunk by an integer factor to at most :data:`MAX_PIXELS` pixels, with a warning."""
-    need = img.width * img.height * 3 * 4 / 2**30
     factor = int(np.ceil(np.sqrt(img.width * img.height / MAX_PIXELS)))
-    warnings.warn(
-        f"image of {img.width} x {img.height} pixels would take {need:.1f} GiB as a float "
-        f"tensor; downscaling it by {factor} before resizing to the model's input",
-        UserWarning,
-        stacklevel=5,
-    )
+    warn_downscale(img.width, img.height, factor, stacklevel=6)
     return img.reduce(factor)
 
 

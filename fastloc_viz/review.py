@@ -16,10 +16,12 @@ import json
 import os
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .coco import xyxy_to_xywh
 from .files import write_text_atomic
 
 STATUSES = ("accepted", "rejected")
@@ -121,7 +123,7 @@ class ReviewStore:
         except KeyError:
             raise KeyError(f"no proposal for {file!r} in {str(self.boxes_path)!r}") from None
         d = self._decisions.get(file)
-        return p if d is None else Proposal(**{**p.__dict__, "decision": dict(d)})
+        return p if d is None else dataclasses.replace(p, decision=dict(d))
 
     def proposals(self, *, sort: str = "-score", category: int | str | None = None,
                   status: str | None = "any") -> list[Proposal]:
@@ -196,7 +198,7 @@ class ReviewStore:
             images.append({"id": len(images) + 1, "file_name": p.file, "width": p.width, "height": p.height})
             x0, y0, x1, y1 = p.final_box
             annotations.append({"id": len(annotations) + 1, "image_id": len(images), "category_id": p.category_id,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                                "bbox": xyxy_to_xywh(p.final_box), "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                                 "score": p.score, "adjusted": bool(p.decision and "box" in p.decision)})
         used = sorted({a["category_id"] for a in annotations})
         return {"info": {**self.info, "reviewed": True, "from": str(self.boxes_path)}, "images": images,

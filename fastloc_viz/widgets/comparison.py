@@ -236,7 +236,7 @@ class MethodComparison(WidgetBase):
         self._set_quiet(self.threshold_slider, value=self._threshold)
         ious = self.ious()
         rows = "".join(
-            f"<tr><td>{html.escape(METHODS[m].label if m in METHODS else plots.method_label(m))}</td>"
+            f"<tr><td>{html.escape(plots.method_label(m))}</td>"
             f"<td style='text-align:right'>{e.time_s * 1000:.0f} ms</td>"
             f"<td style='text-align:right'>{tuple(e.box)}</td>"
             + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "")

@@ -13,15 +13,15 @@ boxes as COCO.
 
 from __future__ import annotations
 
-import base64
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
+import numpy as np
 from PIL import Image, ImageDraw
 
+from ..raster import encode, image_uri
 from ..review import ReviewStore
 
 COLORS = {None: (0, 229, 255), "accepted": (40, 200, 80), "rejected": (230, 50, 50)}
@@ -45,9 +45,7 @@ def _draw(img: Image.Image, box, status, size: int, photo: tuple[int, int] | Non
     sx, sy = img.width / w0, img.height / h0
     x0, y0, x1, y1 = box
     ImageDraw.Draw(img).rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=COLORS[status], width=3)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+    return encode(np.asarray(img), "PNG", optimize=False)
 
 
 class BoxReview(W.VBox):
@@ -200,10 +198,8 @@ class BoxReview(W.VBox):
             img = im.convert("RGB")
         f_disp = 512 / max(p.width, p.height)
         shown = img.resize((max(1, round(p.width * f_disp)), max(1, round(p.height * f_disp))))
-        buf = io.BytesIO()
-        shown.save(buf, "JPEG", quality=88)
         x0, y0, x1, y1 = p.final_box
-        bbox = BBoxWidget(image="data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(),
+        bbox = BBoxWidget(image=image_uri(np.asarray(shown)),
                           classes=[p.category], hide_buttons=True,
                           bboxes=[{"x": x0 * f_disp, "y": y0 * f_disp, "width": (x1 - x0) * f_disp,
                                    "height": (y1 - y0) * f_disp, "label": p.category}])

@@ -141,9 +141,7 @@ class ExplorerState:
         ``"nothing"``, ``"recombine"`` (cached neuron maps), ``"cached"`` (another cached
         explanation, recombined) or ``"explain"`` (a new explain call)."""
         want = self.wanted if want is None else want
-        if not self.applied:
-            return CACHED if self.key(want) in self.cache else EXPLAIN
-        if self.key(want) != self.key(self.applied):
+        if not self.applied or self.key(want) != self.key(self.applied):
             return CACHED if self.key(want) in self.cache else EXPLAIN
         if self._light(want) == self._light(self.applied):
             return NOTHING
