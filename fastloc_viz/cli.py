@@ -188,7 +188,8 @@ def _summary(name: str, results: dict, report: Path) -> str:
             f"activation {n.activation:8.3f}  gradient {n.gradient:8.4f}"
         )
     for method, e in results.items():
-        lines.append(f"  {method:16s} box {e.box}  in the photo {e.box_original}  {e.time_s * 1000:7.1f} ms")
+        where = f"box {e.box}  in the photo {e.box_original}" if e.box is not None else "no box (all-zero map)"
+        lines.append(f"  {method:16s} {where}  {e.time_s * 1000:7.1f} ms")
     lines.append(f"  report: {report}")
     return "\n".join(lines)
 
@@ -199,7 +200,7 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
     d["image"] = name
     d["report"] = str(report) if report is not None else None
     d["baselines"] = {
-        m: {"box": list(e.box), "box_original": list(e.box_original), "time_s": e.time_s}
+        m: {"box": e.to_dict()["box"], "box_original": e.to_dict()["box_original"], "time_s": e.time_s}
         for m, e in list(results.items())[1:]
     }
     return d

@@ -4,18 +4,22 @@ A *row* (what :mod:`fastloc_viz.collection` records per image, one JSON line eac
 
 * every row: ``key`` (unique per image and target), ``file`` (path relative to the source),
   ``status`` (``"ok"`` or ``"skipped"``);
-* ``"skipped"`` rows: ``reason`` (one line: why the file could not be used);
+* ``"skipped"`` rows: ``reason`` (one line: why the file could not be used, or why it got no
+  box: an all-zero map);
 * ``"ok"`` rows: ``width``, ``height`` (the photo's own size), ``target`` (class index),
   ``target_name``, ``given`` (whether the target came from the source, else top-1),
   ``probability`` (the model's probability of the target), ``box`` (``x0 y0 x1 y1`` on the
   model's grid), ``box_original`` (the same in the photo's pixels, see
-  :func:`fastloc_viz.explanation.box_to_original`), ``params`` (the method's parameters), and
-  optionally ``rle`` (the thresholded map as a COCO RLE in the photo's pixels).
+  :func:`fastloc_viz.explanation.box_to_original`), ``params`` (the method's parameters),
+  optionally ``rle`` (the thresholded map as a COCO RLE in the photo's pixels), and with
+  ``components="all"`` ``boxes`` (every component: ``box``, ``box_original``, ``score``; the
+  COCO output then holds one detection per component).
 
 COCO conventions used here: ``bbox`` is ``[x, y, width, height]`` in the photo's pixels
 (pixel-edge coordinates: ``x = x0``, ``width = x1 - x0``); ``category_id`` is the model's
 class index (0-based); image and annotation ids count from 1 in the order of the rows;
-``score`` is the target's probability. Skipped files are listed under the extra top-level
+``score`` is the target's probability (times the component's score with
+``components="all"``). Skipped files are listed under the extra top-level
 key ``"skipped"`` (pycocotools ignores it).
 
 ``pycocotools`` is needed only for masks and AP (the ``coco`` extra).
@@ -103,22 +107,25 @@ def coco_document(
             image_ids[r["file"]] = len(images) + 1
             images.append({"id": image_ids[r["file"]], "file_name": r["file"],
                            "width": int(r["width"]), "height": int(r["height"])})
-        bbox = xyxy_to_xywh(r["box_original"])
-        ann = {
-            "id": len(annotations) + 1,
-            "image_id": image_ids[r["file"]],
-            "category_id": int(r["target"]),
-            "bbox": bbox,
-            "area": float(bbox[2] * bbox[3]),
-            "iscrowd": 0,
-            "score": float(r["probability"]),
-            "target_given": bool(r.get("given", False)),
-            "box_grid": list(r["box"]),
-            "params": r.get("params", {}),
-        }
-        if r.get("rle") is not None:
-            ann["segmentation"] = r["rle"]
-        annotations.append(ann)
+        # components="all": one detection per component, scored probability x component score
+        found = r.get("boxes") or [{"box": r["box"], "box_original": r["box_original"], "score": 1.0}]
+        for j, b in enumerate(found):
+            bbox = xyxy_to_xywh(b["box_original"])
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_ids[r["file"]],
+                "category_id": int(r["target"]),
+                "bbox": bbox,
+                "area": float(bbox[2] * bbox[3]),
+                "iscrowd": 0,
+                "score": float(r["probability"]) * float(b["score"]),
+                "target_given": bool(r.get("given", False)),
+                "box_grid": list(b["box"]),
+                "params": r.get("params", {}),
+            }
+            if r.get("rle") is not None and j == 0:
+                ann["segmentation"] = r["rle"]
+            annotations.append(ann)
     return {
         "info": dict(info or {}),
         "images": images,

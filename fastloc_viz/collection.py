@@ -250,11 +250,16 @@ def _check_spec(parts: Path, spec: dict) -> None:
 
 # ---------------------------------------------------------------------------------- run
 def _row(item: Item, e, masks: bool) -> dict:
+    if e.box is None:
+        return {"key": item.key, "index": item.index, "file": item.file, "status": "skipped",
+                "reason": f"the map for {e.target_name!r} is all zero: no box"}
     d = {"key": item.key, "index": item.index, "file": item.file, "status": "ok",
          "width": e.photo_size[0], "height": e.photo_size[1], "target": e.target, "target_name": e.target_name,
          "given": item.label is not None, "probability": _probability(e), "box": list(e.box),
          "box_original": list(e.box_original),
          "params": {k: v for k, v in e.to_dict()["params"].items() if k != "image"}}
+    if e.boxes is not None:  # components="all": every component, scored
+        d["boxes"] = e.to_dict()["boxes"]
     if masks:
         d["rle"] = mask_rle(_mask_original(e))
     return d
@@ -272,7 +277,7 @@ def _mask_original(e) -> np.ndarray:
 
     p = e.params
     mask = M.select_components(M.threshold_mask(e.saliency, float(p.get("threshold", 0.3))),
-                               p.get("components", "largest"))
+                               p.get("components", "peak"), e.saliency)
     h, w = mask.shape
     w0, h0 = e.photo_size
     cols = np.minimum((np.arange(w0) + 0.5) * w / w0, w - 1).astype(int)

@@ -186,6 +186,6 @@ def recombine(
         sigma=p.get("sigma"),
         class_map=explanation.class_map,
     )
-    box = M.map_to_box(sal, p["threshold"], p["components"])
+    fields = M.box_fields(sal, p["threshold"], p["components"], f"the map of neurons {enabled}")
     p["enabled"] = enabled
-    return explanation.replace(saliency=sal, box=box, params=p)
+    return explanation.replace(saliency=sal, params=p, **fields)

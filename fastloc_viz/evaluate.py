@@ -60,7 +60,7 @@ JSON_KEYS = (
 BOX_FREE_KEYS = ("deletion_auc", "insertion_auc", "sanity_similarity")
 """Added to ``--json`` by ``--metrics faithfulness,sanity`` (and the list ``sanity_curve``)."""
 
-CACHE_VERSION = 3  # bump when a method's results change for the same parameters and defaults
+CACHE_VERSION = 4  # bump when a method's results change for the same parameters and defaults
 
 
 # ----------------------------------------------------------------------------- methods

@@ -59,8 +59,10 @@ def explain(
         **params: the method's parameters (its ``Params`` dataclass; ``None`` means the
             default). Every method takes ``sigma`` (smoothing in pixels before boxing;
             default 16 px at 224 px, 0 for Grad-CAM), ``threshold`` (box threshold, a
-            fraction of the map's maximum, default 0.3) and ``components`` (``"largest"``
-            connected component, or ``"all"``). ``fastloc`` also takes ``k`` (5),
+            fraction of the map's maximum, default 0.3) and ``components`` (``"peak"``: the
+            connected component holding the map's peak; ``"largest"``; ``"all"``: one scored
+            box per component in ``Explanation.boxes``; ``"merged"``: one box around all).
+            An all-zero map gets no box (``box=None``) and a warning. ``fastloc`` also takes ``k`` (5),
             ``rank_grad`` (``"plain"``: class-specific; ``"guided"``: the authors'),
             ``combine`` (``"gate_cam"``, see :mod:`fastloc_viz.combine`) and ``passes``
             (``"auto"``, ``"loop"``, ``"batched"``); ``fastloc_rescored`` also ``kmax`` (10).
@@ -129,7 +131,7 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
                 top5=tuple(Prediction(int(j), bundle.class_name(int(j)), float(q)) for q, j in zip(top.values, top.indices)),
                 layer=ctx.layer[0] if ctx.layer else None,
                 saliency=sal,
-                box=M.map_to_box(sal, p.threshold, p.components),
+                **M.box_fields(sal, p.threshold, p.components, f"the {m.name} map for {bundle.class_name(target)!r}"),
                 image=to_numpy_image(images[i]),
                 time_s=elapsed,
                 timings={key: v / n for key, v in out.timings.items()},

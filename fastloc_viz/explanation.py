@@ -62,7 +62,8 @@ class Explanation:
         top5: the model's five most probable classes, best first.
         layer: the dotted name of the probe layer (``None`` for methods that use none).
         saliency: ``H x W`` float32 in ``[0, 1]``: the localization map the box comes from.
-        box: ``(x0, y0, x1, y1)``, see :data:`Box`.
+        box: ``(x0, y0, x1, y1)``, see :data:`Box`; ``None`` when the map is all zero (nothing
+            to box).
         image: ``H x W x 3`` float32 RGB in ``[0, 1]``: the image as the model saw it, before
             normalization.
         time_s: wall time of the call that produced this explanation, per image.
@@ -82,6 +83,9 @@ class Explanation:
             ``neurons`` (from the forward pass; no extra pass). ``None`` for other methods and
             for explanations made before it existed.
         probability: the model's probability (softmax) of the target class.
+        boxes: with ``components="all"``: one ``(box, score)`` per connected component of the
+            thresholded map, best first; the score is the map's maximum inside the component
+            over the map's maximum (the peak's component: 1.0). ``None`` otherwise.
         original_size: ``(width, height)`` of the photo before it was resized to the grid:
             a file's full size (``ImageInfo.size``), an array's or tensor's own size; ``None``
             when unknown (then the grid is taken as the photo). See :attr:`box_original`.
@@ -93,7 +97,7 @@ class Explanation:
     top5: tuple[Prediction, ...]
     layer: str | None
     saliency: np.ndarray
-    box: Box
+    box: Box | None
     image: np.ndarray
     time_s: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,6 +109,7 @@ class Explanation:
     activation_maps: np.ndarray | None = None
     original_size: tuple[int, int] | None = None
     probability: float | None = None
+    boxes: tuple[tuple[Box, float], ...] | None = None
 
     @property
     def photo_size(self) -> tuple[int, int]:
@@ -115,8 +120,11 @@ class Explanation:
         return (w, h)
 
     @property
-    def box_original(self) -> Box:
-        """:attr:`box` in the original photo's pixels, by :func:`box_to_original`."""
+    def box_original(self) -> Box | None:
+        """:attr:`box` in the original photo's pixels, by :func:`box_to_original` (``None``
+        when there is no box)."""
+        if self.box is None:
+            return None
         return box_to_original(self.box, self.input_size, self.photo_size)
 
     @property
@@ -137,13 +145,18 @@ class Explanation:
             "layer": self.layer,
             "layer_shape": list(self.layer_shape) if self.layer_shape else None,
             "input_size": list(self.input_size),
-            "box": list(self.box),
+            "box": None if self.box is None else list(self.box),
             "original_size": list(self.photo_size),
-            "box_original": list(self.box_original),
+            "box_original": None if self.box is None else list(self.box_original),
             "time_s": self.time_s,
             "timings": dict(self.timings),
             "params": _jsonable(self.params),
         }
+        if self.boxes is not None:
+            out["boxes"] = [
+                {"box": list(b), "box_original": list(box_to_original(b, self.input_size, self.photo_size)), "score": sc}
+                for b, sc in self.boxes
+            ]
         if self.neurons is not None:
             out["neurons"] = [dataclasses.asdict(n) for n in self.neurons]
         return out

@@ -18,8 +18,9 @@ Definitions (per query; a rate is the count over the number of queries)
 IoU
     ``area(a & b) / area(a | b)`` of two boxes, ``0`` when the union is empty.
 GT-known localization
-    The method's own box (``Explanation.box``, at the method's own threshold) has
-    IoU >= 0.5 with at least one ground-truth box of the query.
+    The method's own box (``Explanation.box``, at the method's own threshold: the box a user
+    gets) has IoU >= 0.5 with at least one ground-truth box of the query. No box (an all-zero
+    map) is a miss.
 Top-1 localization
     GT-known localization and the model's top-1 class equals the label.
 MaxBoxAcc(delta)
@@ -33,6 +34,11 @@ MaxBoxAccV2
     ground-truth box; the best ``t`` is chosen per delta, and MaxBoxAccV2 is the mean over
     delta = 0.3, 0.5, 0.7. (Their code boxes OpenCV contours, which also include holes; here the
     components are 8-connected regions, which is what the outer contours are.)
+Peak-box accuracy (``boxacc_peak_50``, per threshold in ``curves()["peak_50"]``)
+    As MaxBoxAcc(0.5), but the box is the component holding the map's peak: fastloc_viz's
+    default box (``components="peak"``). Its value at a method's default threshold is the
+    GT-known localization of that default; the curve is what the default threshold is
+    chosen from.
 Pointing game
     The map's peak (the first maximum in raster order, at its pixel centre) lies within
     ``tolerance`` pixels (Euclidean, default 15, on the input grid) of a ground-truth box.
@@ -50,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from .maps import component_boxes
+from .maps import component_boxes, component_boxes_of, label_components  # noqa: F401 (re-exported)
 
 IOU_LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7)
 """The IoU levels ``delta`` of MaxBoxAcc and MaxBoxAccV2."""
@@ -105,6 +111,14 @@ def best_iou(box: Sequence[float], gt_boxes: Any) -> float:
 def sweep_ious(
     saliency: np.ndarray, gt_boxes: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(largest, all_)`` of :func:`sweep_all` (MaxBoxAcc's and MaxBoxAccV2's IoUs)."""
+    largest, all_, _ = sweep_all(saliency, gt_boxes, thresholds)
+    return largest, all_
+
+
+def sweep_all(
+    saliency: np.ndarray, gt_boxes: Any, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Best IoU with the ground truth at every threshold of a sweep.
 
     Args:
@@ -113,10 +127,10 @@ def sweep_ious(
         thresholds: ``T`` fractions of the map's maximum.
 
     Returns:
-        ``(largest, all_)``, each ``T`` float64: at each threshold, the best IoU (over the
-        ground-truth boxes) of the largest component's box (MaxBoxAcc), and the best IoU over
-        every component's box (MaxBoxAccV2). An all-zero map gives the whole-image box at every
-        threshold, as :func:`fastloc_viz.maps.map_to_box` does.
+        ``(largest, all_, peak)``, each ``T`` float64: at each threshold, the best IoU (over
+        the ground-truth boxes) of the largest component's box (MaxBoxAcc), the best IoU over
+        every component's box (MaxBoxAccV2), and the IoU of the box of the component holding
+        the map's peak (the default box). An all-zero map has no box: IoU 0 everywhere.
     """
     s = np.asarray(saliency, dtype=np.float32)
     gt = _as_boxes(gt_boxes)
@@ -124,10 +138,10 @@ def sweep_ious(
     top = float(s.max()) if s.size else 0.0
     largest = np.zeros(len(thresholds), dtype=np.float64)
     all_ = np.zeros(len(thresholds), dtype=np.float64)
-    whole = best_iou((0, 0, w, h), gt)
+    peak = np.zeros(len(thresholds), dtype=np.float64)
     if top <= 0:
-        largest[:] = all_[:] = whole
-        return largest, all_
+        return largest, all_, peak
+    py, px = np.unravel_index(int(np.argmax(s)), s.shape)
     # Masks of ascending thresholds are nested, so an unchanged pixel count means an
     # unchanged mask: reuse the previous threshold's answer instead of labelling again.
     ascending = bool(np.all(np.diff(np.asarray(thresholds, dtype=np.float64)) >= 0))
@@ -139,21 +153,23 @@ def sweep_ious(
         mask = s[y0:y1, x0:x1] >= np.float32(t) * np.float32(top)
         count = int(np.count_nonzero(mask))
         if ascending and count == previous:
-            largest[i], all_[i] = largest[i - 1], all_[i - 1]
+            largest[i], all_[i], peak[i] = largest[i - 1], all_[i - 1], peak[i - 1]
             continue
         previous = count
-        boxes, sizes = component_boxes(mask)
-        if len(boxes) == 0:
-            largest[i] = all_[i] = whole
+        labels, n = label_components(mask)
+        boxes, sizes = component_boxes_of(labels, n)
+        if len(boxes) == 0:  # only past the maximum (t > 1)
             continue
         boxes = boxes + np.array([x0, y0, x0, y0])
         best = iou_matrix(boxes, gt).max(axis=1)
         largest[i] = best[int(np.argmax(sizes))]
         all_[i] = best.max()
+        holder = labels[py - y0, px - x0] if y0 <= py < y1 and x0 <= px < x1 else 0
+        peak[i] = best[holder - 1] if holder > 0 else largest[i]
         if ascending:
             y0, x0 = int(boxes[:, 1].min()), int(boxes[:, 0].min())
             y1, x1 = int(boxes[:, 3].max()), int(boxes[:, 2].max())
-    return largest, all_
+    return largest, all_, peak
 
 
 def map_peak(saliency: np.ndarray) -> tuple[float, float] | None:
@@ -205,6 +221,8 @@ class QueryResult:
         iou_largest: ``T`` best IoU of the largest-component box at each threshold.
         iou_all: ``T`` best IoU over all component boxes at each threshold.
         time_s: seconds the method took on this query.
+        iou_peak: ``T`` IoU of the peak's component box at each threshold (empty in results
+            saved before it existed).
     """
 
     row: int
@@ -216,6 +234,7 @@ class QueryResult:
     iou_largest: tuple[float, ...]
     iou_all: tuple[float, ...]
     time_s: float = 0.0
+    iou_peak: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -228,6 +247,7 @@ class QueryResult:
             "iou_largest": list(self.iou_largest),
             "iou_all": list(self.iou_all),
             "time_s": self.time_s,
+            "iou_peak": list(self.iou_peak),
         }
 
     @classmethod
@@ -242,12 +262,13 @@ class QueryResult:
             iou_largest=tuple(float(v) for v in d["iou_largest"]),
             iou_all=tuple(float(v) for v in d["iou_all"]),
             time_s=float(d.get("time_s", 0.0)),
+            iou_peak=tuple(float(v) for v in d.get("iou_peak", ())),
         )
 
 
 def score_query(
     saliency: np.ndarray,
-    box: Sequence[float],
+    box: Sequence[float] | None,
     gt_boxes: Any,
     *,
     row: int,
@@ -261,7 +282,7 @@ def score_query(
 
     Args:
         saliency: ``H x W`` localization map on the input grid.
-        box: the method's own box ``(x0, y0, x1, y1)``.
+        box: the method's own box ``(x0, y0, x1, y1)``; ``None``: no box (a miss).
         gt_boxes: ``m x 4`` ground-truth boxes on the same grid.
         row, label, prediction: the query's row, its label (the target) and the top-1 class.
         thresholds: the sweep of MaxBoxAcc.
@@ -269,17 +290,18 @@ def score_query(
         time_s: the method's seconds on this query.
     """
     gt = _as_boxes(gt_boxes)
-    largest, all_ = sweep_ious(saliency, gt, thresholds)
+    largest, all_, peak = sweep_all(saliency, gt, thresholds)
     return QueryResult(
         row=int(row),
         label=int(label),
         prediction=int(prediction),
-        box_iou=best_iou(box, gt),
+        box_iou=0.0 if box is None else best_iou(box, gt),
         pointing=pointing_hit(saliency, gt, tolerance),
-        centre_in_box=centre_in_box(box, gt),
+        centre_in_box=False if box is None else centre_in_box(box, gt),
         iou_largest=tuple(float(v) for v in largest),
         iou_all=tuple(float(v) for v in all_),
         time_s=float(time_s),
+        iou_peak=tuple(float(v) for v in peak),
     )
 
 
@@ -297,6 +319,7 @@ class LocalizationCounts:
         gt_known, top1_loc, pointing, centre_in_box: hit counts (see the module docstring).
         hits_largest: ``3 x T`` int64, hits at IoU 0.3/0.5/0.7 x threshold, largest component.
         hits_all: ``3 x T`` int64, the same with all components (MaxBoxAccV2).
+        hits_peak: ``T`` int64, hits at IoU 0.5 x threshold, the peak's component.
         time_s: summed seconds (float; the one non-integer field).
         peak_memory_mb: the largest peak memory seen (max, not sum, when merged).
     """
@@ -310,6 +333,7 @@ class LocalizationCounts:
     centre_in_box: int = 0
     hits_largest: np.ndarray | None = None
     hits_all: np.ndarray | None = None
+    hits_peak: np.ndarray | None = None
     time_s: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -320,6 +344,8 @@ class LocalizationCounts:
             self.hits_largest = np.zeros(shape, dtype=np.int64)
         if self.hits_all is None:
             self.hits_all = np.zeros(shape, dtype=np.int64)
+        if self.hits_peak is None:
+            self.hits_peak = np.zeros(len(self.thresholds), dtype=np.int64)
 
     def add(self, result: QueryResult) -> None:
         """Count one query."""
@@ -339,6 +365,8 @@ class LocalizationCounts:
         self.centre_in_box += int(result.centre_in_box)
         self.hits_largest += np.asarray(result.iou_largest)[None, :] >= levels
         self.hits_all += np.asarray(result.iou_all)[None, :] >= levels
+        if result.iou_peak:
+            self.hits_peak += np.asarray(result.iou_peak) >= 0.5
         self.time_s += result.time_s
 
     def merge(self, other: LocalizationCounts) -> LocalizationCounts:
@@ -349,6 +377,7 @@ class LocalizationCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.hits_largest = self.hits_largest + other.hits_largest
         self.hits_all = self.hits_all + other.hits_all
+        self.hits_peak = self.hits_peak + other.hits_peak
         self.time_s += other.time_s
         self.peak_memory_mb = max(self.peak_memory_mb, other.peak_memory_mb)
         return self
@@ -356,7 +385,7 @@ class LocalizationCounts:
     def to_vector(self) -> np.ndarray:
         """All integer counts as one int64 vector (for ``all_reduce(SUM)``)."""
         scalars = np.array([getattr(self, name) for name in _SCALARS], dtype=np.int64)
-        return np.concatenate([scalars, self.hits_largest.ravel(), self.hits_all.ravel()])
+        return np.concatenate([scalars, self.hits_largest.ravel(), self.hits_all.ravel(), self.hits_peak])
 
     def load_vector(self, vector: np.ndarray) -> None:
         """Inverse of :meth:`to_vector` (in place)."""
@@ -367,6 +396,7 @@ class LocalizationCounts:
         size = self.hits_largest.size
         self.hits_largest = v[k : k + size].reshape(self.hits_largest.shape).copy()
         self.hits_all = v[k + size : k + 2 * size].reshape(self.hits_all.shape).copy()
+        self.hits_peak = v[k + 2 * size :].copy()
 
     def all_reduce(self) -> None:
         """Sum the counts (and time; max of peak memory) over a ``torch.distributed`` group.
@@ -402,6 +432,7 @@ class LocalizationCounts:
             tag = f"{round(level * 100)}"
             out[f"largest_{tag}"] = [self._rate(c) for c in self.hits_largest[j]]
             out[f"all_{tag}"] = [self._rate(c) for c in self.hits_all[j]]
+        out["peak_50"] = [self._rate(c) for c in self.hits_peak]
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -410,7 +441,8 @@ class LocalizationCounts:
         Keys: ``n``, ``top1_acc``, ``maxboxacc_30/50/70`` (largest component),
         ``maxboxacc_v2`` (mean over the three all-component MaxBoxAccs), ``maxboxacc_all_30/50/70``,
         ``best_threshold_30/50/70`` and ``best_threshold_all_30/50/70`` (the lowest threshold
-        reaching the maximum), ``gt_known_loc``, ``top1_loc``, ``pointing``, ``centre_in_box``,
+        reaching the maximum), ``boxacc_peak_50`` and ``best_threshold_peak_50`` (the peak's
+        component box, IoU 0.5), ``gt_known_loc``, ``top1_loc``, ``pointing``, ``centre_in_box``,
         ``sec_per_image``, ``peak_memory_mb``.
         """
         out: dict[str, Any] = {"n": self.n, "top1_acc": self._rate(self.correct)}
@@ -425,6 +457,9 @@ class LocalizationCounts:
             out[f"best_threshold_all_{tag}"] = float(self.thresholds[i])
             v2.append(out[f"maxboxacc_all_{tag}"])
         out["maxboxacc_v2"] = float(np.mean(v2))
+        i = int(np.argmax(self.hits_peak))
+        out["boxacc_peak_50"] = self._rate(self.hits_peak[i])
+        out["best_threshold_peak_50"] = float(self.thresholds[i])
         out["gt_known_loc"] = self._rate(self.gt_known)
         out["top1_loc"] = self._rate(self.top1_loc)
         out["pointing"] = self._rate(self.pointing)

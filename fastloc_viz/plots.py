@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
-from .metrics import iou as box_iou  # one IoU definition, shared with the metrics
+from .metrics import iou as _iou
 from .methods import METHODS
 from .explanation import Box, Explanation
 from .raster import (  # re-exported: plots.neuron_thumbnail etc. stay where users found them
@@ -80,6 +80,25 @@ def method_label(method: str) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def box_iou(box: Box | None, gt_box: Box) -> float:
+    """IoU of a method's box with a ground-truth box (the metrics' one definition); 0 for no
+    box (an all-zero map)."""
+    return 0.0 if box is None else _iou(box, gt_box)
+
+
+def box_shapes(explanation: Explanation, box: Box | None = None) -> list[dict[str, Any]]:
+    """The box's plotly shape (none without a box) and, with ``components="all"``, a thinner
+    dotted one per other component (named with its score). ``box`` replaces the explanation's."""
+    if box is not None:
+        return [_box_shape(box, BOX_COLOR, "box")]
+    if explanation.box is None:
+        return []
+    shapes = [_box_shape(explanation.box, BOX_COLOR, "box")]
+    for j, (other, score) in enumerate((explanation.boxes or ())[1:], start=2):
+        shapes.append(_box_shape(other, BOX_COLOR, f"box {j} (score {score:.2f})", dash="dot", width=1.5))
+    return shapes
 
 
 def _box_shape(
@@ -214,9 +233,7 @@ def overlay(
     fig = go.Figure()
     fig.add_trace(_photo_trace(explanation.image, name="image"))
     fig.add_trace(heatmap_trace(sal, opacity=opacity, colorscale=colorscale, max_side=max_side))
-    shapes = []
-    if show_box:
-        shapes.append(_box_shape(bx, BOX_COLOR, "box"))
+    shapes = box_shapes(explanation, box) if show_box else []
     if gt_box is not None:
         shapes.append(_box_shape(gt_box, GT_COLOR, "gt_box", dash="dash"))
     if title is None:
@@ -487,7 +504,8 @@ def method_grid(
             row=r,
             col=c,
         )
-        fig.add_shape(_box_shape(e.box, BOX_COLOR, f"box {name}"), row=r, col=c)
+        if e.box is not None:
+            fig.add_shape(_box_shape(e.box, BOX_COLOR, f"box {name}"), row=r, col=c)
         if gt_box is not None:
             fig.add_shape(_box_shape(gt_box, GT_COLOR, f"gt {name}", dash="dash"), row=r, col=c)
         _image_axes(fig, *e.input_size, row=r, col=c)

@@ -217,9 +217,11 @@ def receptive_field(neuron_map: np.ndarray, threshold: float = 0.15, sigma: floa
 
     The theoretical receptive field of a deep unit often covers the whole image; what the
     neuron actually responds to is where its guided-backprop map is non-negligible, so this
-    boxes every pixel at or above ``threshold`` of the (lightly smoothed) map's maximum.
+    boxes every pixel at or above ``threshold`` of the (lightly smoothed) map's maximum (the
+    whole map when it is all zero).
     """
-    return map_to_box(smooth(neuron_map, sigma), threshold, "all")
+    h, w = np.shape(neuron_map)
+    return map_to_box(smooth(neuron_map, sigma), threshold, "merged") or (0, 0, w, h)
 
 
 def neuron_centre(expl: Explanation, y: int, x: int) -> tuple[float, float, float, float]:

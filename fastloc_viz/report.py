@@ -72,6 +72,10 @@ def _fig_div(fig: go.Figure, first: bool) -> str:
     )
 
 
+def _box_text(box) -> str:
+    return "no box" if box is None else str(tuple(box))
+
+
 def _esc(x: Any) -> str:
     return html.escape(str(x))
 
@@ -131,7 +135,7 @@ def _timings_table(explanations: Mapping[str, Explanation], gt_box: Box | None) 
         )
         rows.append(
             f"<tr><td>{_esc(plots.method_label(name))}</td><td class='num'>{e.time_s * 1000:.0f} ms</td>"
-            f"<td class='muted'>{stages}</td><td class='num'>{tuple(e.box)}</td>{iou}"
+            f"<td class='muted'>{stages}</td><td class='num'>{_box_text(e.box)}</td>{iou}"
             f"<td><code>{_esc(e.layer or '')}</code></td></tr>"
         )
     return "<table>" + head + "".join(rows) + "</table>"
@@ -243,8 +247,12 @@ def _image_sections(
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
         + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
         + _predictions_table(lead)
-        + f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
-        + f" · in the photo's pixels {tuple(lead.box_original)} ({pw}×{ph})"
+        + (
+            f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
+            + f" · in the photo's pixels {tuple(lead.box_original)} ({pw}×{ph})"
+            if lead.box is not None
+            else "<p class='muted'>no box: the map is all zero"
+        )
         + (
             f" · ground truth {tuple(gt_box)} · IoU {plots.box_iou(lead.box, gt_box):.2f}"
             if gt_box

@@ -15,6 +15,7 @@ from fastloc_viz.metrics import (
     iou_matrix,
     pointing_hit,
     score_query,
+    sweep_all,
     sweep_ious,
 )
 
@@ -124,10 +125,33 @@ def test_diagonal_components_are_connected():
     assert largest[0] == 1.0
 
 
-def test_all_zero_map_boxes_the_whole_image():
-    largest, all_ = sweep_ious(np.zeros((10, 20)), [(0, 0, 20, 5)], thresholds=[0.0, 0.5])
-    np.testing.assert_allclose(largest, 0.5)
-    np.testing.assert_allclose(all_, 0.5)
+def test_all_zero_map_has_no_box_and_misses_everything():
+    """An all-zero map is no box (not the whole image, which would score IoU 0.5 here)."""
+    largest, all_, peak = sweep_all(np.zeros((10, 20)), [(0, 0, 20, 5)], thresholds=[0.0, 0.5])
+    assert largest.tolist() == all_.tolist() == peak.tolist() == [0.0, 0.0]
+    r = score_query(np.zeros((10, 20)), None, [(0, 0, 20, 5)], row=0, label=1, prediction=1, thresholds=[0.0])
+    assert r.box_iou == 0.0 and not r.centre_in_box and not r.pointing
+
+
+def test_peak_sweep_follows_the_peak_not_the_largest_component():
+    """Two blobs: a big dim one (largest) and a small bright one (the peak). MaxBoxAcc boxes
+    the big one, the peak sweep the bright one, until the threshold drops both into one."""
+    m = np.zeros((40, 40), dtype=np.float32)
+    m[2:22, 2:22] = 0.5  # 400 px, on the wrong object
+    m[30:36, 30:36] = 1.0  # 36 px: the peak, the queried object
+    gt = [(30, 30, 36, 36)]
+    largest, all_, peak = sweep_all(m, gt, thresholds=[0.0, 0.4, 0.6])
+    assert peak.tolist() == [36 / 1600, 1.0, 1.0]  # at t = 0 the mask is the whole map
+    assert largest.tolist() == [36 / 1600, 0.0, 1.0]
+    assert all_.tolist() == [36 / 1600, 1.0, 1.0]
+    counts = LocalizationCounts(thresholds=np.array([0.0, 0.4, 0.6]))
+    counts.add(score_query(m, (30, 30, 36, 36), gt, row=0, label=1, prediction=1, thresholds=[0.0, 0.4, 0.6]))
+    assert counts.curves()["peak_50"] == [0.0, 1.0, 1.0]
+    s = counts.summary()
+    assert s["boxacc_peak_50"] == 1.0 and s["best_threshold_peak_50"] == 0.4
+    again = LocalizationCounts(thresholds=np.array([0.0, 0.4, 0.6]))
+    again.load_vector(counts.to_vector())
+    assert again.hits_peak.tolist() == [0, 1, 1]
 
 
 # -------------------------------------------------------------- multi-box images

@@ -48,12 +48,14 @@ class MethodParams:
     Attributes:
         sigma: Gaussian smoothing in pixels before boxing (``None``: 16 px at 224 px).
         threshold: box threshold, a fraction of the map's maximum.
-        components: ``"largest"`` connected component, or ``"all"``.
+        components: which connected components make the box: ``"peak"`` (the one holding
+            the map's peak), ``"largest"``, ``"all"`` (one scored box each, in
+            ``Explanation.boxes``) or ``"merged"`` (one box around them all).
     """
 
     sigma: float | None = None
     threshold: float = 0.3
-    components: str = "largest"
+    components: str = "peak"
 
     def check(self) -> None:
         """Raise ``ValueError`` / ``TypeError`` naming a bad value; extend in subclasses."""

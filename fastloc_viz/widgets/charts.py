@@ -86,10 +86,13 @@ def update_light(overlay: go.FigureWidget, bars: go.FigureWidget, e: Explanation
     """After a toggle, threshold or combine change: the map, the box, the title, the bars' colours."""
     on = set(enabled)
     z, _ = plots.downsample(e.saliency, MAP_SIDE)
-    x0, y0, x1, y1 = e.box
+    shapes = plots.box_shapes(e)
     with overlay.batch_update():
         overlay.data[1].z = z
-        overlay.layout.shapes[0].update(x0=x0 - 0.5, y0=y0 - 0.5, x1=x1 - 0.5, y1=y1 - 0.5)
+        if len(overlay.layout.shapes) == len(shapes) == 1:  # the usual case: move the one box
+            overlay.layout.shapes[0].update(**{k: shapes[0][k] for k in ("x0", "y0", "x1", "y1")})
+        else:  # no box, or one box per component: replace them all
+            overlay.layout.shapes = shapes
         overlay.layout.title.text = overlay_title(e, enabled)
     bars.data[0].marker.color = [plots.ENABLED_COLOR if n.rank in on else plots.DISABLED_COLOR for n in e.neurons]
 

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from .. import plots
 from ..checks import check_threshold
 from ..explanation import Box, Explanation
-from ..maps import map_to_box
+from ..maps import box_fields
 from ..methods import METHODS
 from ..models import ModelBundle
 from .base import CSS, WidgetBase
@@ -159,7 +159,7 @@ class MethodComparison(WidgetBase):
     def _rebox(self) -> None:
         self._current = {
             m: e.replace(
-                box=map_to_box(e.saliency, self._threshold, e.params.get("components", "largest")),
+                **box_fields(e.saliency, self._threshold, e.params.get("components", "peak"), f"the {m} map"),
                 params={**e.params, "threshold": self._threshold},
             )
             for m, e in self._base.items()
@@ -238,7 +238,7 @@ class MethodComparison(WidgetBase):
         rows = "".join(
             f"<tr><td>{html.escape(plots.method_label(m))}</td>"
             f"<td style='text-align:right'>{e.time_s * 1000:.0f} ms</td>"
-            f"<td style='text-align:right'>{tuple(e.box)}</td>"
+            f"<td style='text-align:right'>{'no box' if e.box is None else tuple(e.box)}</td>"
             + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "")
             + "</tr>"
             for m, e in self._current.items()

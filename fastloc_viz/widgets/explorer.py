@@ -495,7 +495,7 @@ class NeuronExplorer(WidgetBase):
         tog = f" · last update {light[-1]:.0f} ms" if light else ""
         self.status.value = (
             f"<span class='flv-stat'>{html.escape(e.target_name)} ({e.target}) · layer <code>{html.escape(str(e.layer))}</code>"
-            f" · box {tuple(e.box)} · explain {last * 1000:.0f} ms{tog}</span>"
+            f" · {'no box (all-zero map)' if e.box is None else f'box {tuple(e.box)}'} · explain {last * 1000:.0f} ms{tog}</span>"
         )
 
     # ------------------------------------------------------------------ export

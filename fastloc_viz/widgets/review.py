@@ -235,8 +235,11 @@ class BoxReview(W.VBox):
             e = explain(self.bundle, p.path, method=self.store.info.get("method", "fastloc"), target=p.category_id)
             self._maps[self._edit_file] = e
         e = self._maps[self._edit_file]
-        box = box_to_original(M.map_to_box(e.saliency, t, e.params.get("components", "largest")), e.input_size,
-                              e.photo_size)
+        grid_box = M.map_to_box(e.saliency, t, e.params.get("components", "peak"))
+        if grid_box is None:
+            self.bbox_widget.bboxes = []
+            return
+        box = box_to_original(grid_box, e.input_size, e.photo_size)
         s = self._edit_scale
         self.bbox_widget.bboxes = [{"x": box[0] * s, "y": box[1] * s, "width": (box[2] - box[0]) * s,
                                     "height": (box[3] - box[1]) * s, "label": p.category}]
