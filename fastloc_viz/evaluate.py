@@ -161,10 +161,11 @@ class ResultCache:
 
     def load(self, dataset: LocalizationDataset) -> dict[int, QueryResult]:
         out: dict[int, QueryResult] = {}
+        by_row = {q.row: q for q in dataset}  # rows, not positions: a --rows subset is a part
         for d in self._store.rows("part-*.jsonl"):
             try:
                 row = int(d["row"])
-                q = dataset[row] if 0 <= row < len(dataset) else None
+                q = by_row.get(row)
                 if q is None or d["image"] != q.image.name or int(d["label"]) != q.label:
                     continue
                 out[row] = QueryResult.from_dict(d)
@@ -509,6 +510,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="layer for every method that uses one (default: each method's own default)",
     )
     parser.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    parser.add_argument(
+        "--rows", default=None,
+        help="A:B, only rows A .. B-1 (0-based, as in the CSV; e.g. a held-out split 300:1000)",
+    )
     parser.add_argument("--out", default=None, help="write results.json, results.md and a plot here")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     parser.add_argument(
@@ -531,6 +536,22 @@ def run(args: argparse.Namespace) -> int:
     return finish(results, args, dist, markdown_table(results))
 
 
+def parse_rows(text: str) -> tuple[int, int]:
+    """``"A:B"`` -> ``(A, B)`` (``"A:"``: to the end, ``":B"``: from the start).
+
+    Raises:
+        ValueError: not two non-negative integers around a colon, or ``B <= A``.
+    """
+    a, sep, b = str(text).partition(":")
+    try:
+        start, stop = int(a) if a.strip() else 0, int(b) if b.strip() else 2**62
+    except ValueError:
+        start = stop = -1
+    if not sep or start < 0 or stop <= start:
+        raise ValueError(f"--rows {text!r} must be A:B with 0 <= A < B (rows A .. B-1), e.g. 300:1000")
+    return start, stop
+
+
 def setup(args: argparse.Namespace, boxes: bool = True) -> tuple[Dist, list[MethodSpec], LocalizationDataset, Any, Any]:
     """What a run needs from its arguments: ``(dist, specs, dataset, bundle, cache_dir)``;
     ``boxes=False`` reads data without boxes (a label-less CSV or a folder of images)."""
@@ -543,6 +564,11 @@ def setup(args: argparse.Namespace, boxes: bool = True) -> tuple[Dist, list[Meth
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit {args.limit} must be a positive number of rows")
     dataset = LocalizationDataset(args.data_dir, limit=args.limit, boxes=boxes)
+    if getattr(args, "rows", None):
+        start, stop = parse_rows(args.rows)
+        dataset.queries = [q for q in dataset.queries if start <= q.row < stop]
+        if not dataset.queries:
+            raise ValueError(f"--rows {args.rows} selects no row of {dataset.csv_path}")
     if args.out:  # fail now, not after the whole run
         out = Path(args.out)
         if out.exists() and not out.is_dir():

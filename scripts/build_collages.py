@@ -6,6 +6,13 @@ the collage), so evaluating it queries every class of every collage: a class-spe
 must point at the right quadrant.
 
     python scripts/build_collages.py ../shared/data/imagenet-val-wsol /tmp/collages --n 50
+    python scripts/build_collages.py ../shared/data/imagenet-val-wsol /tmp/coll_dev --rows 0:300 --box quadrant
+
+``--box object`` (default): the ground truth is the queried photo's own object box, moved into
+the collage. ``--box quadrant``: the ground truth is the queried photo's whole quadrant (the
+question is only "which photo?", as in a class-query test that ignores the object's extent).
+``--rows A:B`` draws the photos from source rows ``A .. B-1`` only, so a development set and a
+held-out set can be built from disjoint photos.
 
 Deterministic for a given ``--seed``. Writes ``OUT/annotations.csv`` and ``OUT/images/*.png``
 (lossless, so the tiles keep the source pixels). Never write into the repository: the images
@@ -64,7 +71,7 @@ def pick_groups(queries: list[Query], n: int, seed: int) -> list[list[Query]]:
 
 
 def build(data_dir: str | Path, out_dir: str | Path, n: int = 50, seed: int = 0,
-          cell: int = 227) -> Path:
+          cell: int = 227, box: str = "object", rows: tuple[int, int] | None = None) -> Path:
     """Write ``n`` collages and their ``annotations.csv`` into ``out_dir``; returns the CSV path.
 
     Args:
@@ -73,15 +80,22 @@ def build(data_dir: str | Path, out_dir: str | Path, n: int = 50, seed: int = 0,
         n: number of collages (``4 n`` rows).
         seed: shuffling seed.
         cell: side of one quadrant in pixels (source images are resized to ``cell x cell``).
+        box: ``"object"`` (the photo's box) or ``"quadrant"`` (the photo's whole quadrant).
+        rows: ``(start, stop)``: use only these source rows.
     """
+    if box not in ("object", "quadrant"):
+        raise ValueError(f"box={box!r} is not one of ('object', 'quadrant')")
     if n <= 0:
         raise ValueError(f"n={n} must be a positive number of collages")
     out = Path(out_dir)
     if out.resolve().is_relative_to(REPO):
         raise ValueError(f"out_dir={out} is inside the repository; ImageNet images must stay out")
     (out / "images").mkdir(parents=True, exist_ok=True)
-    groups = pick_groups(list(LocalizationDataset(data_dir)), n, seed)
-    rows = []
+    queries = list(LocalizationDataset(data_dir))
+    if rows is not None:
+        queries = [q for q in queries if rows[0] <= q.row < rows[1]]
+    groups = pick_groups(queries, n, seed)
+    out_rows = []
     for i, group in enumerate(groups):
         canvas = Image.new("RGB", (2 * cell, 2 * cell))
         name = f"images/collage_{i:04d}.png"
@@ -89,15 +103,15 @@ def build(data_dir: str | Path, out_dir: str | Path, n: int = 50, seed: int = 0,
             ox, oy = (j % 2) * cell, (j // 2) * cell
             with Image.open(q.image) as im:
                 canvas.paste(im.convert("RGB").resize((cell, cell), Image.BILINEAR), (ox, oy))
-            x0, y0, x1, y1 = q.boxes_at((cell, cell))[0]
-            box = f"{x0 + ox:.1f} {y0 + oy:.1f} {x1 + ox:.1f} {y1 + oy:.1f}"
-            rows.append([name, q.label, q.wnid, 2 * cell, 2 * cell, 2 * cell, 2 * cell, box])
+            x0, y0, x1, y1 = q.boxes_at((cell, cell))[0] if box == "object" else (0, 0, cell, cell)
+            text = f"{x0 + ox:.1f} {y0 + oy:.1f} {x1 + ox:.1f} {y1 + oy:.1f}"
+            out_rows.append([name, q.label, q.wnid, 2 * cell, 2 * cell, 2 * cell, 2 * cell, text])
         canvas.save(out / name)
     csv_path = out / "annotations.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
-        writer.writerows(rows)
+        writer.writerows(out_rows)
     return csv_path
 
 
@@ -108,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=50, help="number of collages (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="shuffling seed (default: %(default)s)")
     parser.add_argument("--cell", type=int, default=227, help="quadrant side in pixels (default: %(default)s)")
+    parser.add_argument("--box", choices=("object", "quadrant"), default="object",
+                        help="ground truth: the photo's object box or its whole quadrant (default: %(default)s)")
+    parser.add_argument("--rows", default=None, help="A:B, use only source rows A..B-1")
     args = parser.parse_args(argv)
-    path = build(args.data_dir, args.out_dir, n=args.n, seed=args.seed, cell=args.cell)
+    rows = None
+    if args.rows:
+        a, _, b = args.rows.partition(":")
+        rows = (int(a or 0), int(b) if b else 10**9)
+    path = build(args.data_dir, args.out_dir, n=args.n, seed=args.seed, cell=args.cell, box=args.box, rows=rows)
     print(f"wrote {4 * args.n} rows to {path}")
     return 0
 

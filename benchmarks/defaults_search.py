@@ -1,0 +1,169 @@
+"""Choose FastLoc's defaults (combine rule, box threshold) on a development split, across models.
+
+Two steps, so the expensive one runs once per model:
+
+    # 1. one fastloc pass per query: the k neuron maps and the probe layer's Grad-CAM, cached
+    python benchmarks/defaults_search.py dump --model efficientnet_lite0 --out /tmp/ds \
+        single=../shared/data/imagenet-val-wsol:0:300 coll=/tmp/c_dev_object
+    # 2. every candidate rule, every threshold, from the cache (no model)
+    python benchmarks/defaults_search.py score --out /tmp/ds --models efficientnet_lite0,efficientnet_lite1 \
+        --sets single,coll,collq=coll@/tmp/c_dev_quadrant
+
+The probe layer's Grad-CAM computed by fastloc from its ranking gradient *is* the ``gradcam``
+method's map at the same layer (tests/test_core.py checks it against Captum), so one pass
+scores Grad-CAM and every fastloc combine rule on identical inputs. ``collq=coll@DIR`` reuses
+the maps of set ``coll`` with the ground truth of another CSV built from the same collages
+(``--box quadrant``). Prints, per rule, pointing, MaxBoxAcc@0.5, MaxBoxAccV2 and the
+peak-component box accuracy at every threshold, per model and set, and the threshold that
+maximizes the mean peak-box accuracy over models and sets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fastloc_viz import maps as M  # noqa: E402
+from fastloc_viz.data import LocalizationDataset  # noqa: E402
+from fastloc_viz.metrics import IOU_LEVELS, pointing_hit, sweep_all  # noqa: E402
+
+THRESHOLDS = np.round(np.arange(0, 100, 2) / 100, 2)
+
+
+def _split(spec: str) -> tuple[str, str, tuple[int, int] | None]:
+    name, _, rest = spec.partition("=")
+    parts = rest.split(":")
+    rows = (int(parts[1]), int(parts[2])) if len(parts) == 3 else None
+    return name, parts[0], rows
+
+
+def dump(args) -> None:
+    from tqdm import tqdm
+
+    from fastloc_viz import explain, load_model
+
+    bundle = load_model(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in args.sets:
+        name, path, rows = _split(spec)
+        target = out / f"{args.model}__{name}.npz"
+        if target.exists():
+            continue
+        data = [q for q in LocalizationDataset(path) if rows is None or rows[0] <= q.row < rows[1]]
+        nmaps, cams, labels, preds, ids = [], [], [], [], []
+        for i in tqdm(range(0, len(data), args.batch), desc=f"{args.model} {name}"):
+            chunk = data[i : i + args.batch]
+            es = explain(bundle, [q.load_image() for q in chunk], method="fastloc",
+                         target=[q.label for q in chunk], progress=False)
+            for q, e in zip(chunk, es):
+                nmaps.append(e.neuron_maps.astype(np.float16))
+                cams.append(e.class_map.astype(np.float16))
+                labels.append(q.label)
+                preds.append(e.top5[0].index)
+                ids.append(q.row)
+        np.savez(target, neuron_maps=np.stack(nmaps), class_map=np.stack(cams), label=np.array(labels),
+                 prediction=np.array(preds), row=np.array(ids), data=str(path))
+
+
+def _g(maps, cam, sigma, power=1.0):
+    return M.normalize(M.smooth((maps * cam**power).mean(axis=0), sigma))
+
+
+def rules(maps: np.ndarray, cam: np.ndarray) -> dict[str, np.ndarray]:
+    """Candidate localization maps from the ``k x H x W`` neuron maps and the class map."""
+    sigma = M.default_sigma(cam.shape)
+    cam = M.normalize(cam)
+    g1 = _g(maps, cam, sigma)
+    g2 = _g(maps, cam, sigma, 2.0)
+    s = M.normalize(M.smooth(maps.mean(axis=0), sigma))
+    return {
+        "gradcam": cam,
+        "gate_cam": M.normalize(g1 + cam),
+        "sum_cam": M.normalize(s + cam),
+        "sum": s,
+        "gate2_cam": M.normalize(g2 + cam),
+        "gate_cam_w2": M.normalize(g1 + 2 * cam),
+        "gate_x_cam": M.normalize(g1 * cam),
+        "gate_x_cam_sqrt": M.normalize(np.sqrt(g1 * cam)),
+        "cam_x_1+gate": M.normalize(cam * (1 + g1)),
+        "cam_x_1+gate2": M.normalize(cam * (1 + g2)),
+    }
+
+
+def score(args) -> None:
+    sets = {}
+    for spec in args.sets.split(","):
+        name, _, rest = spec.partition("=")
+        maps_from, _, csv_dir = rest.partition("@")
+        sets[name] = (maps_from or name, csv_dir or None)
+    models = args.models.split(",")
+    results: dict = {}  # (model, set, rule) -> dict of arrays
+    for model in models:
+        for name, (maps_from, csv_dir) in sets.items():
+            z = np.load(Path(args.out) / f"{model}__{maps_from}.npz")
+            data = LocalizationDataset(csv_dir or str(z["data"]))
+            by_row = {q.row: q for q in data}
+            h, w = z["class_map"].shape[-2:]
+            acc: dict[str, dict[str, list]] = {}
+            for i, row in enumerate(z["row"]):
+                q = by_row[int(row)]
+                assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
+                gt = q.boxes_at((h, w))
+                for rule, sal in rules(z["neuron_maps"][i].astype(np.float32), z["class_map"][i].astype(np.float32)).items():
+                    largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
+                    a = acc.setdefault(rule, {"largest": [], "all": [], "peak": [], "pointing": []})
+                    a["largest"].append(largest)
+                    a["all"].append(all_)
+                    a["peak"].append(peak)
+                    a["pointing"].append(pointing_hit(sal, gt))
+            for rule, a in acc.items():
+                results[model, name, rule] = {k: np.array(v) for k, v in a.items()}
+    rule_names = list(dict.fromkeys(r for (_, _, r) in results))
+    for name in sets:
+        print(f"\n### {name}\n")
+        print("| rule | " + " | ".join(f"{m}: pointing | MaxBoxAcc@0.5 | V2 | peak@best (t)" for m in models) + " |")
+        print("|---|" + "---|" * (4 * len(models)))
+        for rule in rule_names:
+            cells = []
+            for m in models:
+                r = results[m, name, rule]
+                mba = (r["largest"] >= 0.5).mean(0)
+                v2 = np.mean([(r["all"] >= d).mean(0).max() for d in IOU_LEVELS])
+                pk = (r["peak"] >= 0.5).mean(0)
+                j = int(np.argmax(pk))
+                cells += [f"{r['pointing'].mean():.3f}", f"{mba.max():.3f}", f"{v2:.3f}", f"{pk[j]:.3f} ({THRESHOLDS[j]:.2f})"]
+            print(f"| {rule} | " + " | ".join(cells) + " |")
+    print("\n### default threshold: mean peak-box accuracy (IoU 0.5) over models and sets\n")
+    for rule in rule_names:
+        curve = np.mean([(results[m, n, rule]["peak"] >= 0.5).mean(0) for m in models for n in sets], axis=0)
+        j = int(np.argmax(curve))
+        near = ", ".join(f"{t:.2f}: {curve[k]:.3f}" for k, t in enumerate(THRESHOLDS) if abs(k - j) <= 3)
+        print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dump")
+    d.add_argument("--model", required=True)
+    d.add_argument("--out", required=True)
+    d.add_argument("--batch", type=int, default=8)
+    d.add_argument("sets", nargs="+", help="NAME=DIR[:START:STOP]")
+    s = sub.add_parser("score")
+    s.add_argument("--out", required=True)
+    s.add_argument("--models", required=True)
+    s.add_argument("--sets", required=True, help="NAME[=MAPS_SET@CSV_DIR],...")
+    args = parser.parse_args(argv)
+    dump(args) if args.cmd == "dump" else score(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
