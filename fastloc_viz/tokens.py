@@ -11,7 +11,7 @@ through the same reshape.
 The patch size and prefix count are read from the model (timm: ``patch_embed.patch_size`` and
 ``num_prefix_tokens``; torchvision's ``VisionTransformer``: ``patch_size`` and one class
 token); for other models, the smallest prefix (up to 8) that leaves a grid of the input's
-shape at an integer patch size >= 4. Nothing here runs or changes a model.
+shape at an integer patch size from 4 to 64. Nothing here runs or changes a model.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def token_grid(model: nn.Module, shape: tuple[int, ...], size: tuple[int, int]) 
         return TokenGrid(p, h, w) if ok else None
     for p in range(min(t, MAX_PREFIX + 1)):
         s = round(math.sqrt(height * width / (t - p)))
-        if s >= 4 and height % s == 0 and width % s == 0 and (height // s) * (width // s) == t - p:
+        if 4 <= s <= 64 and height % s == 0 and width % s == 0 and (height // s) * (width // s) == t - p:
             return TokenGrid(p, height // s, width // s)
     return None
 
