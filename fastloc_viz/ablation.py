@@ -32,8 +32,8 @@ from torch import nn
 
 from .explanation import Explanation, Prediction
 from .hooks import forward_hook, preserved, require_called, require_spatial, resolve_layer
-from .tokens import as_map, token_grid
 from .models import ModelBundle, as_logits, bundle_of
+from .tokens import as_map, token_grid
 
 __all__ = ["Ablation", "Outcome", "RandomControl", "ablate", "ablate_channels", "random_control"]
 

@@ -42,11 +42,11 @@ from PIL import Image
 from .checks import check_int
 from .files import write_bytes_atomic
 from .hooks import forward_hook, preserved, require_called, require_spatial
-from .tokens import as_map
 from .image_sources import IMAGE_SUFFIXES, Source, sources
 from .images import load_batch
 from .models import ModelBundle, bundle_of
 from .raster import encode, to_uint8
+from .tokens import as_map
 
 __all__ = ["AtlasUnit", "NeuronAtlas", "IMAGE_SUFFIXES"]
 
