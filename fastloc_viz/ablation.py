@@ -33,6 +33,7 @@ from torch import nn
 from .explanation import Explanation, Prediction
 from .hooks import forward_hook, preserved, require_called, require_spatial, resolve_layer
 from .models import ModelBundle, as_logits, bundle_of
+from .tokens import as_map, token_grid
 
 __all__ = ["Ablation", "Outcome", "RandomControl", "ablate", "ablate_channels", "random_control"]
 
@@ -210,11 +211,16 @@ def _run_chunk(bundle: ModelBundle, x: torch.Tensor, layer, chunk: Sequence[_Spe
     def hook(_m, _inp, out):
         seen["calls"] += 1
         seen["out"] = out
-        if seen["calls"] > 1 or not (isinstance(out, torch.Tensor) and out.dim() == 4):
+        if seen["calls"] > 1 or not (isinstance(out, torch.Tensor) and out.dim() in (3, 4)):
             return None
-        shape = (len(chunk), *out.shape[1:])
+        grid = None
+        if out.dim() == 3:  # a ViT block's tokens: mask their patch grid, keep the prefix tokens
+            grid = token_grid(bundle.model, tuple(out.shape), size)
+            if grid is None:
+                return None  # as_map below names the problem
+        c = out.shape[1] if grid is None else out.shape[2]
+        shape = (len(chunk), c, *((grid.h, grid.w) if grid else out.shape[2:]))
         mask = torch.ones(shape, dtype=out.dtype, device=out.device)
-        c = out.shape[1]
         for row, (off, units, keep) in enumerate(chunk):
             bad = [ch for ch in [*off, *(u[0] for u in units), *(keep or ())] if not 0 <= ch < c]
             if bad:
@@ -226,12 +232,15 @@ def _run_chunk(bundle: ModelBundle, x: torch.Tensor, layer, chunk: Sequence[_Spe
                 mask[row, list(off)] = 0
             for ch, y, xx in units:
                 mask[row, ch, y, xx] = 0
-        return (out.expand(shape) if expand else out) * mask
+        if grid is not None:
+            mask = grid.to_tokens(mask)
+        return (out.expand(len(chunk), *out.shape[1:]) if expand else out) * mask
 
+    size = tuple(x.shape[-2:])
     with forward_hook(module, hook):
         logits = as_logits(bundle.model(x))
     require_called(name, seen["calls"])
-    require_spatial(name, seen["out"])
+    require_spatial(name, as_map(bundle.model, name, seen["out"], size)[0])
     return logits
 
 

@@ -46,6 +46,7 @@ from .image_sources import IMAGE_SUFFIXES, Source, sources
 from .images import load_batch
 from .models import ModelBundle, bundle_of
 from .raster import encode, to_uint8
+from .tokens import as_map
 
 __all__ = ["AtlasUnit", "NeuronAtlas", "IMAGE_SUFFIXES"]
 
@@ -91,7 +92,7 @@ def _scan(bundle: ModelBundle, layer, x: torch.Tensor) -> tuple[list[tuple[torch
 
     def hook(_m, _inp, out):
         seen["calls"] += 1
-        seen["out"] = out
+        seen["out"] = out = as_map(bundle.model, name, out, tuple(x.shape[-2:]))[0]  # tokens: their grid
         if isinstance(out, torch.Tensor) and out.dim() == 4:
             flat = out.detach().flatten(2).float()
             seen["max"] = [flat.max(dim=2), (-flat).max(dim=2)]
@@ -370,7 +371,7 @@ class NeuronAtlas:
         src = sources(images)
         n = len(src)
         size = tuple(bundle.input_size)
-        first = load_batch(src.items[0], size)
+        first = load_batch(src.items[0], size, bundle.interpolation)
         name, module = _layer(bundle, layer, first)
         signs = (1, -1) if negative else (1,)
         vals = idx = pos = None  # S x C x top, made once the layer's shape is seen
@@ -402,7 +403,7 @@ class NeuronAtlas:
         try:
             for b, s in enumerate(batches):
                 chunk = src.items[s : s + batch_size]
-                x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size)
+                x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size, bundle.interpolation)
                 found, shape = _scan(bundle, (name, module), x)
                 if idx is None:
                     full = (len(signs), shape[0], top)

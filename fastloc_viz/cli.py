@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         "image", nargs="+",
         help="image files or folders (searched recursively), or 'sample:NAME' for a scikit-image photo (sample:chelsea)",
     )
-    e.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    e.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     e.add_argument(
         "--weights",
         default=None,
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("atlas", help="build a neuron atlas: each channel's top activating image patches")
     a.add_argument("source", help="a folder of images (recursive) or a CSV / data directory in the evaluate format")
     a.add_argument("--out", required=True, help="the atlas file to write (.npz)")
-    a.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    a.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     a.add_argument("--layer", default=None, help="probe layer, a dotted module name (default: explain's)")
     a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
     a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
@@ -95,7 +95,7 @@ def _box_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
     b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
-    b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default) or a torchvision name")
+    b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     b.add_argument("-k", type=int, default=None, help="neurons to keep (fastloc methods)")

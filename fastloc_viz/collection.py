@@ -147,8 +147,8 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
 class _Decoded:
     """A torch Dataset: item ``i`` -> ``(i, 3 x H x W tensor or None, (w, h), reason)``."""
 
-    def __init__(self, items: list[Item], size: tuple[int, int]) -> None:
-        self.items, self.size = items, tuple(size)
+    def __init__(self, items: list[Item], size: tuple[int, int], interpolation: str = "bilinear") -> None:
+        self.items, self.size, self.interpolation = items, tuple(size), interpolation
 
     def __len__(self) -> int:
         return len(self.items)
@@ -159,7 +159,7 @@ class _Decoded:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t, _, sizes = load_batch_sizes(Path(self.items[i].path), self.size)
+                t, _, sizes = load_batch_sizes(Path(self.items[i].path), self.size, self.interpolation)
             return i, t[0], sizes[0], ""
         except Exception as e:  # noqa: BLE001 - any bad file becomes a skipped row
             return i, None, None, f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -359,7 +359,7 @@ def run_boxes(
             write_text_atomic(csv_out, csv_text(rows), what="the boxes CSV")
 
         loader = torch.utils.data.DataLoader(
-            _Decoded(mine, bundle.input_size), batch_size=batch_size, shuffle=False, num_workers=workers,
+            _Decoded(mine, bundle.input_size, bundle.interpolation), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers else None)
         bar = None
         if progress and dist.is_main:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from .checks import check_choice
+
 log = logging.getLogger("fastloc_viz")
 
 MIN_SIDE = 8
@@ -267,10 +269,17 @@ def three_channels(t: torch.Tensor) -> torch.Tensor:
     return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t
 
 
-def resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+def resize(t: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Stretch ``N x C x h x w`` to ``size`` (antialiased bilinear or bicubic, or nearest)."""
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
     if tuple(t.shape[-2:]) == tuple(size):
         return t
-    return F.interpolate(t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+    if interpolation == "nearest":
+        return F.interpolate(t, size=tuple(size), mode="nearest-exact")
+    return F.interpolate(t, size=tuple(size), mode=interpolation, antialias=True, align_corners=False).clamp_(0, 1)
 
 
 def to_numpy_image(t: torch.Tensor) -> np.ndarray:

@@ -20,7 +20,7 @@ from .hooks import default_layer, preserved, resolve_layer
 from .decode import to_numpy_image
 from .images import is_batch, load_batch_sizes
 from .methods import Context, Method, get_method
-from .models import ModelBundle, bundle_of
+from .models import ModelBundle, as_logits, bundle_of
 
 log = logging.getLogger("fastloc_viz")
 
@@ -78,7 +78,7 @@ def explain(
     p = m.make_params(params)
     check_int("batch_size", batch_size, 1)
 
-    images, conversions, sizes = load_batch_sizes(image, bundle.input_size)
+    images, conversions, sizes = load_batch_sizes(image, bundle.input_size, bundle.interpolation)
     n = images.shape[0]
     targets = _targets(bundle, target, n)
     ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None)
@@ -157,6 +157,6 @@ def _layer(bundle: ModelBundle, layer, probe_images: torch.Tensor) -> tuple[str,
     if layer is None:
         if bundle.default_layer is None:
             x = bundle.preprocess(probe_images.to(bundle.device))
-            bundle.default_layer = default_layer(bundle.model, x)
+            bundle.default_layer = default_layer(bundle.model, x, as_logits=as_logits)
         layer = bundle.default_layer
     return resolve_layer(bundle.model, layer)

@@ -167,7 +167,7 @@ def _probs(bundle: ModelBundle, images: torch.Tensor, target: int | None, batch_
 
 def _prepare(model, image, saliency) -> tuple[ModelBundle, torch.Tensor, np.ndarray]:
     bundle = bundle_of(model)
-    img = load_batch(image, bundle.input_size)
+    img = load_batch(image, bundle.input_size, bundle.interpolation)
     if img.shape[0] != 1:
         raise ValueError(f"one image at a time, got a batch of {img.shape[0]}")
     img = img[0].to(torch.float64 if bundle.dtype == torch.float64 else torch.float32)

@@ -26,6 +26,7 @@ from .hooks import forward_hook, require_called, require_spatial
 from .models import resolve_targets
 from .neuron_views import activation_maps
 from .ranking import Ranked, rank_neurons
+from .tokens import as_map, require_reach
 
 RankGrad = Literal["guided", "plain"]
 Passes = Literal["auto", "loop", "batched"]
@@ -106,7 +107,7 @@ def neuron_pass(
         if seen["calls"] > 1:
             return None
         seen["out"] = out
-        if not (isinstance(out, torch.Tensor) and out.dim() == 4):
+        if not (isinstance(out, torch.Tensor) and out.dim() in (3, 4)):  # 3: a ViT block's tokens
             return None
         mode.guided = rank_grad == "guided"
         # Downstream ops (an inplace ReLU, `out += identity`) must not modify the tensor we
@@ -117,14 +118,18 @@ def neuron_pass(
         out = model(x)
     logits = as_logits(out) if as_logits else out
     require_called(name, seen["calls"])
-    require_spatial(name, seen["out"])
-    acts: torch.Tensor = seen["out"]
+    # A token layer's N x T x C output becomes its N x C x h x w patch grid: a differentiable
+    # reshape of the tokens, so the neuron passes below start from the grid directly.
+    acts, grid = as_map(model, name, seen["out"], tuple(x.shape[-2:]))
+    require_spatial(name, acts)
     if k > acts.shape[1]:
         raise ValueError(f"k={k} is larger than the {acts.shape[1]} channels of layer {name!r}")
     tgt = resolve_targets(logits, targets)
     t1 = time.perf_counter()
     score = logits.gather(1, tgt[:, None]).sum()
-    (grad,) = torch.autograd.grad(score, acts, retain_graph=True)
+    (grad,) = torch.autograd.grad(score, seen["out"], retain_graph=True)
+    if grid is not None:  # the tokens' gradient through the same (index-only) reshape
+        grad = require_reach(name, grad, grid)
     ranked = rank_neurons(acts.detach() * grad, k)
     # Grad-CAM of the same layer from the same gradient: channel weights = spatial mean.
     cam = (grad.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0)

@@ -50,8 +50,10 @@ def is_batch(image) -> bool:
     return isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4
 
 
-def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
-    """Any accepted image or list of images -> ``N x 3 x H x W`` float32 in ``[0, 1]`` (CPU).
+def load_batch(image, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
+    """Any accepted image or list of images -> ``N x 3 x H x W`` float32 in ``[0, 1]`` (CPU),
+    resized to ``size`` with ``interpolation`` (``"bilinear"``, ``"bicubic"``, ``"nearest"``:
+    the bundle's, e.g. a timm model's ``pretrained_cfg``).
 
     Raises:
         FileNotFoundError, IsADirectoryError: bad path.
@@ -60,34 +62,36 @@ def load_batch(image, size: tuple[int, int]) -> torch.Tensor:
             empty list.
         TypeError: an unsupported type, dtype or shape.
     """
-    return load_batch_info(image, size)[0]
+    return load_batch_info(image, size, interpolation)[0]
 
 
-def load_batch_info(image, size: tuple[int, int]) -> tuple[torch.Tensor, list]:
+def load_batch_info(image, size: tuple[int, int], interpolation: str = "bilinear") -> tuple[torch.Tensor, list]:
     """:func:`load_batch`, and per image the :class:`~fastloc_viz.readers.ImageInfo` of how a
     file, PIL image or :class:`~fastloc_viz.readers.LoadedImage` was converted (``None`` for
     arrays and tensors)."""
-    batch, infos, _ = load_batch_sizes(image, size)
+    batch, infos, _ = load_batch_sizes(image, size, interpolation)
     return batch, infos
 
 
-def load_batch_sizes(image, size: tuple[int, int]) -> tuple[torch.Tensor, list, list[tuple[int, int]]]:
+def load_batch_sizes(
+    image, size: tuple[int, int], interpolation: str = "bilinear"
+) -> tuple[torch.Tensor, list, list[tuple[int, int]]]:
     """:func:`load_batch_info`, and per image its original ``(width, height)`` before the
     resize: a file's full size (``ImageInfo.size``, also when it was decoded at a reduced
     scale), an array's or tensor's own size."""
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("an empty list of images was given; pass at least one image")
-        parts = [load_batch_sizes(im, size) for im in image]
+        parts = [load_batch_sizes(im, size, interpolation) for im in image]
         return torch.cat([p[0] for p in parts]), [i for p in parts for i in p[1]], [s for p in parts for s in p[2]]
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
         if image.shape[0] == 0:
             raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
-        parts = [load_batch_sizes(im, size) for im in image]
+        parts = [load_batch_sizes(im, size, interpolation) for im in image]
         return torch.cat([p[0] for p in parts]), [None] * image.shape[0], [p[2][0] for p in parts]
     t, info = _to_tensor_info(image, size)
     own = (int(info.size[0]), int(info.size[1])) if info is not None else (t.shape[-1], t.shape[-2])
-    return decode.resize(t, size), [info], [own]
+    return decode.resize(t, size, interpolation), [info], [own]
 
 
 def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:

