@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fastloc_viz import maps as M  # noqa: E402
+from fastloc_viz.combine import combine_maps  # noqa: E402
 from fastloc_viz.data import LocalizationDataset  # noqa: E402
 from fastloc_viz.metrics import IOU_LEVELS, pointing_hit, sweep_all  # noqa: E402
 
@@ -76,6 +77,11 @@ def _g(maps, cam, sigma, power=1.0):
     return M.normalize(M.smooth((maps * cam**power).mean(axis=0), sigma))
 
 
+def _region(cam: np.ndarray, tau: float) -> np.ndarray:
+    """The connected component of ``cam >= tau * max`` that holds the class map's peak."""
+    return M.select_components(M.threshold_mask(cam, tau), "peak", cam).astype(np.float32)
+
+
 def rules(maps: np.ndarray, cam: np.ndarray) -> dict[str, np.ndarray]:
     """Candidate localization maps from the ``k x H x W`` neuron maps and the class map."""
     sigma = M.default_sigma(cam.shape)
@@ -94,7 +100,50 @@ def rules(maps: np.ndarray, cam: np.ndarray) -> dict[str, np.ndarray]:
         "gate_x_cam_sqrt": M.normalize(np.sqrt(g1 * cam)),
         "cam_x_1+gate": M.normalize(cam * (1 + g1)),
         "cam_x_1+gate2": M.normalize(cam * (1 + g2)),
+        "gate_cam_w3": M.normalize(g1 + 3 * cam),
+        "anchored30": M.normalize(g1 * _region(cam, 0.3) + cam),
+        "anchored50": M.normalize(g1 * _region(cam, 0.5) + cam),
+        "anchored70": M.normalize(g1 * _region(cam, 0.7) + cam),
+        "anchored50_gate2": M.normalize(g2 * _region(cam, 0.5) + cam),
+        "anchored50_x": M.normalize(cam * (1 + g2 * _region(cam, 0.5))),
+        "anchored70_x": M.normalize(cam * (1 + g2 * _region(cam, 0.7))),
+        "anchored50_x1": M.normalize(cam * (1 + g1 * _region(cam, 0.5))),
+        "lift50": cam + 0.9 * (1 - cam) * g1 * _region(cam, 0.5),
+        "lift": cam + 0.9 * (1 - cam) * g1,
+        "lift2": cam + 0.9 * (1 - cam) * g2,
+        "refine_cam": combine_maps(maps, rule="refine_cam", sigma=sigma, class_map=cam),
+        "lift2_r20": cam + 0.9 * (1 - cam) * g2 * _region(cam, 0.2),
+        "lift2_r30": cam + 0.9 * (1 - cam) * g2 * _region(cam, 0.3),
+        "lift3": cam + 0.9 * (1 - cam) * _g(maps, cam, sigma, 3.0),
+        "lift2_half": cam + 0.5 * (1 - cam) * g2,
+        "gate2_cam_w2": M.normalize(g2 + 2 * cam),
+        "cam2_x_1+gate": M.normalize(cam**2 * (1 + g1)),
+        "cam_x_1+gate_hard": M.normalize(cam * (1 + _g(maps, (cam >= 0.5).astype(np.float32), sigma))),
+        "cam_x_1+gate_hard2": M.normalize(cam * (1 + _g(maps, cam * (cam >= 0.5), sigma))),
     }
+
+
+def _score_one(job) -> dict:
+    out, model, name, maps_from, csv_dir, wanted = job
+    z = np.load(Path(out) / f"{model}__{maps_from}.npz")
+    data = LocalizationDataset(csv_dir or str(z["data"]))
+    by_row = {q.row: q for q in data}
+    h, w = z["class_map"].shape[-2:]
+    acc: dict[str, dict[str, list]] = {}
+    for i, row in enumerate(z["row"]):
+        q = by_row[int(row)]
+        assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
+        gt = q.boxes_at((h, w))
+        for rule, sal in rules(z["neuron_maps"][i].astype(np.float32), z["class_map"][i].astype(np.float32)).items():
+            if wanted and rule not in wanted.split(","):
+                continue
+            largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
+            a = acc.setdefault(rule, {"largest": [], "all": [], "peak": [], "pointing": []})
+            a["largest"].append(largest)
+            a["all"].append(all_)
+            a["peak"].append(peak)
+            a["pointing"].append(pointing_hit(sal, gt))
+    return {rule: {k: np.array(v) for k, v in a.items()} for rule, a in acc.items()}
 
 
 def score(args) -> None:
@@ -104,27 +153,16 @@ def score(args) -> None:
         maps_from, _, csv_dir = rest.partition("@")
         sets[name] = (maps_from or name, csv_dir or None)
     models = args.models.split(",")
+    jobs = [(args.out, model, name, maps_from, csv_dir, args.rules) for model in models
+            for name, (maps_from, csv_dir) in sets.items()]
+    from multiprocessing import Pool
+
+    with Pool(args.jobs) as pool:
+        parts = pool.map(_score_one, jobs)
     results: dict = {}  # (model, set, rule) -> dict of arrays
-    for model in models:
-        for name, (maps_from, csv_dir) in sets.items():
-            z = np.load(Path(args.out) / f"{model}__{maps_from}.npz")
-            data = LocalizationDataset(csv_dir or str(z["data"]))
-            by_row = {q.row: q for q in data}
-            h, w = z["class_map"].shape[-2:]
-            acc: dict[str, dict[str, list]] = {}
-            for i, row in enumerate(z["row"]):
-                q = by_row[int(row)]
-                assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
-                gt = q.boxes_at((h, w))
-                for rule, sal in rules(z["neuron_maps"][i].astype(np.float32), z["class_map"][i].astype(np.float32)).items():
-                    largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
-                    a = acc.setdefault(rule, {"largest": [], "all": [], "peak": [], "pointing": []})
-                    a["largest"].append(largest)
-                    a["all"].append(all_)
-                    a["peak"].append(peak)
-                    a["pointing"].append(pointing_hit(sal, gt))
-            for rule, a in acc.items():
-                results[model, name, rule] = {k: np.array(v) for k, v in a.items()}
+    for (_, model, name, *_), part in zip(jobs, parts):
+        for rule, a in part.items():
+            results[model, name, rule] = a
     rule_names = list(dict.fromkeys(r for (_, _, r) in results))
     for name in sets:
         print(f"\n### {name}\n")
@@ -140,9 +178,17 @@ def score(args) -> None:
                 j = int(np.argmax(pk))
                 cells += [f"{r['pointing'].mean():.3f}", f"{mba.max():.3f}", f"{v2:.3f}", f"{pk[j]:.3f} ({THRESHOLDS[j]:.2f})"]
             print(f"| {rule} | " + " | ".join(cells) + " |")
-    print("\n### default threshold: mean peak-box accuracy (IoU 0.5) over models and sets\n")
+    print("\n### default threshold: peak-box accuracy (IoU 0.5), single images and collages weighted")
+    print("equally (the collage sets averaged first), then the mean over models\n")
+    single = [n for n in sets if not n.startswith("coll")]
+    colls = [n for n in sets if n.startswith("coll")]
+
+    def acc(m, names, rule):
+        return np.mean([(results[m, n, rule]["peak"] >= 0.5).mean(0) for n in names], axis=0)
+
     for rule in rule_names:
-        curve = np.mean([(results[m, n, rule]["peak"] >= 0.5).mean(0) for m in models for n in sets], axis=0)
+        parts = [names for names in (single, colls) if names]
+        curve = np.mean([np.mean([acc(m, names, rule) for names in parts], axis=0) for m in models], axis=0)
         j = int(np.argmax(curve))
         near = ", ".join(f"{t:.2f}: {curve[k]:.3f}" for k, t in enumerate(THRESHOLDS) if abs(k - j) <= 3)
         print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
@@ -160,6 +206,8 @@ def main(argv=None) -> int:
     s.add_argument("--out", required=True)
     s.add_argument("--models", required=True)
     s.add_argument("--sets", required=True, help="NAME[=MAPS_SET@CSV_DIR],...")
+    s.add_argument("--rules", default=None, help="only these rules (comma-separated)")
+    s.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     dump(args) if args.cmd == "dump" else score(args)
     return 0

@@ -4,7 +4,8 @@ Reads the per-query cache of ``fastloc-viz evaluate`` (``OUT/cache`` with ``--ou
 every pair of cached method configurations on the same data, resamples the queries with
 replacement (the same resample for both methods: the comparison is paired) and recomputes
 MaxBoxAcc@0.5 (its best threshold re-chosen in every resample, as the metric does),
-MaxBoxAccV2 and the pointing game. Prints each difference A - B with its 95 % interval::
+MaxBoxAccV2, the pointing game and GT-known localization (each method's own box at its default
+threshold). Prints each difference A - B with its 95 % interval::
 
     python benchmarks/paired_bootstrap.py /tmp/full2/cache --a fastloc --b gradcam
     python benchmarks/paired_bootstrap.py /tmp/full2/cache --rows 200:1000   # a held-out range
@@ -50,6 +51,7 @@ def per_query(results: dict, rows: list[int]) -> dict[str, np.ndarray]:
         "hits50": largest >= 0.5,
         "hits_all": np.stack([every >= level for level in IOU_LEVELS]),  # L x N x T
         "pointing": np.array([q.pointing for q in r], dtype=float),
+        "gt_known": np.array([q.box_iou >= 0.5 for q in r], dtype=float),
     }
 
 
@@ -58,7 +60,8 @@ def metrics(q: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarr
     n = weights.sum(axis=1)
     mba50 = (weights @ q["hits50"]).max(axis=1) / n
     v2 = np.mean([(weights @ h).max(axis=1) / n for h in q["hits_all"]], axis=0)
-    return {"MaxBoxAcc@0.5": mba50, "MaxBoxAccV2": v2, "pointing": weights @ q["pointing"] / n}
+    return {"MaxBoxAcc@0.5": mba50, "MaxBoxAccV2": v2, "pointing": weights @ q["pointing"] / n,
+            "GT-known loc": weights @ q["gt_known"] / n}
 
 
 def compare(a: dict, b: dict, rows: list[int], n_boot: int, seed: int) -> list[str]:

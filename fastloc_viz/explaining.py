@@ -52,7 +52,7 @@ def explain(
             uses the bundle's ``default_layer``, else a dry run picks (and logs) the last
             stride-32 feature map (Grad-CAM's usual last conv block; ``_blocks.15`` of
             EfficientNet-Lite0). The poster probed a stride-16 map (VGG-16's "layer 11"); on
-            EfficientNet-Lite0 the stride-32 map with ``combine="gate_cam"`` localizes better
+            EfficientNet-Lite0/1/2 the stride-32 map with the class map localizes better
             (docs/results.md).
         batch_size: images per forward pass.
         progress: show a progress bar (default: when there is more than one batch).
@@ -64,7 +64,7 @@ def explain(
             box per component in ``Explanation.boxes``; ``"merged"``: one box around all).
             An all-zero map gets no box (``box=None``) and a warning. ``fastloc`` also takes ``k`` (5),
             ``rank_grad`` (``"plain"``: class-specific; ``"guided"``: the authors'),
-            ``combine`` (``"gate_cam"``, see :mod:`fastloc_viz.combine`) and ``passes``
+            ``combine`` (``"refine_cam"``, see :mod:`fastloc_viz.combine`) and ``passes``
             (``"auto"``, ``"loop"``, ``"batched"``); ``fastloc_rescored`` also ``kmax`` (10).
             A parameter of another registered method is ignored, so one set of arguments can
             serve several methods; any other name raises ``TypeError``.

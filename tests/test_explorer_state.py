@@ -12,7 +12,7 @@ import pytest
 from fastloc_viz.widgets.state import KEYS, ExplorerState, explain_kwargs
 from fastloc_viz.widgets.worker import Debouncer
 
-RULE = {"fastloc": "gate_cam", "fastloc_rescored": "gate_cam", "other": "sum"}
+RULE = {"fastloc": "refine_cam", "fastloc_rescored": "refine_cam", "other": "sum"}
 
 
 class Fakes:
@@ -77,9 +77,9 @@ def make(fakes: Fakes, **over) -> ExplorerState:
 def test_initial_apply_resolves_target_layer_rule_and_neurons():
     f = Fakes()
     s = make(f)
-    assert len(f.calls) == 1 and f.calls[0]["kmax"] == 10 and f.calls[0]["combine"] == "gate_cam"
+    assert len(f.calls) == 1 and f.calls[0]["kmax"] == 10 and f.calls[0]["combine"] == "refine_cam"
     assert s.applied["target"] == 281 and s.applied["layer"] == "_blocks.15"
-    assert s.applied["enabled"] == (1, 2, 3, 4, 5) and s.applied["combine"] == "gate_cam"
+    assert s.applied["enabled"] == (1, 2, 3, 4, 5) and s.applied["combine"] == "refine_cam"
     assert s.wanted == s.applied and not s.pending
     assert s.stats["explain_calls"] == 1 and s.stats["recombine_calls"] == 1
     assert set(s.applied) == set(KEYS)
@@ -171,7 +171,7 @@ def test_a_method_switch_takes_that_methods_default_rule():
     s.apply()
     s.want(method="fastloc")  # back: the default again, not the rule cached before
     s.apply()
-    assert s.applied["combine"] == "gate_cam" and s.current.params["combine"] == "gate_cam"
+    assert s.applied["combine"] == "refine_cam" and s.current.params["combine"] == "refine_cam"
     s.want(method="other", combine="max")  # unless combine comes with it
     s.apply()
     assert s.applied["combine"] == "max"

@@ -210,9 +210,9 @@ def test_method_and_rank_grad_switches(explorer):
         "rank score",
         "rescored logit",
     ]
-    assert explorer.combine_dropdown.value == e.params["combine"] == "gate_cam"
+    assert explorer.combine_dropdown.value == e.params["combine"] == "refine_cam"
     explorer.method = "fastloc"
-    assert explorer.explanation.params["combine"] == "gate_cam"  # the default, not a cached rule
+    assert explorer.explanation.params["combine"] == "refine_cam"  # the default, not a cached rule
     assert [t.visible for t in explorer.bars_fig.data][1:] == [False]
 
 
@@ -386,11 +386,11 @@ def test_a_batch_of_images_is_refused(bundle, photo):
 
 def test_class_map_card_toggles_sum_cam_without_any_pass(explorer, counter):
     explorer.method = "fastloc"
-    explorer.combine_dropdown.value = "gate_cam"
+    explorer.combine_dropdown.value = "refine_cam"
     counter.forward = counter.backward = 0
     e = explorer.explanation
     base, enabled = explorer.base_explanation, list(explorer.enabled)
-    assert e.params["combine"] == "gate_cam" and e.class_map is not None
+    assert e.params["combine"] == "refine_cam" and e.class_map is not None
     assert explorer.cards_box.children[0] is explorer.class_card["box"]
     assert "Grad-CAM" in explorer.class_card["text"].value
     check = explorer.class_card["check"]
@@ -399,7 +399,7 @@ def test_class_map_card_toggles_sum_cam_without_any_pass(explorer, counter):
     assert explorer.explanation.params["combine"] == "sum" == explorer.combine_dropdown.value
     np.testing.assert_allclose(explorer.explanation.saliency, fv.recombine(base, enabled, combine="sum").saliency)
     check.value = True  # back to the rule it had
-    assert explorer.combine_dropdown.value == "gate_cam"
+    assert explorer.combine_dropdown.value == "refine_cam"
     np.testing.assert_allclose(explorer.explanation.saliency, e.saliency)
     explorer.combine_dropdown.value = "sum_cam"
     assert check.value is True and "'sum_cam'" in explorer.class_card["text"].value

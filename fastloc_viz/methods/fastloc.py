@@ -21,9 +21,12 @@ from .base import Attribution, Method, MethodParams, register_method
 class FastLoc(Method):
     """One forward pass, one backward pass to rank, k partial backward passes to the image.
 
-    The combined map (``combine="gate_cam"``) weights each neuron map by the probe layer's
-    Grad-CAM, computed from the ranking's own gradient at no extra cost, averages and smooths
-    them, and adds that Grad-CAM (see :mod:`fastloc_viz.combine`).
+    The combined map (``combine="refine_cam"``) starts from the probe layer's Grad-CAM,
+    computed from the ranking's own gradient at no extra cost, and raises it toward its peak
+    where the k neuron maps (weighted by that Grad-CAM squared, averaged, smoothed) fire: the
+    class map decides where, the neurons how far (see :mod:`fastloc_viz.combine`). The default
+    threshold, 0.54, was chosen for the box users get on a development split of three models
+    (docs/results.md).
     """
 
     name = "fastloc"
@@ -39,7 +42,8 @@ class FastLoc(Method):
 
         k: int = 5
         rank_grad: str = "plain"
-        combine: str = "gate_cam"
+        combine: str = "refine_cam"
+        threshold: float = 0.54
         passes: str = "auto"
 
         def check(self) -> None:

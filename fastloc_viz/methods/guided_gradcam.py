@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .. import baselines
 from ..models import as_logits
-from .base import Method, register_method
+from .base import Method, MethodParams, register_method
 
 
 @register_method
@@ -14,6 +16,10 @@ class GuidedGradCAM(Method):
     name = "guided_gradcam"
     label = "Guided Grad-CAM"
     uses_layer = True
+
+    @dataclass(frozen=True)
+    class Params(MethodParams):
+        threshold: float = 0.23  # chosen for the default box on the development split (docs/results.md)
 
     def attribute(self, ctx, x, targets, params):
         name, module = ctx.layer
