@@ -144,10 +144,14 @@ def test_the_built_in_methods_and_their_declarations():
     m = fv.get_method("fastloc_rescored")
     assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
     assert m.defaults() == {
-        "sigma": None, "threshold": 0.3, "components": "largest",
-        "k": 5, "rank_grad": "plain", "combine": "gate_cam", "passes": "auto", "kmax": 10,
+        "sigma": None, "threshold": 0.54, "components": "peak",
+        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": 10,
     }
     assert fv.get_method("gradcam").defaults()["sigma"] == 0.0
+    # each method's own default box threshold, chosen on the development split (results.md)
+    assert {n: m.defaults()["threshold"] for n, m in fv.METHODS.items()} == {
+        "fastloc": 0.54, "fastloc_rescored": 0.54, "gradcam": 0.44, "guided_backprop": 0.25, "guided_gradcam": 0.23,
+    }
     assert not fv.get_method("guided_backprop").uses_layer
     with pytest.raises(TypeError):
         fv.METHODS["x"] = None  # a read-only view
