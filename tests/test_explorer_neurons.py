@@ -48,6 +48,9 @@ def explorer(bundle, photo, atlas):
 
 def test_drops_are_computed_after_the_first_display(bundle, photo):
     e = fv.explain(bundle, photo)
+    from fastloc_viz.hooks import probe_layer_options
+
+    probe_layer_options(bundle.model, e.layer, bundle.input_size)  # its one dry run, cached per model
     calls = []
     h = bundle.model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
     try:
