@@ -3,9 +3,9 @@
 Reads the per-query cache of ``fastloc-viz evaluate`` (``OUT/cache`` with ``--out``) and, for
 every pair of cached method configurations on the same data, resamples the queries with
 replacement (the same resample for both methods: the comparison is paired) and recomputes
-MaxBoxAcc@0.5 (its best threshold re-chosen in every resample, as the metric does),
-MaxBoxAccV2, the pointing game and GT-known localization (each method's own box at its default
-threshold). Prints each difference A - B with its 95 % interval::
+MaxBoxAcc@0.5 (its best threshold re-chosen in every resample, as the metric does), the same
+for the peak's component box, MaxBoxAccV2, the pointing game and GT-known localization (each
+method's own box at its default threshold). Prints each difference A - B with its 95 % interval::
 
     python benchmarks/paired_bootstrap.py /tmp/full2/cache --a fastloc --b gradcam
     python benchmarks/paired_bootstrap.py /tmp/full2/cache --rows 200:1000   # a held-out range
@@ -47,8 +47,10 @@ def per_query(results: dict, rows: list[int]) -> dict[str, np.ndarray]:
     r = [results[i] for i in rows]
     largest = np.array([q.iou_largest for q in r])  # N x T
     every = np.array([q.iou_all for q in r])
+    peak = np.array([q.iou_peak for q in r])
     return {
         "hits50": largest >= 0.5,
+        "hits_peak": peak >= 0.5,
         "hits_all": np.stack([every >= level for level in IOU_LEVELS]),  # L x N x T
         "pointing": np.array([q.pointing for q in r], dtype=float),
         "gt_known": np.array([q.box_iou >= 0.5 for q in r], dtype=float),
@@ -60,7 +62,9 @@ def metrics(q: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarr
     n = weights.sum(axis=1)
     mba50 = (weights @ q["hits50"]).max(axis=1) / n
     v2 = np.mean([(weights @ h).max(axis=1) / n for h in q["hits_all"]], axis=0)
-    return {"MaxBoxAcc@0.5": mba50, "MaxBoxAccV2": v2, "pointing": weights @ q["pointing"] / n,
+    peak = (weights @ q["hits_peak"]).max(axis=1) / n
+    return {"MaxBoxAcc@0.5": mba50, "peak box @0.5": peak, "MaxBoxAccV2": v2,
+            "pointing": weights @ q["pointing"] / n,
             "GT-known loc": weights @ q["gt_known"] / n}
 
 

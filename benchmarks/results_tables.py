@@ -1,0 +1,85 @@
+"""The per-model tables of docs/results.md from a tree of ``fastloc-viz evaluate`` runs.
+
+Expects ``ROOT/<model>/<set>/cache`` (``evaluate --out ROOT/<model>/<set>``), e.g. sets
+``single`` (ImageNet images), ``coll`` (collages, the photo's object box) and ``collq``
+(collages, the photo's quadrant). For each model prints every method's MaxBoxAcc@0.5 (largest
+component, wsolevaluation's), the peak's-component box accuracy at its best threshold,
+MaxBoxAccV2, pointing and GT-known localization at the method's default threshold (the box a
+user gets), then each method minus ``--baseline`` with a paired 95 % bootstrap interval::
+
+    python benchmarks/results_tables.py /tmp/ho --baseline gradcam
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from paired_bootstrap import load, metrics, per_query  # noqa: E402
+
+SHORT = {"MaxBoxAcc@0.5": "MaxBoxAcc@0.5", "peak box @0.5": "peak box", "MaxBoxAccV2": "V2",
+         "pointing": "pointing", "GT-known loc": "GT-known"}
+
+
+def interval(qa: dict, qb: dict, n: int, n_boot: int, seed: int) -> dict[str, tuple]:
+    """metric -> (A - B on all queries, 2.5 %, 97.5 %) under paired resampling."""
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    ones = np.ones((1, n))
+    full_a, full_b = metrics(qa, ones), metrics(qb, ones)
+    boot_a, boot_b = metrics(qa, weights), metrics(qb, weights)
+    out = {}
+    for name in full_a:
+        lo, hi = np.percentile(boot_a[name] - boot_b[name], [2.5, 97.5])
+        out[name] = (full_a[name][0] - full_b[name][0], lo, hi)
+    return out
+
+
+def model_tables(model_dir: Path, baseline: str, n_boot: int, seed: int) -> str:
+    sets = sorted(p.parent.name for p in model_dir.glob("*/cache"))
+    scores, diffs = [], []
+    for name in sets:
+        runs = load(model_dir / name / "cache")
+        if baseline not in runs:
+            continue
+        rows = sorted(set.intersection(*(set(r["results"]) for r in runs.values())))
+        q = {label: per_query(r["results"], rows) for label, r in runs.items()}
+        for label in sorted(runs, key=lambda label: (label != baseline, label)):
+            m = metrics(q[label], np.ones((1, len(rows))))
+            cells = " | ".join(f"{m[k][0]:.3f}" for k in SHORT)
+            scores.append(f"| {name} ({len(rows)}) | `{label}` | {cells} |")
+            if label != baseline:
+                d = interval(q[label], q[baseline], len(rows), n_boot, seed)
+                cells = " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in d.values())
+                diffs.append(f"| {name} | `{label}` | {cells} |")
+    head = " | ".join(SHORT.values())
+    return "\n".join([
+        f"### {model_dir.name}", "",
+        f"| set (queries) | method | {head} |", "|---" * (2 + len(SHORT)) + "|", *scores, "",
+        f"Paired difference against `{baseline}` ({n_boot} resamples, 95 % interval):", "",
+        f"| set | method | {head} |", "|---" * (2 + len(SHORT)) + "|", *diffs, "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="directory of <model>/<set>/cache evaluate runs")
+    parser.add_argument("--baseline", default="gradcam", help="method label to compare against")
+    parser.add_argument("--n-boot", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    models = sorted(p for p in Path(args.root).iterdir() if p.is_dir() and any(p.glob("*/cache")))
+    if not models:
+        parser.error(f"no <model>/<set>/cache under {args.root}")
+    for model_dir in models:
+        print(model_tables(model_dir, args.baseline, args.n_boot, args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
