@@ -41,7 +41,9 @@ def interval(qa: dict, qb: dict, n: int, n_boot: int, seed: int) -> dict[str, tu
 
 
 def model_tables(model_dir: Path, baseline: str, n_boot: int, seed: int) -> str:
-    sets = sorted(p.parent.name for p in model_dir.glob("*/cache"))
+    order = ["single", "coll", "collq"]
+    sets = sorted((p.parent.name for p in model_dir.glob("*/cache")),
+                  key=lambda name: (order.index(name) if name in order else len(order), name))
     scores, diffs = [], []
     for name in sets:
         runs = load(model_dir / name / "cache")

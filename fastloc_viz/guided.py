@@ -153,19 +153,21 @@ def has_relu_family(model: nn.Module) -> bool:
 
 
 def warn_untreated(names: set[str], treated: int) -> None:
-    """Warn (once per distinct message) about activations left with plain gradients."""
-    if names:
+    """Warn (once per distinct message) about activations left with plain gradients: one
+    warning, naming the untreated activations, whether or not any ReLU call was treated."""
+    untreated = f"; its activation(s) {sorted(names)} pass gradients unchanged" if names else ""
+    if treated == 0:
+        warnings.warn(
+            "the model made no ReLU-family call (relu, relu6, hardtanh(0, x)) in its forward "
+            f"pass{untreated}: guided backprop equals the plain gradient for this model.",
+            UserWarning,
+            stacklevel=4,
+        )
+    elif names:
         warnings.warn(
             f"guided backprop cannot treat the activation(s) {sorted(names)}: gradients pass "
             "through them unchanged (plain gradient), so the map is only guided at the "
             f"{treated} ReLU/ReLU6 call(s) of the forward pass.",
-            UserWarning,
-            stacklevel=4,
-        )
-    if treated == 0:
-        warnings.warn(
-            "the model made no ReLU-family call (relu, relu6, hardtanh(0, x)) in its forward "
-            "pass: guided backprop equals the plain gradient for this model.",
             UserWarning,
             stacklevel=4,
         )
