@@ -301,3 +301,29 @@ def test_interrupted_run_resumes_to_the_same_results(reference20, tmp_path):
     for key, lines in after.items():
         rows = [json.loads(ln)["row"] for ln in lines if ln.endswith("}")]
         assert sorted(rows) == list(range(20))
+
+
+def test_results_tables_reads_a_tree_of_runs(stub_data, tmp_path, capsys):
+    """benchmarks/results_tables.py: every method's scores, then each against the baseline."""
+    import importlib.util
+
+    data, _ = stub_data
+    for name in ("single", "coll"):
+        ev.evaluate(_Bundle(), data, ["gradcam", ev.MethodSpec("fastloc", {"k": 3})],
+                    cache_dir=tmp_path / "runs" / "stub" / name / "cache")
+    path = REPO / "benchmarks" / "results_tables.py"
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("results_tables", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        assert module.main([str(tmp_path / "runs"), "--n-boot", "50"]) == 0
+    finally:
+        sys.path.remove(str(path.parent))
+    out = capsys.readouterr().out.splitlines()
+    # sets in the order single, coll; the baseline first; rows 0, 2 and 3 hit (IoU 1), row 1 misses
+    assert out[4] == "| single (4) | `gradcam` | 0.750 | 0.750 | 0.750 | 1.000 | 0.750 |"
+    assert out[5].startswith("| single (4) | `fastloc[k=3]` |") and out[6].startswith("| coll (4) | `gradcam`")
+    # the stub gives both methods the same map: every paired difference is exactly zero
+    diffs = [line for line in out if line.startswith("| single | `fastloc[k=3]`")]
+    assert diffs == ["| single | `fastloc[k=3]` |" + " +0.000 [+0.000, +0.000] |" * 5]
