@@ -68,23 +68,32 @@ def metrics(q: dict[str, np.ndarray], weights: np.ndarray) -> dict[str, np.ndarr
             "GT-known loc": weights @ q["gt_known"] / n}
 
 
-def compare(a: dict, b: dict, rows: list[int], n_boot: int, seed: int) -> list[str]:
-    qa, qb = per_query(a, rows), per_query(b, rows)
+def differences(qa: dict, qb: dict, n_boot: int, seed: int) -> dict[str, dict[str, float]]:
+    """metric -> ``a``, ``b`` (on all queries), ``diff`` (A - B), ``lo`` / ``hi`` (its 95 %
+    interval) and ``share`` (of resamples with A > B), for the :func:`per_query` arrays of two
+    methods on the same queries, under one paired resampling."""
+    n = len(qa["pointing"])
     rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(rows), np.full(len(rows), 1.0 / len(rows)), size=n_boot).astype(float)
-    ones = np.ones((1, len(rows)))
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    ones = np.ones((1, n))
     full_a, full_b = metrics(qa, ones), metrics(qb, ones)
     boot_a, boot_b = metrics(qa, weights), metrics(qb, weights)
-    lines = []
+    out = {}
     for name in full_a:
         diff = boot_a[name] - boot_b[name]
         lo, hi = np.percentile(diff, [2.5, 97.5])
-        share = float(np.mean(diff > 0))
-        lines.append(
-            f"| {name} | {full_a[name][0]:.3f} | {full_b[name][0]:.3f} | "
-            f"{full_a[name][0] - full_b[name][0]:+.3f} | [{lo:+.3f}, {hi:+.3f}] | {share:.2f} |"
-        )
-    return lines
+        a, b = float(full_a[name][0]), float(full_b[name][0])
+        out[name] = {"a": a, "b": b, "diff": a - b, "lo": lo, "hi": hi, "share": float(np.mean(diff > 0))}
+    return out
+
+
+def compare(a: dict, b: dict, rows: list[int], n_boot: int, seed: int) -> list[str]:
+    d = differences(per_query(a, rows), per_query(b, rows), n_boot, seed)
+    return [
+        f"| {name} | {v['a']:.3f} | {v['b']:.3f} | {v['diff']:+.3f} | [{v['lo']:+.3f}, {v['hi']:+.3f}] | "
+        f"{v['share']:.2f} |"
+        for name, v in d.items()
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

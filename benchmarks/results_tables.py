@@ -20,24 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_bootstrap import load, metrics, per_query  # noqa: E402
+from paired_bootstrap import differences, load, metrics, per_query  # noqa: E402
 
 SHORT = {"MaxBoxAcc@0.5": "MaxBoxAcc@0.5", "peak box @0.5": "peak box", "MaxBoxAccV2": "V2",
          "pointing": "pointing", "GT-known loc": "GT-known"}
-
-
-def interval(qa: dict, qb: dict, n: int, n_boot: int, seed: int) -> dict[str, tuple]:
-    """metric -> (A - B on all queries, 2.5 %, 97.5 %) under paired resampling."""
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
-    ones = np.ones((1, n))
-    full_a, full_b = metrics(qa, ones), metrics(qb, ones)
-    boot_a, boot_b = metrics(qa, weights), metrics(qb, weights)
-    out = {}
-    for name in full_a:
-        lo, hi = np.percentile(boot_a[name] - boot_b[name], [2.5, 97.5])
-        out[name] = (full_a[name][0] - full_b[name][0], lo, hi)
-    return out
 
 
 def model_tables(model_dir: Path, baseline: str, n_boot: int, seed: int) -> str:
@@ -56,8 +42,8 @@ def model_tables(model_dir: Path, baseline: str, n_boot: int, seed: int) -> str:
             cells = " | ".join(f"{m[k][0]:.3f}" for k in SHORT)
             scores.append(f"| {name} ({len(rows)}) | `{label}` | {cells} |")
             if label != baseline:
-                d = interval(q[label], q[baseline], len(rows), n_boot, seed)
-                cells = " | ".join(f"{v:+.3f} [{lo:+.3f}, {hi:+.3f}]" for v, lo, hi in d.values())
+                d = differences(q[label], q[baseline], n_boot, seed)
+                cells = " | ".join(f"{v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" for v in d.values())
                 diffs.append(f"| {name} | `{label}` | {cells} |")
     head = " | ".join(SHORT.values())
     return "\n".join([
