@@ -19,7 +19,7 @@ import time
 import torch
 
 import fastloc_viz as fv
-from fastloc_viz.data import LocalizationDataset
+from fastloc_viz.imaging.dataset import LocalizationDataset
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-val-wsol"
 

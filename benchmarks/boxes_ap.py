@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     import fastloc_viz as fv
-    from fastloc_viz.coco import average_precision, centre_box, ground_truth, whole_box
-    from fastloc_viz.collection import run_boxes
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.coco import average_precision, centre_box, ground_truth, whole_box
+    from fastloc_viz.imaging.dataset import LocalizationDataset
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(DATA))

@@ -32,7 +32,7 @@ def limit(n: int, method: str, batch_size: int, repeats: int) -> float:
     import torch
 
     import fastloc_viz as fv
-    from fastloc_viz.images import load_batch
+    from fastloc_viz.imaging.batch import load_batch
 
     bundle = fv.load_model("efficientnet_lite0")
     files = sorted((DATA / "images").iterdir())[:n]

@@ -21,7 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz.evaluate_boxfree import per_query  # noqa: E402
+from fastloc_viz.evaluation.boxfree import per_query  # noqa: E402
 
 COLUMNS = (("faithfulness", "deletion_auc", "deletion AUC (lower better)"),
            ("faithfulness", "insertion_auc", "insertion AUC (higher better)"),

@@ -21,11 +21,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import explain, load_model  # noqa: E402
-from fastloc_viz import maps as M  # noqa: E402
-from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.metrics import LocalizationCounts  # noqa: E402
 from quality_push import _rule, _smooth, add_variant, variant_table  # noqa: E402  (the same directory)
+
+from fastloc_viz import explain, load_model  # noqa: E402
+from fastloc_viz.core import maps as M  # noqa: E402
+from fastloc_viz.evaluation.metrics import LocalizationCounts  # noqa: E402
+from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
 
 
 def variants(fl: dict[str, np.ndarray], cam: np.ndarray) -> dict[str, np.ndarray]:

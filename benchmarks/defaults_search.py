@@ -29,10 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import maps as M  # noqa: E402
-from fastloc_viz.combine import combine_maps  # noqa: E402
-from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.metrics import IOU_LEVELS, pointing_hit, sweep_all  # noqa: E402
+from fastloc_viz.core import maps as M  # noqa: E402
+from fastloc_viz.evaluation.metrics import IOU_LEVELS, pointing_hit, sweep_all  # noqa: E402
+from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
+from fastloc_viz.methods.combine import combine_maps  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(0, 100, 2) / 100, 2)
 

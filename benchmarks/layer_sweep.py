@@ -25,9 +25,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import maps as M  # noqa: E402
-from fastloc_viz.data import LocalizationDataset  # noqa: E402
 from quality_push import _rule, _smooth, analyze  # noqa: E402  (the same directory)
+
+from fastloc_viz.core import maps as M  # noqa: E402
+from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
 
 LAYERS = "_blocks.10,_blocks.12,_blocks.14,_blocks.15,_bn1"
 
@@ -40,11 +41,13 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], c
             k: int) -> None:
     import torch
 
-    from fastloc_viz import baselines, load_model
-    from fastloc_viz.fastloc import grads_to_maps, neuron_pass
-    from fastloc_viz.hooks import preserved, resolve_layer
-    from fastloc_viz.images import load_batch
-    from fastloc_viz.models import as_logits
+    from fastloc_viz import load_model
+    from fastloc_viz.engine import captum_maps as baselines
+    from fastloc_viz.engine.neuron_passes import grads_to_maps, neuron_pass
+    from fastloc_viz.imaging.batch import load_batch
+    from fastloc_viz.model.bundle import as_logits
+    from fastloc_viz.model.layers import resolve_layer
+    from fastloc_viz.model.state import preserved
 
     torch.manual_seed(0)
     bundle = load_model("efficientnet_lite0")

@@ -23,8 +23,8 @@ import torch
 from tqdm import tqdm
 
 import fastloc_viz as fv
-from fastloc_viz.data import LocalizationDataset
-from fastloc_viz.neuron_views import mean_pairwise_correlation
+from fastloc_viz.engine.activations import mean_pairwise_correlation
+from fastloc_viz.imaging.dataset import LocalizationDataset
 
 DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-val-wsol"
 

@@ -25,9 +25,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.evaluate import MethodSpec, ResultCache  # noqa: E402
-from fastloc_viz.metrics import IOU_LEVELS  # noqa: E402
+from fastloc_viz.evaluation.localization import MethodSpec, ResultCache  # noqa: E402
+from fastloc_viz.evaluation.metrics import IOU_LEVELS  # noqa: E402
+from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
 
 
 def load(cache_root: Path) -> dict[str, dict]:

@@ -17,7 +17,7 @@ same layer::
 
 Variant names: ``{rank}{k}-{rule}[-s{sigma}]`` with ``rank`` ``g`` (guided) or ``p`` (plain).
 Variants that are library rules (``sum``, ``max``, ``weighted``, ``union``, ``mean-cam`` =
-``sum_cam``, ``gate_cam``) are computed by :func:`fastloc_viz.combine.combine_maps`; the others
+``sum_cam``, ``gate_cam``) are computed by :func:`fastloc_viz.methods.combine.combine_maps`; the others
 (``raw``, ``blobsum``, ``sum-x-cam``, ``gate-only``, ``camweighted``) are experiments that the
 library does not offer.
 """
@@ -35,10 +35,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz import maps as M  # noqa: E402
-from fastloc_viz.combine import combine_maps  # noqa: E402
-from fastloc_viz.data import LocalizationDataset  # noqa: E402
-from fastloc_viz.metrics import LocalizationCounts, score_query  # noqa: E402
+from fastloc_viz.core import maps as M  # noqa: E402
+from fastloc_viz.evaluation.metrics import LocalizationCounts, score_query  # noqa: E402
+from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
+from fastloc_viz.methods.combine import combine_maps  # noqa: E402
 
 SIGMA = 16.0
 
@@ -48,12 +48,14 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layer: str, k_guided
             k_plain: int, batch: int) -> None:
     import torch
 
-    from fastloc_viz import baselines, load_model
-    from fastloc_viz.fastloc import neuron_pass, rescore
-    from fastloc_viz.maps import blobs
-    from fastloc_viz.hooks import preserved, resolve_layer
-    from fastloc_viz.images import load_batch
-    from fastloc_viz.models import as_logits
+    from fastloc_viz import load_model
+    from fastloc_viz.core.maps import blobs
+    from fastloc_viz.engine import captum_maps as baselines
+    from fastloc_viz.engine.neuron_passes import neuron_pass, rescore
+    from fastloc_viz.imaging.batch import load_batch
+    from fastloc_viz.model.bundle import as_logits
+    from fastloc_viz.model.layers import resolve_layer
+    from fastloc_viz.model.state import preserved
 
     torch.manual_seed(0)
     bundle = load_model("efficientnet_lite0")

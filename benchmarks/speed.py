@@ -15,7 +15,7 @@ other processes on a shared machine hits every case alike. Timed per image:
   is not timed) and no map, box or top-5 is made: both favour Captum;
 - one guided-backprop call: Captum's ``GuidedBackprop`` (on ReLU6 models such as
   EfficientNet-Lite0 it silently returns the plain gradient) and ours
-  (:func:`fastloc_viz.baselines.guided_backprop`, exact on every ReLU family);
+  (:func:`fastloc_viz.engine.captum_maps.guided_backprop`, exact on every ReLU family);
 - Captum ``LayerGradCam`` at the Grad-CAM layer;
 - the floor, in plain PyTorch autograd (no guided rule, no Python hooks): one forward pass
   with grad, one backward pass from the target logit to the probe layer, and k backward
@@ -45,10 +45,10 @@ from collections.abc import Callable
 import torch
 
 from fastloc_viz import explain, load_model
-from fastloc_viz.baselines import guided_backprop
-from fastloc_viz.hooks import resolve_layer
-from fastloc_viz.models import as_logits
-from fastloc_viz.ranking import rank_neurons
+from fastloc_viz.engine.captum_maps import guided_backprop
+from fastloc_viz.engine.ranking import rank_neurons
+from fastloc_viz.model.bundle import as_logits
+from fastloc_viz.model.layers import resolve_layer
 
 MODELS = ("efficientnet_lite0", "vgg16")
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -93,7 +93,12 @@ def test_image(photo: bool, seed: int) -> torch.Tensor:
 
 def make_cases(bundle, img: torch.Tensor, k: int) -> tuple[dict[str, Callable[[], object]], dict, tuple]:
     """The timed callables of one model, and facts about the setup (layers, target)."""
-    from captum.attr import GuidedBackprop, LayerGradCam, LayerGradientXActivation, NeuronGuidedBackprop
+    from captum.attr import (
+        GuidedBackprop,
+        LayerGradCam,
+        LayerGradientXActivation,
+        NeuronGuidedBackprop,
+    )
 
     model = bundle.model
     device = bundle.device

@@ -7,17 +7,23 @@ through Captum; every method is registered in :mod:`fastloc_viz.methods`; widget
 :mod:`fastloc_viz.widgets`. ``docs/architecture.md`` maps the modules.
 """
 
-from .ablation import Ablation, ablate
-from .classes import AmbiguousClass, UnknownClass
-from .atlas import NeuronAtlas
-from .combine import RULES, combine_maps, recombine, register_rule
-from .explaining import explain
-from .explanation import Explanation, Neuron, Prediction
-from .images import sample_image
+import importlib.metadata as _metadata
+
+from .core.results import Explanation, Neuron, Prediction
+from .imaging.batch import sample_image
+from .imaging.readers import ImageInfo, LoadedImage, read_image
 from .methods import METHODS, Method, MethodParams, get_method, register_method, unregister_method
-from .models import ModelBundle, load_model
-from .readers import ImageInfo, LoadedImage, read_image
-from .version import __version__
+from .methods.combine import RULES, combine_maps, recombine, register_rule
+from .methods.explain import explain
+from .model.bundle import ModelBundle, load_model
+from .model.classes import AmbiguousClass, UnknownClass
+from .neurons.ablation import Ablation, ablate
+from .neurons.atlas import NeuronAtlas
+
+try:
+    __version__ = _metadata.version("fastloc-viz")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "METHODS",

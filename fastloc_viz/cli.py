@@ -28,7 +28,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import METHODS, __version__
+    from importlib.metadata import version
+
+    from . import METHODS
+
+    __version__ = version("fastloc-viz")
 
     p = _Parser(prog="fastloc-viz", description="Fast object localization from a classifier.")
     p.add_argument("--version", action="version", version=f"fastloc-viz {__version__}")
@@ -77,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
     a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
-    from . import evaluate_boxfree
+    from .evaluation import boxfree as evaluate_boxfree
 
     ev = sub.add_parser("evaluate", help="localization (boxes), faithfulness and sanity metrics on a data set")
     evaluate_boxfree.add_arguments(ev)
@@ -128,7 +132,7 @@ def load_plugins(paths: Sequence[str]) -> None:
 
 
 def _image_arg(text: str):
-    from .images import sample_image
+    from .imaging.batch import sample_image
 
     if text.startswith("sample:"):
         return sample_image(text.split(":", 1)[1])
@@ -137,7 +141,7 @@ def _image_arg(text: str):
 
 def _image_args(texts: Sequence[str]) -> list[tuple[str, object]]:
     """``(name, image)`` for every argument; a folder gives each image file under it."""
-    from .collection import IMAGE_EXTENSIONS, _image_files
+    from .collection.boxes import IMAGE_EXTENSIONS, _image_files
 
     out: list[tuple[str, object]] = []
     for text in texts:
@@ -208,9 +212,9 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
 
 def _cmd_explain(args) -> int:
     from . import load_model
-    from .files import check_writable
+    from .core.files import check_writable
     from .methods import get_method
-    from .report import write_pages
+    from .views.report import write_pages
 
     get_method(args.method)  # an unknown name fails before the model loads
     out = Path(args.out) if args.out else None
@@ -221,7 +225,7 @@ def _cmd_explain(args) -> int:
     pages = {}
     for name, image in images:
         if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
-            from .readers import parse_window, read_image
+            from .imaging.readers import parse_window, read_image
 
             image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
         pages[name] = _run_all(
@@ -250,7 +254,7 @@ def _cmd_explain(args) -> int:
 
 def _cmd_boxes(args) -> int:
     from . import load_model
-    from .collection import run_boxes
+    from .collection.boxes import run_boxes
     from .methods import get_method
 
     get_method(args.method)
@@ -276,8 +280,8 @@ def _cmd_boxes(args) -> int:
 
 def _neuron_extras(bundle, pages: dict, atlas_path: str | None) -> dict:
     """For ``write_pages``: the atlas, and each page's lead ablation (one batched forward pass)."""
-    from .ablation import ablate
-    from .atlas import NeuronAtlas
+    from .neurons.ablation import ablate
+    from .neurons.atlas import NeuronAtlas
 
     atlas = NeuronAtlas.load(atlas_path) if atlas_path else None
     extras = {}
@@ -293,8 +297,8 @@ def _neuron_extras(bundle, pages: dict, atlas_path: str | None) -> dict:
 
 def _cmd_demo(args) -> int:
     from . import load_model, sample_image
-    from .files import make_dir
-    from .report import write_pages
+    from .core.files import make_dir
+    from .views.report import write_pages
 
     t0 = time.perf_counter()
     bundle = load_model("efficientnet_lite0")
@@ -321,8 +325,8 @@ def _cmd_demo(args) -> int:
 def _cmd_atlas(args) -> int:
     """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas."""
     from . import load_model
-    from .atlas import NeuronAtlas
-    from .files import check_writable
+    from .core.files import check_writable
+    from .neurons.atlas import NeuronAtlas
 
     out = Path(args.out)
     check_writable(out, what="the atlas")
@@ -358,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_atlas(args)
             if args.command == "boxes":
                 return _cmd_boxes(args)
-            from . import evaluate_boxfree
+            from .evaluation import boxfree as evaluate_boxfree
 
             return evaluate_boxfree.run(args)
     except KeyboardInterrupt:

@@ -32,7 +32,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz.data import COLUMNS, LocalizationDataset, Query  # noqa: E402
+from fastloc_viz.imaging.dataset import COLUMNS, LocalizationDataset, Query  # noqa: E402
 
 
 def pick_groups(queries: list[Query], n: int, seed: int) -> list[list[Query]]:

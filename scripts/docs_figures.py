@@ -15,8 +15,8 @@ import pathlib
 from PIL import Image
 
 import fastloc_viz as fv
-from fastloc_viz import plots
-from fastloc_viz.images import collage
+from fastloc_viz.imaging.batch import collage
+from fastloc_viz.views import plots
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "img"
 

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import fastloc_viz as fv
-from fastloc_viz.images import collage
-from fastloc_viz.plots import colorize, neuron_thumbnail
+from fastloc_viz.imaging.batch import collage
+from fastloc_viz.views.plots import colorize, neuron_thumbnail
 
 
 def _panel(e: fv.Explanation) -> Image.Image:

@@ -82,7 +82,7 @@ def tiny(request) -> TinyNet:
 
 def model_state(model: nn.Module) -> dict:
     """Everything explain() promises to leave untouched."""
-    from fastloc_viz.hooks import hook_counts
+    from fastloc_viz.model.state import hook_counts
 
     return {
         "params": {k: v.detach().clone() for k, v in model.state_dict().items()},

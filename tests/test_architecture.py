@@ -9,23 +9,22 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastloc_viz"
 
-# A module may import only from modules of a lower rank (packages: any of their own modules).
+# The sub-packages from the bottom up. A module may import from its own package and from
+# packages of a lower rank only; neurons, evaluation and collection share a rank, so they never
+# import each other.
 RANKS = {
-    "explanation": 0, "version": 0, "checks": 0, "files": 0, "classes": 0,
-    "maps": 1, "tokens": 1, "coco": 1, "guided": 1, "ranking": 1, "decode": 1, "data": 1, "neuron_views": 1,
-    "hooks": 2, "timm_models": 2, "review": 2, "windowing": 2, "metrics": 2, "combine": 2, "raster": 2, "image_sources": 2,
-    "formats": 3, "models": 3, "baselines": 3, "neuron_cards": 3,
-    "readers": 4, "fastloc": 4, "ablation": 4,
-    "images": 5,
-    "methods": 6, "faithfulness": 6,
-    "explaining": 7,
-    "plots": 8, "evaluate": 8, "atlas": 8, "sanity": 8,
-    "plots_faithfulness": 8.5,
-    "report": 9, "evaluate_boxfree": 9, "collection": 9,
-    "widgets": 10,
-    "cli": 11,
-    "__init__": 12,
+    "core": 0,
+    "imaging": 1,
+    "model": 2,
+    "engine": 3,
+    "methods": 4,
+    "neurons": 5, "evaluation": 5, "collection": 5,
+    "views": 6,
+    "widgets": 7,
+    "cli": 8,
+    "__init__": 9,
 }
+TOP_LEVEL_MODULES = {"__init__", "cli"}
 MAX_LINES = 620
 
 
@@ -36,7 +35,7 @@ def _modules():
 
 
 def _exports() -> dict[str, str]:
-    """Names the package's ``__init__`` re-exports -> the module defining them."""
+    """Names the package's ``__init__`` re-exports -> the sub-package defining them."""
     out = {}
     for node in ast.parse((PACKAGE / "__init__.py").read_text()).body:
         if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
@@ -45,39 +44,59 @@ def _exports() -> dict[str, str]:
     return out
 
 
-def _imports(top: str, path: Path) -> set[str]:
-    """The top-level package modules that ``path`` imports (also inside functions)."""
+def _imports(top: str, path: Path, package: Path = PACKAGE) -> set[str]:
+    """The sub-packages (or top-level modules) that ``path`` imports (also inside functions)."""
     exports = _exports()
-    in_subpackage = path.parent != PACKAGE
+    in_subpackage = path.parent != package
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import) or (isinstance(node, ast.ImportFrom) and node.level == 0):
             names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            found |= {n.split(".")[1] for n in names if n and n.startswith("fastloc_viz.")}
+            for n in names:
+                if n == "fastloc_viz" and isinstance(node, ast.ImportFrom):
+                    found |= {exports.get(a.name, a.name) for a in node.names}
+                elif n and n.startswith("fastloc_viz."):
+                    found.add(n.split(".")[1])
             continue
         if not isinstance(node, ast.ImportFrom):
             continue
         level = node.level - (1 if in_subpackage else 0)
-        if level == 0:  # inside the same subpackage
+        if level == 0:  # inside the same sub-package
             continue
         if node.module:
             found.add(node.module.split(".")[0])
         else:
             for alias in node.names:
-                found.add(alias.name if (PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir()
-                          else exports.get(alias.name, alias.name))
+                is_module = (PACKAGE / f"{alias.name}.py").exists() or (PACKAGE / alias.name).is_dir()
+                found.add(alias.name if is_module else exports.get(alias.name, alias.name))
     found.discard(top)
     return found
 
 
-def test_every_module_has_a_rank():
-    assert {top for top, _ in _modules()} <= set(RANKS)
+def test_only_the_entry_and_the_cli_sit_at_the_top():
+    assert {p.stem for p in PACKAGE.glob("*.py")} == TOP_LEVEL_MODULES
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(RANKS) - TOP_LEVEL_MODULES
+
+
+@pytest.mark.parametrize("package", sorted(set(RANKS) - TOP_LEVEL_MODULES))
+def test_each_package_says_what_belongs_in_it(package):
+    doc = ast.get_docstring(ast.parse((PACKAGE / package / "__init__.py").read_text()))
+    assert doc and len(doc) > 40, f"fastloc_viz/{package}/__init__.py needs a docstring saying what belongs there"
+    assert f"\n  {package}/ " in (PACKAGE.parent / "docs" / "architecture.md").read_text(), "docs/architecture.md's tree"
 
 
 @pytest.mark.parametrize("top, path", list(_modules()), ids=lambda v: v.name if isinstance(v, Path) else v)
 def test_imports_flow_one_way(top, path):
     upward = {m: RANKS.get(m) for m in _imports(top, path) if RANKS.get(m, 99) >= RANKS[top]}
     assert not upward, f"{path.relative_to(PACKAGE)} (rank {RANKS[top]}) imports {upward}: see docs/architecture.md"
+
+
+def test_the_rule_catches_an_upward_import(tmp_path):
+    """The checker itself: a core module importing the methods, relatively or not, is reported."""
+    fake = tmp_path / "fastloc_viz" / "core" / "results.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text("from ..methods import get_method\nfrom fastloc_viz.views import plots\nfrom .maps import box\n")
+    assert _imports("core", fake, package=tmp_path / "fastloc_viz") == {"methods", "views"}
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fastloc_viz.maps import boxes_at_thresholds, map_to_box, normalize, scored_boxes
-from fastloc_viz.metrics import component_boxes, iou, iou_matrix, sweep_all, sweep_ious
+from fastloc_viz.core.maps import boxes_at_thresholds, map_to_box, normalize, scored_boxes
+from fastloc_viz.evaluation.metrics import component_boxes, iou, iou_matrix, sweep_all, sweep_ious
 
 maps = arrays(
     np.float32,

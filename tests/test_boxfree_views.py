@@ -8,18 +8,22 @@ import re
 
 import numpy as np
 import pytest
+from conftest import TinyNet
 from PIL import Image
 
 from fastloc_viz import ModelBundle, explain
-from fastloc_viz.data import LocalizationDataset
-from fastloc_viz.evaluate import MethodSpec, json_summary
-from fastloc_viz.evaluate_boxfree import evaluate_box_free, parse_metrics
-from fastloc_viz.faithfulness import faithfulness_of
-from fastloc_viz.plots_faithfulness import faithfulness_figure, method_color, sanity_curve_figure, sanity_strip
-from fastloc_viz.report import write_report
-from fastloc_viz.sanity import sanity_check
-
-from conftest import TinyNet
+from fastloc_viz.evaluation.boxfree import evaluate_box_free, parse_metrics
+from fastloc_viz.evaluation.faithfulness import faithfulness_of
+from fastloc_viz.evaluation.localization import MethodSpec, json_summary
+from fastloc_viz.evaluation.sanity import sanity_check
+from fastloc_viz.imaging.dataset import LocalizationDataset
+from fastloc_viz.views.faithfulness_plots import (
+    faithfulness_figure,
+    method_color,
+    sanity_curve_figure,
+    sanity_strip,
+)
+from fastloc_viz.views.report import write_report
 
 
 @pytest.fixture
@@ -121,7 +125,7 @@ def test_figures_and_report(tiny_bundle, tmp_path):
 def test_cli_localization_and_faithfulness_together(folder, monkeypatch, capsys, tiny_bundle, tmp_path):
     import fastloc_viz
     from fastloc_viz.cli import main
-    from fastloc_viz.evaluate import JSON_KEYS
+    from fastloc_viz.evaluation.localization import JSON_KEYS
 
     (folder / "annotations.csv").write_text(
         "image,label,wnid,width,height,orig_width,orig_height,boxes\n"

@@ -8,7 +8,6 @@ import json
 import os
 
 import pytest
-
 from test_browser import CHROMIUM, CHROMIUM_ARGS, lab  # noqa: F401 - the JupyterLab fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -16,7 +15,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SETUP = '''
 import json, os
 from PIL import Image
-from fastloc_viz import coco
+from fastloc_viz.collection import coco
 rows = []
 for i, (w, h) in enumerate([(300, 200), (120, 240), (200, 200)]):
     Image.new("RGB", (w, h), (40 * i, 120, 200 - 50 * i)).save(f"p{i}.png")

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fastloc_viz import coco
-from fastloc_viz.collection import OutputLock, collect_items, run_boxes
-from fastloc_viz.models import ModelBundle
+from fastloc_viz.collection import coco
+from fastloc_viz.collection.boxes import OutputLock, collect_items, run_boxes
+from fastloc_viz.model.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[1]
 

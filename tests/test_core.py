@@ -6,18 +6,25 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import GuidedBackprop, GuidedGradCam, LayerGradCam, LayerAttribution, NeuronGuidedBackprop
+from captum.attr import (
+    GuidedBackprop,
+    GuidedGradCam,
+    LayerAttribution,
+    LayerGradCam,
+    NeuronGuidedBackprop,
+)
 from conftest import ACTS, TinyNet, assert_same_state, model_state
 from torch import nn
 from torch.testing import assert_close
 
 import fastloc_viz as fv
-from fastloc_viz import baselines
-from fastloc_viz.combine import combine_maps, recombine
-from fastloc_viz.fastloc import grads_to_maps, neuron_pass
-from fastloc_viz.guided import GuidedMode
-from fastloc_viz.hooks import hook_counts, preserved
-from fastloc_viz.ranking import rank_neurons
+from fastloc_viz.core.maps import normalize
+from fastloc_viz.engine import captum_maps as baselines
+from fastloc_viz.engine.guided import GuidedMode
+from fastloc_viz.engine.neuron_passes import grads_to_maps, neuron_pass
+from fastloc_viz.engine.ranking import rank_neurons
+from fastloc_viz.methods.combine import combine_maps, recombine
+from fastloc_viz.model.state import hook_counts, preserved
 
 
 def _input(seed=1, n=2, size=8):
@@ -317,7 +324,7 @@ def test_recombine_cam_rules_keep_the_class_map(relu_net):
     e = fv.explain(relu_net, img, layer="conv3", k=3, sigma=0)
     assert_close(recombine(e, []).saliency, e.class_map)
     m, cam = e.neuron_maps[1], e.class_map
-    norm = fv.maps.normalize
+    norm = normalize
     g = norm(m * cam * cam)
     assert_close(recombine(e, [2]).saliency, cam + 0.9 * (1 - cam) * g)  # refine_cam, the default
     assert_close(recombine(e, [2], combine="gate_cam").saliency, norm(norm(m * cam) + cam))
@@ -428,7 +435,7 @@ def test_lite0_finds_the_cat(lite0):
 @pytest.mark.parametrize("photos", [("chelsea", "coffee"), ("chelsea", "coffee", "rocket", "astronaut")])
 def test_class_query_on_a_collage(lite0, method, photos):
     """Ask for each photo's class: the map's peak falls inside that photo."""
-    from fastloc_viz.images import collage
+    from fastloc_viz.imaging.batch import collage
 
     classes = [fv.explain(lite0, fv.sample_image(p), method="gradcam").target for p in photos]
     cols = 2

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastloc_viz import evaluate as ev
-from fastloc_viz.data import LocalizationDataset, parse_boxes
-from fastloc_viz.explanation import Explanation, Prediction
+from fastloc_viz.core.parallel import Dist
+from fastloc_viz.core.results import Explanation, Prediction
+from fastloc_viz.evaluation import localization as ev
+from fastloc_viz.imaging.dataset import LocalizationDataset, parse_boxes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
@@ -103,7 +104,7 @@ def test_evaluate_pipeline_counts_exactly(stub_data):
 def test_shards_cover_every_row_once_and_merge_to_the_whole(stub_data):
     data, _ = stub_data
     whole = ev.evaluate(_Bundle(), data, ["gradcam"])["methods"]["gradcam"]
-    parts = [ev.evaluate(_Bundle(), data, ["gradcam"], dist=ev.Dist(rank=r, world_size=3))
+    parts = [ev.evaluate(_Bundle(), data, ["gradcam"], dist=Dist(rank=r, world_size=3))
              for r in range(3)]
     assert [p["n"] for p in parts] == [2, 1, 1]  # rows 0,3 | 1 | 2
     hits = sum(p["methods"]["gradcam"]["gt_known_loc"] * p["n"] for p in parts)
@@ -194,7 +195,7 @@ needs_data = pytest.mark.skipif(
 
 
 def _cli(*args: str, env: dict | None = None) -> list[str]:
-    return [sys.executable, "-m", "fastloc_viz.evaluate", str(DATA), *args]
+    return [sys.executable, "-m", "fastloc_viz.evaluation.localization", str(DATA), *args]
 
 
 def _env() -> dict:
@@ -260,7 +261,7 @@ def _free_port() -> int:
 def test_torchrun_two_processes_equal_single_process(reference20, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "fastloc_viz.evaluate", str(DATA), "--methods", "gradcam,fastloc",
+           "-m", "fastloc_viz.evaluation.localization", str(DATA), "--methods", "gradcam,fastloc",
            "--limit", "20", "--no-cache", "--no-progress", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastloc_viz as fv
-from fastloc_viz.ablation import ablate_channels
+from fastloc_viz.neurons.ablation import ablate_channels
 from fastloc_viz.widgets import NeuronExplorer
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,7 @@ def explorer(bundle, photo, atlas):
 
 def test_drops_are_computed_after_the_first_display(bundle, photo):
     e = fv.explain(bundle, photo)
-    from fastloc_viz.hooks import probe_layer_options
+    from fastloc_viz.model.layers import probe_layer_options
 
     probe_layer_options(bundle.model, e.layer, bundle.input_size)  # its one dry run, cached per model
     calls = []

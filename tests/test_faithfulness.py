@@ -6,12 +6,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet, assert_same_state, model_state
 
 from fastloc_viz import ModelBundle
-from fastloc_viz.faithfulness import BLUR_KERNEL, BLUR_SIGMA, baseline_image, deletion_curve, faithfulness
-from fastloc_viz.sanity import map_similarity, randomization_groups, randomized_copies, sanity_check
-
-from conftest import TinyNet, assert_same_state, model_state
+from fastloc_viz.evaluation.faithfulness import (
+    BLUR_KERNEL,
+    BLUR_SIGMA,
+    baseline_image,
+    deletion_curve,
+    faithfulness,
+)
+from fastloc_viz.evaluation.sanity import (
+    map_similarity,
+    randomization_groups,
+    randomized_copies,
+    sanity_check,
+)
 
 
 def _bundle(act: str = "relu", dtype=torch.float64) -> ModelBundle:
@@ -156,7 +166,7 @@ def test_sanity_check_leaves_model_and_rng_as_they_were(monkeypatch):
     assert_same_state(before, model_state(bundle.model))
     assert torch.equal(rng, torch.random.get_rng_state())
 
-    import fastloc_viz.explaining as ex
+    import fastloc_viz.methods.explain as ex
 
     real, calls = ex.explain, []
 
@@ -177,7 +187,7 @@ def test_sanity_check_leaves_model_and_rng_as_they_were(monkeypatch):
 def test_guided_backprop_survives_randomization_gradcam_does_not(lite0, shared_data):
     """Adebayo et al.'s outcome on real photographs: guided backprop's map stays close to the
     trained model's when every layer is random; Grad-CAM's does not."""
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.imaging.dataset import LocalizationDataset
 
     data = LocalizationDataset(shared_data, limit=3)
     sims = {"gradcam": [], "guided_backprop": []}

@@ -24,7 +24,8 @@ from PIL import Image
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import cli, decode, formats, readers, windowing
+from fastloc_viz import cli
+from fastloc_viz.imaging import decode, formats, readers, windowing
 
 SIZE = 16
 CLASSES = ["a", "b", "c"]
@@ -284,7 +285,7 @@ def test_dicom_explains_end_to_end(name, bundle, tmp_path):
     x0, y0, x1, y1 = e.box
     assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE
     assert e.params["image"]["format"] == "DICOM"
-    from fastloc_viz.report import render_report
+    from fastloc_viz.views.report import render_report
 
     html = render_report({"fastloc": e})
     assert "image: DICOM" in html and "window" in html
@@ -334,7 +335,7 @@ def test_fits_explains_end_to_end(rel, bundle):
     e = fv.explain(bundle, _fits(rel), k=2)
     x0, y0, x1, y1 = e.box
     assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE
-    from fastloc_viz.report import render_report
+    from fastloc_viz.views.report import render_report
 
     assert "image: FITS" in render_report({"fastloc": e})
 
@@ -400,7 +401,7 @@ _MEASURE = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 import torch
-from fastloc_viz import images
+from fastloc_viz.imaging import batch as images
 def status(key):
     return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
 base = status("VmRSS")

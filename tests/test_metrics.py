@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fastloc_viz import metrics
-from fastloc_viz.metrics import (
+from fastloc_viz.evaluation import metrics
+from fastloc_viz.evaluation.metrics import (
     DEFAULT_THRESHOLDS,
     LocalizationCounts,
     QueryResult,

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from conftest import TinyNet, assert_same_state, model_state
+from torch import nn
 from torch.testing import assert_close
 
 import fastloc_viz as fv
-from fastloc_viz.ablation import ablate_channels, random_control
-from fastloc_viz.neuron_views import mean_pairwise_correlation, pairwise_correlations
+from fastloc_viz.engine.activations import mean_pairwise_correlation, pairwise_correlations
+from fastloc_viz.neurons.ablation import ablate_channels, random_control
 
 
 def _bundle(model, dtype=torch.float32):
@@ -444,7 +444,7 @@ def _few_images(shared_data, tmp_path, n):
 
 
 def test_report_shows_activation_maps_drops_and_atlas_strips(tmp_path):
-    from fastloc_viz.report import render_report, write_report
+    from fastloc_viz.views.report import render_report, write_report
 
     model = TinyNet("relu").eval()
     bundle = _bundle(model)

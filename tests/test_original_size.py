@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastloc_viz.explanation import box_to_original
-from fastloc_viz.metrics import iou
+from fastloc_viz.core.results import box_to_original
+from fastloc_viz.evaluation.metrics import iou
 
 
 def test_mapping_arithmetic_on_a_hand_set_case():
@@ -46,7 +46,7 @@ def tiny_bundle_224():
     import torch
     from torch import nn
 
-    from fastloc_viz.models import ModelBundle
+    from fastloc_viz.model.bundle import ModelBundle
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1),
@@ -57,7 +57,7 @@ def tiny_bundle_224():
 @pytest.mark.slow
 def test_non_square_photos_map_back_onto_their_ground_truth(lite0, shared_data, tmp_path):
     import fastloc_viz as fv
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.imaging.dataset import LocalizationDataset
 
     rows = [q for q in LocalizationDataset(shared_data, limit=60)
             if abs(q.orig_width / q.orig_height - 1) > 0.2 and len(q.boxes) == 1][:8]

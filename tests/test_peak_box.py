@@ -13,8 +13,8 @@ import torch
 from conftest import TinyNet
 
 import fastloc_viz as fv
-from fastloc_viz.data import LocalizationDataset
-from fastloc_viz.evaluate import evaluate
+from fastloc_viz.evaluation.localization import evaluate
+from fastloc_viz.imaging.dataset import LocalizationDataset
 from fastloc_viz.methods.base import Method, MethodParams, register_method, unregister_method
 
 # An 8 x 8 map with a large dim component (rows 0-3, cols 0-3, 16 px at 0.5), a bright small
@@ -87,7 +87,7 @@ def test_an_all_zero_map_gives_no_box_and_a_warning(fixed_method, tiny_bundle, m
     assert e.box is None and e.box_original is None
     d = e.to_dict()
     assert d["box"] is None and d["box_original"] is None
-    from fastloc_viz import plots
+    from fastloc_viz.views import plots
 
     fig = plots.overlay(e)  # draws the map, no box
     assert [s.name for s in fig.layout.shapes] == []

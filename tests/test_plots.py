@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 import pytest
 import viz_fixtures as vf
 
-from fastloc_viz import plots, report
+from fastloc_viz.views import plots, report
 
 
 @pytest.fixture(scope="module")

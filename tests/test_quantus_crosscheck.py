@@ -31,21 +31,21 @@ import pytest
 import torch
 
 import fastloc_viz as fv
-from fastloc_viz.faithfulness import faithfulness, pixel_order
-from fastloc_viz.sanity import sanity_check
+from fastloc_viz.evaluation.faithfulness import faithfulness, pixel_order
+from fastloc_viz.evaluation.sanity import sanity_check
 
 quantus = pytest.importorskip("quantus", minversion="0.6")
 pytestmark = pytest.mark.slow
 
 
 def _normalized(bundle, image) -> np.ndarray:
-    from fastloc_viz.images import load_batch
+    from fastloc_viz.imaging.batch import load_batch
 
     return bundle.preprocess(load_batch(image, bundle.input_size)).detach().numpy().astype(np.float32)
 
 
 def test_deletion_matches_quantus_pixel_flipping(lite0, shared_data):
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.imaging.dataset import LocalizationDataset
 
     q = LocalizationDataset(shared_data, limit=1)[0]
     image = q.load_image()
@@ -71,7 +71,7 @@ def test_deletion_matches_quantus_pixel_flipping(lite0, shared_data):
 
 
 def test_randomization_matches_quantus_mprt(lite0, shared_data):
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.imaging.dataset import LocalizationDataset
 
     q = LocalizationDataset(shared_data, limit=1)[0]
     image = q.load_image()

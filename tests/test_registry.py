@@ -14,9 +14,11 @@ from conftest import REPO, TinyNet
 from scipy import ndimage
 
 import fastloc_viz as fv
-from fastloc_viz import cli, combine
-from fastloc_viz.classes import AmbiguousClass, UnknownClass, class_index
-from fastloc_viz.models import imagenet_classes
+from fastloc_viz import cli
+from fastloc_viz.core.maps import normalize
+from fastloc_viz.methods import combine
+from fastloc_viz.model.bundle import imagenet_classes
+from fastloc_viz.model.classes import AmbiguousClass, UnknownClass, class_index
 
 # --- combine rules against longhand references --------------------------------------------
 
@@ -123,13 +125,13 @@ def test_a_registered_rule_is_used_by_explain_and_recombine():
         @fv.register_rule("first_only")
         def first_only(maps, *, sigma, **_):
             """Only the best neuron's map."""
-            return fv.maps.normalize(maps[0])
+            return normalize(maps[0])
 
         e = fv.explain(net, torch.rand(3, 8, 8), k=2, combine="first_only")
         assert e.params["combine"] == "first_only"
-        np.testing.assert_array_equal(e.saliency, fv.maps.normalize(e.neuron_maps[0]))
+        np.testing.assert_array_equal(e.saliency, normalize(e.neuron_maps[0]))
         again = fv.recombine(e, [2])
-        np.testing.assert_array_equal(again.saliency, fv.maps.normalize(e.neuron_maps[1]))
+        np.testing.assert_array_equal(again.saliency, normalize(e.neuron_maps[1]))
         with pytest.raises(ValueError, match="already registered"):
             fv.register_rule("sum")(first_only)
     finally:
@@ -162,7 +164,7 @@ def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_pa
         fv.get_method("gradcam++")
     with pytest.raises(ValueError, match=r"method='nope' is not one of"):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
-    from fastloc_viz.evaluate import parse_methods
+    from fastloc_viz.evaluation.localization import parse_methods
 
     with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
         parse_methods("gradcam,nope")
@@ -277,8 +279,8 @@ def test_the_doc_example_is_one_short_file():
 
 
 def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
-    from fastloc_viz import evaluate as ev
-    from fastloc_viz.data import LocalizationDataset
+    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.imaging.dataset import LocalizationDataset
     from fastloc_viz.widgets import MethodComparison
 
     assert "integrated_gradients" in fv.METHODS

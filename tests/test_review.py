@@ -8,8 +8,8 @@ import json
 import pytest
 from PIL import Image
 
-from fastloc_viz import coco
-from fastloc_viz.review import ReviewStore
+from fastloc_viz.collection import coco
+from fastloc_viz.collection.review_store import ReviewStore
 
 
 def _boxes_file(tmp_path):

@@ -24,8 +24,10 @@ from PIL import Image
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import cli, decode, images
-from fastloc_viz.hooks import hook_counts
+from fastloc_viz import cli
+from fastloc_viz.imaging import batch as images
+from fastloc_viz.imaging import decode
+from fastloc_viz.model.state import hook_counts
 
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
 SIZE = 16
@@ -811,7 +813,7 @@ def test_cli_unwritable_output_locations(cli_lite0, files, tmp_path, capsys):
 
 
 def test_unwritable_directory_is_named(tmp_path, monkeypatch):
-    from fastloc_viz import files
+    from fastloc_viz.core import files
 
     def refuse(*a, **k):
         raise PermissionError(13, "Permission denied")
@@ -847,7 +849,7 @@ def test_interrupted_report_write_keeps_the_old_file(cli_lite0, files, tmp_path,
 
 
 def test_evaluate_outputs_are_written_atomically(tmp_path, monkeypatch):
-    from fastloc_viz import evaluate
+    from fastloc_viz.evaluation import localization as evaluate
 
     results = {
         "n": 1, "model": "m", "data": "d", "layer": None, "thresholds": [0.5],

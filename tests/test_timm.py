@@ -10,16 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import assert_same_state, model_state
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz import baselines, decode
-from fastloc_viz.fastloc import neuron_pass
-from fastloc_viz.hooks import default_layer, preserved, probe_layer_options
-from fastloc_viz.models import as_logits
-from fastloc_viz.tokens import TokenGrid, token_grid
-
-from conftest import assert_same_state, model_state
+from fastloc_viz.engine import captum_maps as baselines
+from fastloc_viz.engine.neuron_passes import neuron_pass
+from fastloc_viz.imaging import decode
+from fastloc_viz.model.bundle import as_logits, bundle_of
+from fastloc_viz.model.layers import default_layer, probe_layer_options
+from fastloc_viz.model.state import preserved
+from fastloc_viz.model.tokens import TokenGrid, token_grid
 
 timm = pytest.importorskip("timm")
 
@@ -36,7 +37,7 @@ def vit():
 def test_timm_resnet18_module_brings_its_pretrained_cfg():
     net = timm.create_model("resnet18", pretrained=False)
     cfg = net.pretrained_cfg
-    for bundle in (fv.load_model(net), fv.models.bundle_of(net)):
+    for bundle in (fv.load_model(net), bundle_of(net)):
         assert bundle.input_size == tuple(cfg["input_size"][1:])
         assert bundle.mean == tuple(cfg["mean"]) and bundle.std == tuple(cfg["std"])
         assert bundle.interpolation == cfg["interpolation"] == "bicubic"
@@ -82,7 +83,7 @@ def test_timm_name_errors():
         fv.load_model("timm/vit_tiny_patch16_224.no_such_tag", weights=None)
     with pytest.raises(LookupError, match="weights='IMAGENET1K_V1' is not known for a timm model"):
         fv.load_model("timm/resnet18", weights="IMAGENET1K_V1")
-    from fastloc_viz import timm_models
+    from fastloc_viz.model import timm_models
 
     if not timm_models._cached(timm, "vit_tiny_patch16_224"):
         with pytest.raises(FileNotFoundError, match="weights=None"):

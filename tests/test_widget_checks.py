@@ -6,13 +6,12 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from conftest import TinyNet
 
 from fastloc_viz import ModelBundle
-from fastloc_viz.plots_faithfulness import method_color
+from fastloc_viz.views.faithfulness_plots import method_color
 from fastloc_viz.widgets import MethodComparison
 from fastloc_viz.widgets import boxfree as panel_module
-
-from conftest import TinyNet
 
 
 @pytest.fixture

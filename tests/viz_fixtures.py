@@ -6,8 +6,8 @@ import numpy as np
 from PIL import Image
 from skimage import data
 
-from fastloc_viz.maps import map_to_box, normalize, smooth
-from fastloc_viz.explanation import Explanation, Neuron, Prediction
+from fastloc_viz.core.maps import map_to_box, normalize, smooth
+from fastloc_viz.core.results import Explanation, Neuron, Prediction
 
 H = W = 224
 

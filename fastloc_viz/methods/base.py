@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checks import check_choice, check_sigma, check_threshold
-from ..maps import COMPONENTS
-from ..models import ModelBundle, as_logits, resolve_targets
+from ..core.checks import check_choice, check_sigma, check_threshold
+from ..core.maps import COMPONENTS
+from ..model.bundle import ModelBundle, as_logits, resolve_targets
 
 __all__ = [
     "METHODS",
@@ -71,7 +71,7 @@ class Context:
     Attributes:
         bundle: the :class:`~fastloc_viz.ModelBundle`.
         layer: ``(name, module)`` of the probe layer, for methods that use one.
-        mode: a method that ran a :class:`~fastloc_viz.guided.GuidedMode` stores it here, so
+        mode: a method that ran a :class:`~fastloc_viz.engine.guided.GuidedMode` stores it here, so
             ``explain`` can warn about activations the guided rule did not reach.
     """
 

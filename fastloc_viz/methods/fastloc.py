@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import maps as M
-from ..checks import check_choice, check_int
-from ..combine import RULES, combine_maps
-from ..fastloc import PASSES, RANK_GRADS, grads_to_maps, neuron_pass, neurons_of
-from ..models import as_logits
+from ..core import maps as M
+from ..core.checks import check_choice, check_int
+from ..engine.neuron_passes import PASSES, RANK_GRADS, grads_to_maps, neuron_pass, neurons_of
+from ..model.bundle import as_logits
 from .base import Attribution, Method, MethodParams, register_method
+from .combine import RULES, combine_maps
 
 
 @register_method
@@ -24,7 +24,7 @@ class FastLoc(Method):
     The combined map (``combine="refine_cam"``) starts from the probe layer's Grad-CAM,
     computed from the ranking's own gradient at no extra cost, and raises it toward its peak
     where the k neuron maps (weighted by that Grad-CAM squared, averaged, smoothed) fire: the
-    class map decides where, the neurons how far (see :mod:`fastloc_viz.combine`). The default
+    class map decides where, the neurons how far (see :mod:`fastloc_viz.methods.combine`). The default
     threshold, 0.54, was chosen for the box users get on a development split of three models
     (docs/results.md).
     """
@@ -37,7 +37,7 @@ class FastLoc(Method):
     @dataclass(frozen=True)
     class Params(MethodParams):
         """``k``: neurons kept; ``rank_grad``: ``"plain"`` or ``"guided"`` gradient for the
-        ranking; ``combine``: a rule of :data:`fastloc_viz.combine.RULES`; ``passes``:
+        ranking; ``combine``: a rule of :data:`fastloc_viz.methods.combine.RULES`; ``passes``:
         ``"loop"``, ``"batched"`` or ``"auto"`` (batched on GPU, loop on CPU)."""
 
         k: int = 5

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..checks import check_int
-from ..fastloc import rescore
-from ..maps import blobs
-from ..models import as_logits
+from ..core.checks import check_int
+from ..core.maps import blobs
+from ..engine.neuron_passes import rescore
+from ..model.bundle import as_logits
 from .base import register_method
 from .fastloc import FastLoc
 

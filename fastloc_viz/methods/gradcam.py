@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import baselines
-from ..models import as_logits
+from ..engine import captum_maps as baselines
+from ..model.bundle import as_logits
 from .base import Method, MethodParams, register_method
 
 

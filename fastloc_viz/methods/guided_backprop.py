@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import baselines
-from ..models import as_logits
+from ..engine import captum_maps as baselines
+from ..model.bundle import as_logits
 from .base import Method, MethodParams, register_method
 
 
 @register_method
 class GuidedBackprop(Method):
-    """Captum's ``Saliency`` under :class:`~fastloc_viz.guided.GuidedMode` (exact on ReLU6 and
+    """Captum's ``Saliency`` under :class:`~fastloc_viz.engine.guided.GuidedMode` (exact on ReLU6 and
     inplace ReLUs, where Captum's own ``GuidedBackprop`` is not)."""
 
     name = "guided_backprop"

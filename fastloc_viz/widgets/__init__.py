@@ -8,7 +8,7 @@ How they stay responsive:
 
 * **Cheap changes run at once.** Toggling a neuron, moving the box threshold or changing the
   combination rule recomputes the map and the box from the cached neuron maps
-  (:func:`fastloc_viz.combine.recombine`): no forward or backward pass.
+  (:func:`fastloc_viz.methods.combine.recombine`): no forward or backward pass.
 * **Expensive changes are debounced on a worker thread.** A new class, ``k``, layer,
   ``rank_grad`` or method needs a new :func:`fastloc_viz.explain` call. Events from the
   controls only record the wanted state; a worker thread waits until the events stop for
@@ -35,9 +35,9 @@ from __future__ import annotations
 
 # the widgets call these through the package (so tests can patch them);
 # probe_layer_options is the explorer's layer list (docs/own-model.md)
-from ..combine import recombine  # noqa: F401
-from ..explaining import explain  # noqa: F401
-from ..hooks import probe_layer_options  # noqa: F401
+from ..methods.combine import recombine  # noqa: F401
+from ..methods.explain import explain  # noqa: F401
+from ..model.layers import probe_layer_options  # noqa: F401
 from .comparison import MethodComparison
 from .explorer import NeuronExplorer
 from .review import BoxReview

@@ -1,6 +1,6 @@
 """What both widgets share: bundle and image, progress, the error box, quiet setting of
 controls, the debounced worker, and the class box (what people type, looked up by
-:func:`fastloc_viz.classes.class_index`)."""
+:func:`fastloc_viz.model.classes.class_index`)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..classes import AmbiguousClass, UnknownClass, class_index
-from ..explanation import Explanation
-from ..models import ModelBundle, bundle_of
+from ..core.results import Explanation
+from ..model.bundle import ModelBundle, bundle_of
+from ..model.classes import AmbiguousClass, UnknownClass, class_index
 from .worker import Debouncer
 
 CSS = """
@@ -60,7 +60,7 @@ class WidgetBase:
     """
 
     def __init__(self, model_or_bundle: ModelBundle | Any, image: Any, debounce: float) -> None:
-        from ..images import is_batch
+        from ..imaging.batch import is_batch
 
         if is_batch(image):
             raise ValueError(

@@ -20,9 +20,9 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import plots_faithfulness as pf
-from ..faithfulness import faithfulness_of
-from ..sanity import randomization_groups, sanity_check
+from ..evaluation.faithfulness import faithfulness_of
+from ..evaluation.sanity import randomization_groups, sanity_check
+from ..views import faithfulness_plots as pf
 
 SECTIONS = ("faithfulness", "sanity")
 TITLES = ("Faithfulness: deletion and insertion", "Sanity check: model randomization")

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 import ipywidgets as W
 import numpy as np
 
-from .. import plots
-from ..explanation import Explanation
-from ..neuron_cards import activation_thumbnail, atlas_sign
-from ..raster import encode
+from ..core.raster import encode
+from ..core.results import Explanation
+from ..views import plots
+from ..views.cards import activation_thumbnail, atlas_sign
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 

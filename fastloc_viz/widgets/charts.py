@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
-from .. import plots
-from ..explanation import Explanation
+from ..core.results import Explanation
+from ..views import plots
 
 # The combined map is smooth (a Gaussian of ~16 px at 224 px): a coarser heatmap, drawn with
 # plotly's interpolation, looks the same and makes each toggle's update 2x smaller.

@@ -13,12 +13,12 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
-from .. import plots
-from ..checks import check_threshold
-from ..explanation import Box, Explanation
-from ..maps import box_fields
+from ..core.checks import check_threshold
+from ..core.maps import box_fields
+from ..core.results import Box, Explanation
 from ..methods import METHODS
-from ..models import ModelBundle
+from ..model.bundle import ModelBundle
+from ..views import plots
 from .base import CSS, WidgetBase
 from .boxfree import ChecksPanel
 from .charts import morph
@@ -36,7 +36,7 @@ class MethodComparison(WidgetBase):
     index) and the box threshold (re-boxes each method's map; no model call).
 
     Args:
-        model_or_bundle: a :class:`~fastloc_viz.models.ModelBundle` or an ``nn.Module``.
+        model_or_bundle: a :class:`~fastloc_viz.model.bundle.ModelBundle` or an ``nn.Module``.
         image: anything :func:`~fastloc_viz.explain` accepts.
         methods: names from :data:`fastloc_viz.METHODS` (default: every registered one).
         gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.

@@ -15,10 +15,10 @@ from typing import Any
 
 import ipywidgets as W
 
-from ..combine import RULES
-from ..fastloc import RANK_GRADS
-from ..hooks import probe_layer_options
+from ..engine.neuron_passes import RANK_GRADS
 from ..methods import METHODS, methods_where
+from ..methods.combine import RULES
+from ..model.layers import probe_layer_options
 
 COLORSCALES = ("Inferno", "Viridis", "Jet", "Hot", "Turbo", "Greys")
 RANK_GRAD_TIPS = {

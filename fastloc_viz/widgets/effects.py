@@ -14,8 +14,8 @@ import itertools
 import threading
 from collections.abc import Sequence
 
-from ..ablation import Ablation, Outcome, ablate, ablate_channels
-from ..explanation import Explanation
+from ..core.results import Explanation
+from ..neurons.ablation import Ablation, Outcome, ablate, ablate_channels
 
 MAX_SUBSET_K = 6
 """Up to this k every subset is computed with the ablation (64 copies at k = 6)."""

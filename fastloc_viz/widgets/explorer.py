@@ -16,14 +16,14 @@ import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 
-from .. import plots
-from ..checks import check_choice, check_threshold
-from ..combine import cam_rules
-from ..explanation import Explanation
-from ..fastloc import RANK_GRADS
+from ..core.checks import check_choice, check_threshold
+from ..core.results import Explanation
+from ..engine.neuron_passes import RANK_GRADS
 from ..methods import get_method
-from ..models import ModelBundle
-from ..neuron_cards import check_atlas, similarity_note
+from ..methods.combine import cam_rules
+from ..model.bundle import ModelBundle
+from ..views import plots
+from ..views.cards import check_atlas, similarity_note
 from . import charts
 from .base import CSS, WidgetBase
 from .cards import Cards, top5_buttons
@@ -59,7 +59,7 @@ class NeuronExplorer(WidgetBase):
     and an export button.
 
     Args:
-        model_or_bundle: a :class:`~fastloc_viz.models.ModelBundle` or an ``nn.Module``.
+        model_or_bundle: a :class:`~fastloc_viz.model.bundle.ModelBundle` or an ``nn.Module``.
         image: anything :func:`~fastloc_viz.explain` accepts (path, PIL, array, tensor).
         debounce: seconds of quiet after the last control event before a recomputation.
         export_dir: where the export button writes (default: the current directory).

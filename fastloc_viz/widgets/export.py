@@ -13,9 +13,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ..explanation import Explanation
-from ..files import write_bytes_atomic, write_text_atomic
-from ..report import write_report
+from ..core.files import write_bytes_atomic, write_text_atomic
+from ..core.results import Explanation
+from ..views.report import write_report
 
 EXPORT_TIP = "write the current state as HTML + JSON (and PNG when kaleido and Chrome/Chromium are available)"
 

@@ -6,7 +6,7 @@ accept, reject, undo, adjust (drag the box with ``jupyter-bbox-widget``, or move
 threshold, which re-boxes the image's map), or open it in the :class:`NeuronExplorer`.
 Keyboard (``ipyevents``, on the gallery once clicked): ``a`` accept, ``r`` reject, ``u``
 undo, ``e`` edit, ``←`` / ``→`` select, ``n`` / ``p`` next / previous page. Decisions are
-kept by :class:`fastloc_viz.review.ReviewStore`: saved atomically as they are made, read back
+kept by :class:`fastloc_viz.collection.review_store.ReviewStore`: saved atomically as they are made, read back
 when the gallery is opened again (after a kernel restart). ``export`` writes the accepted
 boxes as COCO.
 """
@@ -21,8 +21,8 @@ import ipywidgets as W
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..raster import encode, image_uri
-from ..review import ReviewStore
+from ..collection.review_store import ReviewStore
+from ..core.raster import encode, image_uri
 
 COLORS = {None: (0, 229, 255), "accepted": (40, 200, 80), "rejected": (230, 50, 50)}
 
@@ -67,7 +67,7 @@ class BoxReview(W.VBox):
         if src.suffix.lower() != ".json":
             if bundle is None:
                 raise ValueError("BoxReview on a source (not a boxes .json) needs bundle= to compute the boxes")
-            from ..collection import run_boxes
+            from ..collection.boxes import run_boxes
 
             out = Path(out) if out else src.with_name(src.name + ".boxes.json")
             run_boxes(src, out, bundle, method=method, workers=0, progress=False)
@@ -226,8 +226,8 @@ class BoxReview(W.VBox):
 
     def _rethreshold(self, t: float) -> None:
         """Re-box the image's map at threshold ``t`` (one explain call per image, cached)."""
-        from .. import maps as M
-        from ..explanation import box_to_original
+        from ..core import maps as M
+        from ..core.results import box_to_original
         from . import explain
 
         p = self.store[self._edit_file]

@@ -1,0 +1,1 @@
+"""Views: plotly figures, neuron cards and the HTML report, from results already computed."""

@@ -1,0 +1,197 @@
+"""Plotly figures of the box-free checks: deletion / insertion curves and the randomization
+sanity strip. Used by the HTML report (:func:`fastloc_viz.views.report.write_report`'s
+``faithfulness=`` and ``sanity=``) and the comparison widget.
+
+Each method has one colour everywhere (:func:`method_color`): its place in the method
+registry picks it from plotly's qualitative palette, so Grad-CAM is the same colour in the
+curves, the similarity curve and across reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..methods import METHODS
+from .plots import (
+    DEFAULT_COLORSCALE,
+    _image_axes,
+    _photo_trace,
+    fading_colorscale,
+    heatmap_trace,
+    method_label,
+)
+
+__all__ = ["PALETTE", "curves_of", "faithfulness_figure", "method_color", "sanity_curve_figure", "sanity_strip"]
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f")
+"""Plotly's D3 palette, reordered so the five built-in methods get well-separated colours."""
+
+
+def method_color(method: str) -> str:
+    """The method's colour: by its place in the registry, else by a hash of its name. A label
+    with parameters (``fastloc[k=10]``) takes its method's colour."""
+    base = method.split("[", 1)[0]
+    names = list(METHODS)
+    if base in names:
+        return PALETTE[names.index(base) % len(PALETTE)]
+    return PALETTE[int(hashlib.sha1(base.encode()).hexdigest(), 16) % len(PALETTE)]
+
+
+def _name(label: str) -> str:
+    base, _, rest = label.partition("[")
+    return method_label(base) + (f" [{rest}" if rest else "")
+
+
+def curves_of(source: Mapping[str, Any]) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]]:
+    """``{label: {"deletion": (fractions, probs, auc), "insertion": ...}}`` from either
+    :func:`fastloc_viz.evaluation.faithfulness.faithfulness` results per method (``{label: {kind:
+    Curve}}``) or ``evaluate``'s results (``{label: {"fractions", "deletion_curve", ...}}``,
+    or the whole results object with a ``"methods"`` key): the mean curves over the data."""
+    if "methods" in source and isinstance(source["methods"], Mapping):
+        source = source["methods"]
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]] = {}
+    for label, d in source.items():
+        out[label] = {}
+        for kind in ("deletion", "insertion"):
+            c = d.get(kind)
+            if c is not None and hasattr(c, "probs"):
+                out[label][kind] = (np.asarray(c.fractions), np.asarray(c.probs), float(c.auc))
+            elif f"{kind}_curve" in d and len(d[f"{kind}_curve"]):
+                out[label][kind] = (np.asarray(d["fractions"]), np.asarray(d[f"{kind}_curve"]),
+                                    float(d[f"{kind}_auc"]))
+    return {k: v for k, v in out.items() if v}
+
+
+def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, height: int = 360) -> go.Figure:
+    """Deletion (left) and insertion (right) curves, one line per method, AUC in the legend.
+
+    ``source``: see :func:`curves_of` (one image's curves, or evaluate's mean curves).
+    """
+    curves = curves_of(source)
+    if not curves:
+        raise ValueError("no deletion or insertion curve to plot")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.09, subplot_titles=(
+        "Deletion: top pixels removed first (lower area is better)",
+        "Insertion: top pixels added first (higher area is better)"))
+    for label, kinds in curves.items():
+        color = method_color(label)
+        for col, kind in enumerate(("deletion", "insertion"), start=1):
+            if kind not in kinds:
+                continue
+            x, y, area = kinds[kind]
+            fig.add_trace(go.Scatter(
+                x=x, y=y, mode="lines+markers", marker={"size": 4}, line={"color": color, "width": 2},
+                name=f"{_name(label)} · {kind[:3]}. AUC {area:.3f}", legendgroup=label,
+                hovertemplate=f"{_name(label)}<br>%{{x:.0%}} of pixels<br>p = %{{y:.3f}}<extra></extra>",
+            ), row=1, col=col)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="fraction of pixels changed", tickformat=".0%", range=[0, 1], row=1, col=col)
+        fig.update_yaxes(title_text="probability of the target class" if col == 1 else None, rangemode="tozero",
+                         row=1, col=col)
+    for ann in fig.layout.annotations:
+        ann.font = {"size": 12}
+    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 60, "b": 40},
+                      legend={"font": {"size": 11}}, title=title)
+    return fig
+
+
+def _sanity_rows(source: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{label: {"depths", "groups", "spearman", "ssim", "hog"}}`` from SanityResult objects
+    or evaluate's results (``sanity_curve`` / ``sanity_ssim`` / ``sanity_hog``)."""
+    if "methods" in source and isinstance(source["methods"], Mapping):
+        source = source["methods"]
+    rows = {}
+    for label, r in source.items():
+        if hasattr(r, "spearman"):
+            rows[label] = {"depths": list(r.depths), "groups": list(r.groups), "spearman": r.spearman,
+                           "ssim": r.ssim, "hog": r.hog}
+        elif isinstance(r, Mapping) and r.get("sanity_curve"):
+            rows[label] = {"depths": r["sanity_depths"], "groups": r["sanity_groups"],
+                           "spearman": r["sanity_curve"], "ssim": r.get("sanity_ssim"), "hog": r.get("sanity_hog")}
+    return rows
+
+
+def sanity_curve_figure(source: Mapping[str, Any], *, height: int = 340, title: str | None = None) -> go.Figure:
+    """Similarity to the trained model's map against the randomization depth, one colour per
+    method: Spearman (solid), SSIM (dashed), HOG similarity (dotted).
+
+    ``source``: ``{method: SanityResult}`` from :func:`fastloc_viz.evaluation.sanity.sanity_check`, or
+    evaluate's results (mean curves over the data).
+    """
+    rows = _sanity_rows(source)
+    if not rows:
+        raise ValueError("no randomization result to plot")
+    fig = go.Figure()
+    for label, r in rows.items():
+        color = method_color(label)
+        x = list(range(len(r["depths"]) + 1))  # evenly spaced: the depths computed, in order
+        ticks = ["trained", *[f"{d}: {g}" for d, g in zip(r["depths"], r["groups"])]]
+        for key, dash, shown in (("spearman", "solid", True), ("ssim", "dash", "legendonly"),
+                                 ("hog", "dot", "legendonly")):
+            if r.get(key) is None or not len(r[key]):
+                continue
+            fig.add_trace(go.Scatter(
+                x=x, y=[1.0, *np.asarray(r[key], dtype=float)], mode="lines+markers",
+                line={"color": color, "dash": dash}, legendgroup=label, visible=shown,
+                name=f"{_name(label)} · {key}", text=ticks,
+                hovertemplate=f"{_name(label)} ({key})<br>%{{text}}<br>%{{y:.3f}}<extra></extra>",
+            ))
+    first = next(iter(rows.values()))
+    fig.update_xaxes(title_text="layers randomized from the top (depth: the last one randomized)",
+                     tickvals=list(range(len(first["depths"]) + 1)), tickangle=0,
+                     ticktext=["trained", *[f"{d}<br>{g}" for d, g in zip(first["depths"], first["groups"])]])
+    fig.update_yaxes(title_text="similarity to the trained model's map", range=[-0.3, 1.05])
+    fig.add_hline(y=0, line={"color": "#999", "width": 1})
+    fig.update_layout(template="plotly_white", height=height, title=title,
+                      margin={"l": 50, "r": 10, "t": 40 if title else 20, "b": 60}, legend={"font": {"size": 11}})
+    return fig
+
+
+def sanity_strip(results: Mapping[str, Any], *, image: np.ndarray | None = None, cell: int = 130,
+                 max_side: int = 56, colorscale: str = DEFAULT_COLORSCALE) -> go.Figure:
+    """Each method's map (rows) for the trained model and at each randomization depth
+    (columns), one colour scale; each panel's title gives the Spearman correlation with the
+    trained model's map. A map that stays put while the model is destroyed is a warning.
+
+    Args:
+        results: ``{method: SanityResult}`` from :func:`fastloc_viz.evaluation.sanity.sanity_check`.
+        image: ``H x W x 3`` in ``[0, 1]`` under the maps (dimmed), optional.
+    """
+    if not results:
+        raise ValueError("sanity_strip needs at least one SanityResult")
+    labels = list(results)
+    first = results[labels[0]]
+    cols = 1 + len(first.depths)
+    titles = []
+    for label in labels:
+        r = results[label]
+        titles.append(f"<b>{_name(label)}</b><br>trained")
+        titles += [f"{d}: {g}<br>ρ = {s:.2f}" for d, g, s in zip(r.depths, r.groups, r.spearman)]
+    fig = make_subplots(rows=len(labels), cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=0.14 / len(labels))
+    h, w = first.original.shape
+    for i, label in enumerate(labels):
+        r = results[label]
+        for j, m in enumerate([r.original, *r.maps]):
+            if image is not None:
+                fig.add_trace(_photo_trace(np.asarray(image) * 0.5, max_side=2 * max_side, name="image"),
+                              row=i + 1, col=j + 1)
+            fig.add_trace(heatmap_trace(m, opacity=0.85 if image is not None else 1.0, coloraxis="coloraxis",
+                                        max_side=max_side, name=f"{label} {j}"), row=i + 1, col=j + 1)
+            _image_axes(fig, h, w, row=i + 1, col=j + 1)
+    for ann in fig.layout.annotations:
+        ann.font = {"size": 10.5}
+    fig.update_layout(
+        coloraxis={"colorscale": fading_colorscale(colorscale) if image is not None else colorscale,
+                   "cmin": 0, "cmax": 1, "showscale": False},
+        width=max(400, cell * cols), height=int(cell * 1.2 * len(labels)) + 30,
+        margin={"l": 5, "r": 5, "t": 45, "b": 5}, template="plotly_white", showlegend=False,
+    )
+    return fig
