@@ -56,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--method", default="fastloc", help=f"one of {', '.join(METHODS)} or a --plugin's (default: %(default)s)"
     )
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
-    e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
-    e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
+    _param_arguments(e)
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument(
@@ -95,6 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _param_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-k`` and ``--threshold``: unset, each method takes its own default from the registry
+    (the help says which)."""
+    from .methods import defaults_text
+
+    parser.add_argument("-k", type=int, default=None,
+                        help=f"neurons to keep, methods with neurons (default: {defaults_text('k')})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="box threshold, a fraction of the map's max (default: each method's own: "
+                        f"{defaults_text('threshold')})")
+
+
 def _box_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
@@ -102,8 +113,7 @@ def _box_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
-    b.add_argument("-k", type=int, default=None, help="neurons to keep (fastloc methods)")
-    b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map's max (0.3)")
+    _param_arguments(b)
     b.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder", "csv"),
                    help="how SOURCE gives targets (auto: a CSV, an ImageFolder when every sub-folder names a class, "
                    "else top-1)")
@@ -165,7 +175,8 @@ def _target_arg(text: str | None):
 
 
 def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
-    """``method``, then (``baselines``) every registered method without neurons, same class."""
+    """``method``, then (``baselines``) every registered method without neurons, same class.
+    A keyword left ``None`` takes the method's default (``explain``'s rule)."""
     from . import explain
     from .methods import methods_where
 
@@ -174,9 +185,8 @@ def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
     if baselines:
         for name in methods_where(lambda m: not m.has_neurons):
             if name != method:
-                results[name] = explain(
-                    bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3)
-                )
+                # a --threshold given applies to every method; unset, each takes its own default
+                results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold"))
     return results
 
 

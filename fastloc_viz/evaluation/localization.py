@@ -32,7 +32,7 @@ import numpy as np
 from ..core.files import JsonLines, make_dir, write_text_atomic
 from ..core.parallel import Dist, barrier, init_distributed, machine_info, peak_memory_mb
 from ..imaging.dataset import LocalizationDataset, Query
-from ..methods import get_method
+from ..methods import defaults_text, get_method
 from .metrics import (
     DEFAULT_THRESHOLDS,
     IOU_LEVELS,
@@ -438,7 +438,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default="fastloc,gradcam",
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
-        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
+        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]'; what is not given is the "
+        f"method's own default (box threshold: {defaults_text('threshold')}) (default: %(default)s)",
     )
     parser.add_argument(
         "--layer", default=None,

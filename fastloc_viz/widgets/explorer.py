@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from ..core.checks import check_choice, check_threshold
 from ..core.results import Explanation
 from ..engine.neuron_passes import RANK_GRADS
-from ..methods import get_method
+from ..methods import default_of
 from ..methods.combine import cam_rules
 from ..model.bundle import ModelBundle
 from ..views import plots
@@ -40,7 +40,7 @@ def _seam(name: str):
 
 
 def default_rule(method: str) -> str:
-    return get_method(method).defaults()["combine"]
+    return default_of(method, "combine")
 
 
 class NeuronExplorer(WidgetBase):
@@ -70,7 +70,9 @@ class NeuronExplorer(WidgetBase):
             channel's top patches with their labels (hidden while another layer is shown).
         **explain_kwargs: passed to :func:`~fastloc_viz.explain` (``method``, ``target``,
             ``layer``, ``k``, ``kmax``, ``rank_grad``, ``combine``, ``sigma``,
-            ``threshold``, ``components``, ``passes``).
+            ``threshold``, ``components``, ``passes``); what is not given is the method's
+            own default, as in ``explain`` (a switch of method takes the new one's default
+            threshold unless the threshold was moved).
 
     Programmatic access: :attr:`explanation`, :attr:`enabled`, :attr:`target`, :attr:`k`,
     :attr:`layer`, :attr:`method`, :attr:`rank_grad`, :attr:`threshold`, :meth:`export`.
@@ -102,8 +104,8 @@ class NeuronExplorer(WidgetBase):
                 "target": explanation.target,
                 "layer": explanation.layer,
                 "k": len(explanation.neurons),
-                "rank_grad": p.get("rank_grad", "plain"),
-                "threshold": p.get("threshold", 0.3),
+                "rank_grad": p["rank_grad"],
+                "threshold": p["threshold"],
                 **explain_kwargs,
             }
         method = explain_kwargs.pop("method", "fastloc")
@@ -113,14 +115,19 @@ class NeuronExplorer(WidgetBase):
                 "use MethodComparison for the other methods"
             )
         target = explain_kwargs.pop("target", None)
+
+        def given(key: str):  # what the caller gave, else the method's default (the registry's)
+            value = explain_kwargs.pop(key, None)
+            return default_of(method, key) if value is None else value
+
         settings = {
             "method": method,
             "target": None if target is None else self.bundle.class_index(target),
-            "k": int(explain_kwargs.pop("k", 5)),
+            "k": int(given("k")),
             "kmax": explain_kwargs.pop("kmax", None),
             "layer": explain_kwargs.pop("layer", None),
-            "rank_grad": explain_kwargs.pop("rank_grad", "plain"),
-            "threshold": float(explain_kwargs.pop("threshold", 0.3)),
+            "rank_grad": given("rank_grad"),
+            "threshold": float(given("threshold")),
             "combine": explain_kwargs.pop("combine", None),
             "enabled": None,
         }
@@ -215,7 +222,7 @@ class NeuronExplorer(WidgetBase):
 
     @property
     def rank_grad(self) -> str:
-        return self.state.current.params.get("rank_grad", "plain")
+        return self.state.current.params["rank_grad"]
 
     @rank_grad.setter
     def rank_grad(self, value: str) -> None:
@@ -261,13 +268,23 @@ class NeuronExplorer(WidgetBase):
     def _set(self, **changes: Any) -> None:
         """Programmatic change: synchronous, raises on error, leaves the old state on error."""
         with self._lock:
-            self.state.want(**changes)
+            self.state.want(**self._follow_defaults(changes))
             self._apply()
+
+    def _follow_defaults(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """A switch of method takes the new method's default threshold, unless the threshold
+        was moved off the old method's default (as the combine rule follows the method)."""
+        old, new = self.state.wanted["method"], changes.get("method")
+        if new is None or new == old or "threshold" in changes:
+            return changes
+        if self.state.wanted["threshold"] != default_of(old, "threshold"):
+            return changes
+        return {**changes, "threshold": float(default_of(new, "threshold"))}
 
     def _request(self, **changes: Any) -> None:
         """UI change: record it; apply a cheap one now, in the handler (a toggle is
         instant), and leave an expensive one to the debounced worker."""
-        cost = self.state.want(**changes)
+        cost = self.state.want(**self._follow_defaults(changes))
         if cost in (NOTHING, RECOMBINE) and self._lock.acquire(blocking=False):
             try:
                 t0 = time.perf_counter()
