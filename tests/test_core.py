@@ -447,6 +447,27 @@ def test_lite0_finds_the_cat(lite0):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("name", "size"), [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_and_lite2_load_offline_and_find_the_cat(name, size):
+    """The lite1 / lite2 extras: their own input size and probe layer, the right classes
+    with confidence (weights and the [-1, 1] scaling right), a box on the cat that is not the
+    whole photo, and the model left as it was."""
+    bundle = fv.load_model(name)
+    assert bundle.input_size == (size, size) and bundle.default_layer == "_blocks.20"
+    before = model_state(bundle.model)
+    for photo, cls in (("chelsea", "Egyptian cat"), ("coffee", "espresso")):
+        e = fv.explain(bundle, fv.sample_image(photo))
+        assert e.target_name == cls and e.probability > 0.6, (photo, e.target_name, e.probability)
+        assert e.saliency.shape == (size, size) and e.layer == "_blocks.20"
+        x0, y0, x1, y1 = e.box
+        assert (x1 - x0) * (y1 - y0) < 0.9 * size * size  # not the whole photo
+        if photo == "chelsea":
+            cat = [v * size / 224 for v in CAT_BOX]
+            assert cat[0] <= (x0 + x1) / 2 <= cat[2] and cat[1] <= (y0 + y1) / 2 <= cat[3]
+    assert_same_state(before, model_state(bundle.model))
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["fastloc", "gradcam"])
 @pytest.mark.parametrize("photos", [("chelsea", "coffee"), ("chelsea", "coffee", "rocket", "astronaut")])
 def test_class_query_on_a_collage(lite0, method, photos):
