@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import fastloc_viz as fv
 from fastloc_viz import widgets
@@ -332,7 +333,7 @@ def test_first_toggle_is_immediate_and_close_ends_the_worker(bundle, photo):
 
 
 def test_png_export_when_kaleido_finds_a_chromium(explorer, tmp_path):
-    pytest.importorskip("kaleido")
+    require("kaleido")
     import shutil
 
     if not (shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")):
