@@ -203,6 +203,26 @@ def changed_fraction(before: bytes, after: bytes, level: int = 30) -> float:
     return float((np.abs(a - b).sum(axis=2) > level).mean())
 
 
+@contextlib.contextmanager
+def browser_page(lab: dict, tmp_path: pathlib.Path, height: int = 2000) -> Iterator[tuple]:
+    """``(page, errors)``: a Chromium page 1600 px wide that records JavaScript errors; an
+    exception inside becomes :func:`failure`'s report; the server's kernels end after."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1600, "height": height})
+        watch(page, errors)
+        try:
+            yield page, errors
+        except Exception as err:
+            raise failure(page, tmp_path, lab, errors, err) from None
+        finally:
+            browser.close()
+            shutdown_kernels(lab)
+
+
 def failure(page, tmp_path: pathlib.Path, lab: dict, errors: list[str], err: BaseException) -> AssertionError:
     """An assertion naming what went wrong, with a screenshot and the server log's tail."""
     with contextlib.suppress(Exception):

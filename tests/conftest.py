@@ -37,6 +37,18 @@ def require(module: str, minversion: str | None = None) -> Any:
         skip_or_fail(str(e.msg if hasattr(e, "msg") else e))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (restored after): on the shared 2-core machine two
+    OpenMP threads made each explain() call many times slower under load (test_notebooks.py)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def lite0():
     """EfficientNet-Lite0, pretrained, offline (the ``lite0`` extra)."""

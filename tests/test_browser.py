@@ -23,15 +23,11 @@ import time
 
 import pytest
 from browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
+    browser_page,
     changed_fraction,
-    failure,
     our_errors,
     run_all,
-    shutdown_kernels,
     wait_all_ran,
-    watch,
     write_notebook,
 )
 
@@ -105,87 +101,75 @@ def _visible(before: bytes, after: bytes) -> None:
 
 
 def test_quickstart_in_jupyterlab(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     shots = ROOT / "docs" / "img" if os.environ.get("FASTLOC_UPDATE_SCREENSHOTS") == "1" else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     # a copy: JupyterLab saves outputs into the notebook it runs, the repository's stays clean
     shutil.copy(ROOT / "notebooks" / "01_quickstart.ipynb", lab["work"] / "01_quickstart.ipynb")
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 2000})
-        watch(page, errors)
-        try:
-            page.goto(f"{lab['url']}/lab/workspaces/quickstart/tree/01_quickstart.ipynb?token={lab['token']}")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-            # wait for the kernel, then Run > Run All Cells
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-            run_all(page)
-            explorer = page.locator(".fastloc-explorer")
-            explorer.wait_for(state="attached", timeout=240_000)
-            cards = explorer.locator(".flv-card")
-            page.wait_for_function(
-                "document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5", timeout=120_000
-            )
-            overlay = explorer.locator(".js-plotly-plot").first
-            overlay.locator(".hm image").first.wait_for(state="attached", timeout=60_000)
-            wait_all_ran(page, 240_000)
-            assert cards.count() == 5
-            page.wait_for_timeout(1500)  # let plotly finish drawing
+    with browser_page(lab, tmp_path) as (page, errors):
+        page.goto(f"{lab['url']}/lab/workspaces/quickstart/tree/01_quickstart.ipynb?token={lab['token']}")
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+        # wait for the kernel, then Run > Run All Cells
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        run_all(page)
+        explorer = page.locator(".fastloc-explorer")
+        explorer.wait_for(state="attached", timeout=240_000)
+        cards = explorer.locator(".flv-card")
+        page.wait_for_function(
+            "document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5", timeout=120_000
+        )
+        overlay = explorer.locator(".js-plotly-plot").first
+        overlay.locator(".hm image").first.wait_for(state="attached", timeout=60_000)
+        wait_all_ran(page, 240_000)
+        assert cards.count() == 5
+        page.wait_for_timeout(1500)  # let plotly finish drawing
 
-            # issue 10: each card shows where its channel fires, its atlas strip (the notebook
-            # passes an atlas) and, once the worker's fv.ablate is done, its probability drop
-            first = cards.nth(0)
-            assert first.locator("img.flv-act").count() == 1
-            strip = first.locator("img.flv-atlas")
-            strip.wait_for(state="visible", timeout=30_000)
-            assert page.evaluate("el => el.naturalWidth > 0 && el.naturalHeight > 0", strip.element_handle())
-            assert first.locator(".flv-atlas-labels").inner_text().strip()
-            first.locator(".flv-drop").wait_for(state="attached", timeout=120_000)
-            drop_text = first.locator(".flv-drop").inner_text()
-            assert "channel off" in drop_text and "drop" in drop_text and "pts" in drop_text, drop_text
-            assert float(first.locator(".flv-drop").get_attribute("data-drop")) == pytest.approx(
-                float(drop_text.split("drop")[-1].split("pts")[0]) / 100, abs=6e-4
-            )
-            without = explorer.locator(".flv-without").inner_text()
-            assert "predicts" in without or "Untick" in without
-            _save(first.screenshot(), shots / "explorer_card.png")
-            explorer.scroll_into_view_if_needed()
-            _save(explorer.screenshot(), shots / "explorer.png", width=900)
+        # issue 10: each card shows where its channel fires, its atlas strip (the notebook
+        # passes an atlas) and, once the worker's fv.ablate is done, its probability drop
+        first = cards.nth(0)
+        assert first.locator("img.flv-act").count() == 1
+        strip = first.locator("img.flv-atlas")
+        strip.wait_for(state="visible", timeout=30_000)
+        assert page.evaluate("el => el.naturalWidth > 0 && el.naturalHeight > 0", strip.element_handle())
+        assert first.locator(".flv-atlas-labels").inner_text().strip()
+        first.locator(".flv-drop").wait_for(state="attached", timeout=120_000)
+        drop_text = first.locator(".flv-drop").inner_text()
+        assert "channel off" in drop_text and "drop" in drop_text and "pts" in drop_text, drop_text
+        assert float(first.locator(".flv-drop").get_attribute("data-drop")) == pytest.approx(
+            float(drop_text.split("drop")[-1].split("pts")[0]) / 100, abs=6e-4
+        )
+        without = explorer.locator(".flv-without").inner_text()
+        assert "predicts" in without or "Untick" in without
+        _save(first.screenshot(), shots / "explorer_card.png")
+        explorer.scroll_into_view_if_needed()
+        _save(explorer.screenshot(), shots / "explorer.png", width=900)
 
-            # untick neuron #1: the map is rebuilt from the cached maps and redrawn
-            t0 = time.perf_counter()
-            before, after, in_page = _untick_first_neuron(page, explorer)
-            status = explorer.locator(".flv-stat").first.inner_text()
-            print(
-                f"click -> redrawn map: {in_page:.0f} ms in the page ({(time.perf_counter() - t0) * 1000:.0f} ms "
-                f"seen by Playwright); kernel side: {status.rsplit('·', 1)[-1].strip()}"
-            )
-            _save(before, shots / "explorer_map.png")
-            _save(explorer.screenshot(), shots / "explorer_toggled.png", width=900)
-            _save(after, shots / "explorer_map_toggled.png")
+        # untick neuron #1: the map is rebuilt from the cached maps and redrawn
+        t0 = time.perf_counter()
+        before, after, in_page = _untick_first_neuron(page, explorer)
+        status = explorer.locator(".flv-stat").first.inner_text()
+        print(
+            f"click -> redrawn map: {in_page:.0f} ms in the page ({(time.perf_counter() - t0) * 1000:.0f} ms "
+            f"seen by Playwright); kernel side: {status.rsplit('·', 1)[-1].strip()}"
+        )
+        _save(before, shots / "explorer_map.png")
+        _save(explorer.screenshot(), shots / "explorer_toggled.png", width=900)
+        _save(after, shots / "explorer_map_toggled.png")
 
-            # an expensive change (another class) runs on the widget's worker thread: its
-            # updates must reach the page too
-            cards_before = cards.all_inner_texts()
-            second = explorer.locator(".widget-button", has_text="·").nth(1)
-            name = second.inner_text().rsplit(" · ", 1)[0].strip()
-            second.click()
-            page.wait_for_function(
-                "n => { const t = document.querySelector('.fastloc-explorer .js-plotly-plot .gtitle');"
-                " return t && t.textContent.includes(n); }",
-                arg=name,
-                timeout=120_000,
-            )
-            page.wait_for_timeout(1000)
-            assert cards.count() == 5 and cards.all_inner_texts() != cards_before
-            assert not explorer.locator(".flv-err").count()
-        except Exception as err:
-            raise failure(page, tmp_path, lab, errors, err) from None
-        finally:
-            browser.close()
-            shutdown_kernels(lab)
+        # an expensive change (another class) runs on the widget's worker thread: its
+        # updates must reach the page too
+        cards_before = cards.all_inner_texts()
+        second = explorer.locator(".widget-button", has_text="·").nth(1)
+        name = second.inner_text().rsplit(" · ", 1)[0].strip()
+        second.click()
+        page.wait_for_function(
+            "n => { const t = document.querySelector('.fastloc-explorer .js-plotly-plot .gtitle');"
+            " return t && t.textContent.includes(n); }",
+            arg=name,
+            timeout=120_000,
+        )
+        page.wait_for_timeout(1000)
+        assert cards.count() == 5 and cards.all_inner_texts() != cards_before
+        assert not explorer.locator(".flv-err").count()
     assert not errors, "JavaScript errors in the browser console:\n" + "\n".join(errors)
     _visible(before, after)
 
@@ -200,36 +184,24 @@ EXPLORER = [
 def test_explorer_in_notebook7(lab, tmp_path):
     """Notebook 7: the explorer draws its map and cards, shows the method's default
     threshold, and redraws after a neuron is unticked; no JavaScript error."""
-    from playwright.sync_api import sync_playwright
-
     write_notebook(lab["work"] / "explorer7.ipynb", EXPLORER)
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 2000})
-        watch(page, errors)
-        try:
-            page.goto(f"{lab['url']}/notebooks/explorer7.ipynb?token={lab['token']}")
-            page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
-            assert "/lab" not in page.url and page.locator("#main-panel").count()  # Notebook 7's page
-            run_all(page)
-            explorer = page.locator(".fastloc-explorer")
-            explorer.wait_for(state="attached", timeout=240_000)
-            page.wait_for_function(
-                "document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5", timeout=120_000
-            )
-            explorer.locator(".js-plotly-plot .hm image").first.wait_for(state="attached", timeout=60_000)
-            wait_all_ran(page, 240_000)
-            page.wait_for_timeout(1500)
-            slider = explorer.locator(".widget-slider", has_text="box threshold")
-            assert slider.locator(".widget-readout").inner_text().strip() == "0.54"  # the registry's default
-            before, after, _ = _untick_first_neuron(page, explorer)
-            assert before != after
-            assert not explorer.locator(".flv-err").count()
-        except Exception as err:
-            raise failure(page, tmp_path, lab, errors, err) from None
-        finally:
-            browser.close()
-            shutdown_kernels(lab)
+    with browser_page(lab, tmp_path) as (page, errors):
+        page.goto(f"{lab['url']}/notebooks/explorer7.ipynb?token={lab['token']}")
+        page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=90_000)
+        assert "/lab" not in page.url and page.locator("#main-panel").count()  # Notebook 7's page
+        run_all(page)
+        explorer = page.locator(".fastloc-explorer")
+        explorer.wait_for(state="attached", timeout=240_000)
+        page.wait_for_function(
+            "document.querySelectorAll('.fastloc-explorer .flv-card').length >= 5", timeout=120_000
+        )
+        explorer.locator(".js-plotly-plot .hm image").first.wait_for(state="attached", timeout=60_000)
+        wait_all_ran(page, 240_000)
+        page.wait_for_timeout(1500)
+        slider = explorer.locator(".widget-slider", has_text="box threshold")
+        assert slider.locator(".widget-readout").inner_text().strip() == "0.54"  # the registry's default
+        before, after, _ = _untick_first_neuron(page, explorer)
+        assert before != after
+        assert not explorer.locator(".flv-err").count()
     mine = our_errors(errors)
     assert not mine, "JavaScript errors in the browser console:\n" + "\n".join(mine)

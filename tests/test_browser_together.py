@@ -13,15 +13,11 @@ import shutil
 import numpy as np
 import pytest
 from browser_support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    failure,
+    browser_page,
     our_errors,
     png_array,
     run_all,
-    shutdown_kernels,
     wait_all_ran,
-    watch,
     write_notebook,
 )
 from conftest import require
@@ -72,54 +68,42 @@ def _shows_a_scan(png: bytes) -> str | None:
 
 
 def test_three_widgets_on_one_bundle_in_jupyterlab(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     work = lab["work"]
     shutil.rmtree(work / "scans", ignore_errors=True)
     _scans(work / "scans")
     write_notebook(work / "together.ipynb", CELLS)
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page(viewport={"width": 1600, "height": 2400})
-        watch(page, errors)
-        try:
-            page.goto(f"{lab['url']}/lab/workspaces/together/tree/together.ipynb?token={lab['token']}")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
-            run_all(page)
-            # Run All reaches the last cell only if no cell raised: wait for either
-            page.wait_for_function(
-                "document.querySelector('.fastloc-box-review') || [...document.querySelectorAll("
-                "'.jp-OutputArea-output')].some(o => o.textContent.includes('Traceback'))",
-                timeout=420_000,
-            )
-            tracebacks = [t[:1500] for t in page.locator(".jp-OutputArea-output").all_inner_texts() if "Traceback" in t]
-            assert not tracebacks, tracebacks
-            wait_all_ran(page, 300_000)
-            page.wait_for_timeout(2000)
-            for root in (".fastloc-explorer", ".fastloc-comparison", ".fastloc-box-review"):
-                assert page.locator(root).count() == 1, root
-            boxes = page.locator(".flv-err")
-            assert not boxes.count(), boxes.all_inner_texts()
-            # the figures are drawn: the explorer's map and every method's panel
-            explorer, comparison = page.locator(".fastloc-explorer"), page.locator(".fastloc-comparison")
-            explorer.locator(".js-plotly-plot .hm image").first.wait_for(state="attached", timeout=60_000)
-            comparison.locator(".js-plotly-plot .hm image").nth(2).wait_for(state="attached", timeout=60_000)
+    with browser_page(lab, tmp_path, height=2400) as (page, errors):
+        page.goto(f"{lab['url']}/lab/workspaces/together/tree/together.ipynb?token={lab['token']}")
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        run_all(page)
+        # Run All reaches the last cell only if no cell raised: wait for either
+        page.wait_for_function(
+            "document.querySelector('.fastloc-box-review') || [...document.querySelectorAll("
+            "'.jp-OutputArea-output')].some(o => o.textContent.includes('Traceback'))",
+            timeout=420_000,
+        )
+        tracebacks = [t[:1500] for t in page.locator(".jp-OutputArea-output").all_inner_texts() if "Traceback" in t]
+        assert not tracebacks, tracebacks
+        wait_all_ran(page, 300_000)
+        page.wait_for_timeout(2000)
+        for root in (".fastloc-explorer", ".fastloc-comparison", ".fastloc-box-review"):
+            assert page.locator(root).count() == 1, root
+        boxes = page.locator(".flv-err")
+        assert not boxes.count(), boxes.all_inner_texts()
+        # the figures are drawn: the explorer's map and every method's panel
+        explorer, comparison = page.locator(".fastloc-explorer"), page.locator(".fastloc-comparison")
+        explorer.locator(".js-plotly-plot .hm image").first.wait_for(state="attached", timeout=60_000)
+        comparison.locator(".js-plotly-plot .hm image").nth(2).wait_for(state="attached", timeout=60_000)
 
-            cards = page.locator(".fastloc-box-review .fastloc-review-card")
-            texts = cards.all_inner_texts()
-            assert len(texts) == len(SCANS), texts  # every scan read and boxed, none skipped
-            blank = {}
-            for i, text in enumerate(texts):
-                name = next(n for n in SCANS if n in text)
-                why = _shows_a_scan(cards.nth(i).locator("img").first.screenshot())
-                if why:
-                    blank[f"{SCANS[name]} ({name})"] = why
-            assert not blank, f"BoxReview cards that do not show their scan: {blank}"
-        except Exception as err:
-            raise failure(page, tmp_path, lab, errors, err) from None
-        finally:
-            browser.close()
-            shutdown_kernels(lab)
+        cards = page.locator(".fastloc-box-review .fastloc-review-card")
+        texts = cards.all_inner_texts()
+        assert len(texts) == len(SCANS), texts  # every scan read and boxed, none skipped
+        blank = {}
+        for i, text in enumerate(texts):
+            name = next(n for n in SCANS if n in text)
+            why = _shows_a_scan(cards.nth(i).locator("img").first.screenshot())
+            if why:
+                blank[f"{SCANS[name]} ({name})"] = why
+        assert not blank, f"BoxReview cards that do not show their scan: {blank}"
     mine = our_errors(errors)
     assert not mine, "JavaScript errors in the browser console:\n" + "\n".join(mine)

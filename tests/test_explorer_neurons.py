@@ -7,21 +7,12 @@ import html
 
 import numpy as np
 import pytest
-import torch
 
 import fastloc_viz as fv
 from fastloc_viz.neurons.ablation import ablate_channels
 from fastloc_viz.widgets import NeuronExplorer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,7 @@ import fastloc_viz as fv
 from fastloc_viz import widgets
 from fastloc_viz.widgets import MethodComparison, NeuronExplorer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one torch thread here (restored after): on the shared 2-core machine, two OpenMP
-    # threads made each explain() call many times slower under load (see test_notebooks.py)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
