@@ -10,7 +10,8 @@ Sources (:func:`collect_items`):
   the images under it (``--layout imagefolder``; ``auto`` takes a folder as one when every
   sub-folder resolves and no image lies at its top);
 * a CSV in the ``evaluate`` format: ``image`` (relative to the CSV's folder) and ``label``
-  columns; other columns (``boxes`` ...) are ignored here.
+  columns; other columns (``boxes`` ...) are ignored here;
+* one image file (an image format's extension): that image, its top-1 class.
 
 How it runs (:func:`run_boxes`): a ``torch.utils.data.DataLoader`` with worker processes
 decodes each image to the model's grid (keeping the photo's own size) while the model works;
@@ -18,7 +19,8 @@ decodes each image to the model's grid (keeping the photo's own size) while the 
 ``FILE.parts/rank-<r>.jsonl`` (flushed at once), so a killed run loses at most the batch in
 flight; a rerun reads every part, skips the images done, and never writes one twice. The
 output (COCO JSON in FILE, and a CSV beside it, :mod:`fastloc_viz.collection.coco`) is replaced
-atomically at checkpoints and at the end. Under ``torchrun`` each rank takes every
+atomically after the first batch, at checkpoints, at the end, and when the run is
+interrupted (Ctrl-C: :class:`Interrupted` says how to resume). Under ``torchrun`` each rank takes every
 ``world_size``-th image; rank 0 merges the parts. A file that cannot be used (corrupt, not an
 image, unreadable, too small) becomes a ``skipped`` row with its reason; the run goes on.
 
@@ -62,6 +64,10 @@ IMAGE_EXTENSIONS = frozenset(
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the images done are kept, and the message says how to resume."""
+
+
 @dataclass(frozen=True)
 class Item:
     """One image of a collection: ``index`` in the source's order, ``file`` relative to the
@@ -89,7 +95,8 @@ def _image_files(root: Path) -> list[Path]:
 
 
 def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") -> tuple[list[Item], str]:
-    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``).
+    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``,
+    or ``"file"`` for one image file).
 
     Raises:
         FileNotFoundError: no such source; ValueError: a CSV without ``image`` / ``label``, an
@@ -100,7 +107,9 @@ def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") 
     src = Path(source).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"source {str(src)!r} does not exist (give a folder of images or a CSV)")
-    if src.is_file() or layout == "csv":
+    if src.is_file() and layout != "csv" and src.suffix.lower() in IMAGE_EXTENSIONS:
+        items, used = [Item(0, src.name, str(src), None)], "file"
+    elif src.is_file() or layout == "csv":
         items = _csv_items(src, bundle)
         used = "csv"
     else:
@@ -136,7 +145,14 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
     root = path.parent
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not {"image", "label"} <= set(reader.fieldnames or ()):
+        try:
+            fields = set(reader.fieldnames or ())
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{str(path)!r} is not a text CSV, nor an image file with a known extension "
+                f"({', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...); give an image, a folder or a CSV"
+            ) from None
+        if not {"image", "label"} <= fields:
             raise ValueError(f"{str(path)!r} needs the columns 'image' and 'label' (the evaluate format)")
         items = []
         for i, rec in enumerate(reader):
@@ -240,15 +256,34 @@ def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, mas
             "source": str(source.resolve()), "masks": masks}
 
 
+def _spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["threshold: 0.3 before, 0.5 now", ...]``: every setting (the method's parameters one
+    by one) that differs; a parameter not given reads "the default"."""
+    def text(v: Any) -> str:
+        return "the default" if v is _UNSET else repr(v)
+
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _spec_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{f'{prefix}{k}'.removeprefix('params.')}: {text(a)} before, {text(b)} now")
+    return out
+
+
+_UNSET = object()
+
+
 def _check_spec(parts: Path, spec: dict) -> None:
     path = parts / "spec.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(spec, default=str)):
-            diff = sorted(k for k in set(old) | set(spec) if old.get(k) != json.loads(json.dumps(spec, default=str)).get(k))
+        new = json.loads(json.dumps(spec, default=str))
+        if old != new:
             raise ValueError(
-                f"{str(parts)!r} holds a run with other settings ({', '.join(diff)} differ); rerun with the same "
-                "settings to resume, or pass --restart to start over"
+                f"{str(parts)!r} holds a run with other settings ({'; '.join(_spec_differences(old, new))}); "
+                "rerun with the same settings to resume, or pass --restart to start over"
             )
     else:
         write_text_atomic(path, json.dumps(spec, indent=1, default=str), what="run settings")
@@ -340,7 +375,8 @@ def run_boxes(
     t_start = time.perf_counter()
     try:
         items, used = collect_items(source, bundle, layout)
-        m.make_params(dict(params))  # a bad parameter fails before any work
+        # a bad parameter fails before any work (the probe layer is explain's, not the method's)
+        m.make_params({k: v for k, v in params.items() if k != "layer"})
         spec = _spec(bundle, method, params, used, Path(source), masks)
         if dist.is_main:
             if restart and parts.exists():
@@ -405,9 +441,16 @@ def run_boxes(
                     bar.update(len(lines) * dist.world_size)
                 if delay:
                     time.sleep(delay)
-                if dist.is_main and time.monotonic() - last > checkpoint_s:
-                    write_outputs()
+                if dist.is_main and (new == first_batch[1] or time.monotonic() - last > checkpoint_s):
+                    write_outputs()  # after the first batch, then every checkpoint_s
                     last = time.monotonic()
+        except KeyboardInterrupt:
+            if dist.is_main and (done or new):
+                write_outputs()
+            raise Interrupted(
+                f"{len(done) + new * dist.world_size} of {len(items)} images are done and kept in "
+                f"{str(parts)!r} ({str(out)!r} holds them); rerun the same command (without --restart) to resume"
+            ) from None
         finally:
             part.close()
             if bar is not None:
