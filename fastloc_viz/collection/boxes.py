@@ -327,7 +327,7 @@ def run_boxes(
     try:
         items, used = collect_items(source, bundle, layout)
         m.make_params(dict(params))  # a bad parameter fails before any work
-        run = _Run(out, bundle, method, masks, _spec(bundle, method, params, used, Path(source), masks), items)
+        run = _Run(out, bundle, method, masks, _spec(bundle, method, params, used, Path(source).expanduser(), masks), items)
         run.prepare(restart, dist)
         new, steady = _localize(run, params, batch_size, workers, checkpoint_s, progress, dist)
         barrier()
