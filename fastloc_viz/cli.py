@@ -28,11 +28,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from importlib.metadata import version
-
-    from . import METHODS
-
-    __version__ = version("fastloc-viz")
+    from . import METHODS, __version__
 
     p = _Parser(prog="fastloc-viz", description="Fast object localization from a classifier.")
     p.add_argument("--version", action="version", version=f"fastloc-viz {__version__}")

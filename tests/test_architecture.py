@@ -102,3 +102,20 @@ def test_the_rule_catches_an_upward_import(tmp_path):
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_much_over_600_lines(path):
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def test_the_version_has_one_source(capsys):
+    """pyproject.toml holds the version; the package and ``fastloc-viz --version`` read it from
+    the installed metadata, and no module writes it out again."""
+    import importlib.metadata
+    import re
+
+    import fastloc_viz
+    from fastloc_viz import cli
+
+    declared = re.search(r'^version = "([^"]+)"', (PACKAGE.parent / "pyproject.toml").read_text(), re.M)[1]
+    assert fastloc_viz.__version__ == importlib.metadata.version("fastloc-viz") == declared
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fastloc-viz {declared}"
+    for path in PACKAGE.rglob("*.py"):
+        assert declared not in path.read_text(), f"{path.relative_to(PACKAGE)} writes the version out"
