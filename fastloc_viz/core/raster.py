@@ -56,6 +56,16 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def shrink(rgb: np.ndarray, f: int) -> np.ndarray:
+    """An ``H x W x 3`` RGB image shrunk by the integer factor ``f`` (bilinear), to
+    ``ceil(H/f) x ceil(W/f)`` uint8: the grid of a map downsampled by ``f`` (:func:`downsample`)."""
+    img = to_uint8(rgb)
+    if f <= 1:
+        return img
+    h, w = img.shape[:2]
+    return np.asarray(PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR))
+
+
 def encode(rgb: np.ndarray, fmt: str = "JPEG", quality: int = 88, optimize: bool = True) -> bytes:
     """An ``H x W x 3`` RGB image (float in ``[0, 1]`` or uint8) as JPEG or PNG bytes."""
     buf = io.BytesIO()
@@ -155,10 +165,7 @@ def neuron_thumbnail(
         alpha = np.clip(m, 0, 1) * 0.85
     img = np.asarray(image, dtype=np.float32)
     if f > 1:
-        small = PILImage.fromarray(to_uint8(img)).resize(
-            (m.shape[1], m.shape[0]), PILImage.BILINEAR
-        )
-        img = np.asarray(small, dtype=np.float32) / 255.0
+        img = shrink(img, f).astype(np.float32) / 255.0
     grey = img.mean(axis=2, keepdims=True) * dim
     col = colorize(m, colorscale).astype(np.float32) / 255.0
     return to_uint8(grey * (1 - alpha[..., None]) + col * alpha[..., None])

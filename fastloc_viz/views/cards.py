@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 import numpy as np
+
 from ..core import raster
 from ..core.results import Explanation
 from ..engine.activations import mean_pairwise_correlation

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
 from ..core.raster import (
@@ -36,7 +35,7 @@ from ..core.raster import (
     neuron_thumbnail,
     photo_aspect,
     receptive_field,
-    to_uint8,
+    shrink,
 )
 from ..core.results import Box, Explanation
 from ..evaluation.metrics import iou as _iou
@@ -144,15 +143,9 @@ def _image_axes(
 
 
 def _photo_trace(image: np.ndarray, max_side: int | None = None, **kw: Any) -> go.Image:
-    img = to_uint8(image)
-    h, w = img.shape[:2]
-    f = 1
-    if max_side is not None and max(h, w) > max_side:
-        f = math.ceil(max(h, w) / max_side)
-        img = np.asarray(
-            PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR)
-        )
-    return _grid_image(img, f, **kw)
+    h, w = np.shape(image)[:2]
+    f = math.ceil(max(h, w) / max_side) if max_side is not None and max(h, w) > max_side else 1
+    return _grid_image(shrink(image, f), f, **kw)
 
 
 def _grid_image(img: np.ndarray, f: int, **kw: Any) -> go.Image:
