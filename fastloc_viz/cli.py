@@ -28,7 +28,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import METHODS, __version__
+    from importlib.metadata import version
+
+    from . import METHODS
+
+    __version__ = version("fastloc-viz")
 
     p = _Parser(prog="fastloc-viz", description="Fast object localization from a classifier.")
     p.add_argument("--version", action="version", version=f"fastloc-viz {__version__}")
