@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
+    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, a CSV "
+                   "(image,label) or one image file")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
     b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
@@ -389,8 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .evaluation import boxfree as evaluate_boxfree
 
             return evaluate_boxfree.run(args)
-    except KeyboardInterrupt:
-        print("fastloc-viz: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a run that can resume says how (collection.boxes.Interrupted)
+        print(f"fastloc-viz: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # one readable line, no traceback, unless --debug
         if args.debug or os.environ.get("FASTLOC_DEBUG"):

@@ -11,7 +11,8 @@ Sources (:func:`collect_items`):
   the images under it (``--layout imagefolder``; ``auto`` takes a folder as one when every
   sub-folder resolves and no image lies at its top);
 * a CSV in the ``evaluate`` format: ``image`` (relative to the CSV's folder) and ``label``
-  columns; other columns (``boxes`` ...) are ignored here.
+  columns; other columns (``boxes`` ...) are ignored here;
+* one image file (a suffix of ``IMAGE_SUFFIXES``): that image, its top-1 class.
 
 How it runs (:func:`run_boxes`): a ``torch.utils.data.DataLoader`` with worker processes
 decodes each image to the model's grid (keeping the photo's own size) while the model works;
@@ -19,7 +20,8 @@ decodes each image to the model's grid (keeping the photo's own size) while the 
 ``FILE.parts/rank-<r>.jsonl`` (flushed at once), so a killed run loses at most the batch in
 flight; a rerun reads every part, skips the images done, and never writes one twice. The
 output (COCO JSON in FILE, and a CSV beside it, :mod:`fastloc_viz.collection.coco`) is replaced
-atomically at checkpoints and at the end. Under ``torchrun`` each rank takes every
+atomically after the first batch, at checkpoints, at the end, and when the run is interrupted
+(Ctrl-C: :class:`Interrupted` says how to resume). Under ``torchrun`` each rank takes every
 ``world_size``-th image; rank 0 merges the parts. Images are read by
 :func:`fastloc_viz.imaging.batch.try_read`, exactly as ``explain`` reads a file; a file that
 cannot be used (corrupt, not an image, unreadable, too small) becomes a ``skipped`` row with
@@ -59,12 +61,16 @@ from ..core.files import (
     write_text_atomic,
 )
 from ..core.parallel import Dist, barrier, init_distributed, machine_info
-from ..imaging.sources import image_files, no_images
+from ..imaging.sources import IMAGE_SUFFIXES, image_files, no_images
 from .coco import coco_document, csv_text, mask_rle, unique_rows
 
 log = logging.getLogger("fastloc_viz")
 
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the images done are kept, and the message says how to resume."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,8 @@ class Item:
 
 # ------------------------------------------------------------------------------ sources
 def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") -> tuple[list[Item], str]:
-    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``);
-    each item's ``path`` is absolute.
+    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``,
+    or ``"file"`` for one image file); each item's ``path`` is absolute.
 
     Raises:
         FileNotFoundError: no such source; ValueError: a CSV without ``image`` / ``label``, an
@@ -97,7 +103,9 @@ def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") 
     if not src.exists():
         raise FileNotFoundError(f"source {str(src)!r} does not exist (give a folder of images or a CSV)")
     src = src.resolve()
-    if src.is_file() or layout == "csv":
+    if src.is_file() and layout != "csv" and src.suffix.lower() in IMAGE_SUFFIXES:
+        items, used = [Item(0, src.name, str(src), None)], "file"
+    elif src.is_file() or layout == "csv":
         items, used = _csv_items(src, bundle), "csv"
     else:
         files = image_files(src)
@@ -138,7 +146,14 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
     root = path.parent
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not {"image", "label"} <= set(reader.fieldnames or ()):
+        try:
+            fields = set(reader.fieldnames or ())
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{str(path)!r} is not a text CSV, nor an image file with a known suffix "
+                f"({', '.join(sorted(IMAGE_SUFFIXES)[:8])}, ...); give an image, a folder or a CSV"
+            ) from None
+        if not {"image", "label"} <= fields:
             raise ValueError(f"{str(path)!r} needs the columns 'image' and 'label' (the evaluate format)")
         items = []
         for i, rec in enumerate(reader):
@@ -242,15 +257,34 @@ def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, mas
             "source": str(source.resolve()), "masks": masks}
 
 
+_UNSET = object()
+
+
+def _spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["threshold: 0.3 before, 0.5 now", ...]``: every setting (the method's parameters one
+    by one) that differs; a parameter not given reads "the default"."""
+    def text(v: Any) -> str:
+        return "the default" if v is _UNSET else repr(v)
+
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _spec_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{f'{prefix}{k}'.removeprefix('params.')}: {text(a)} before, {text(b)} now")
+    return out
+
+
 def _check_spec(parts: Path, spec: dict) -> None:
     path = parts / "spec.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(spec, default=str)):
-            diff = sorted(k for k in set(old) | set(spec) if old.get(k) != json.loads(json.dumps(spec, default=str)).get(k))
+        new = json.loads(json.dumps(spec, default=str))
+        if old != new:
             raise ValueError(
-                f"{str(parts)!r} holds a run with other settings ({', '.join(diff)} differ); rerun with the same "
-                "settings to resume, or pass --restart to start over"
+                f"{str(parts)!r} holds a run with other settings ({'; '.join(_spec_differences(old, new))}); "
+                "rerun with the same settings to resume, or pass --restart to start over"
             )
     else:
         write_text_atomic(path, json.dumps(spec, indent=1, default=str), what="run settings")
@@ -326,7 +360,8 @@ def run_boxes(
     t_start = time.perf_counter()
     try:
         items, used = collect_items(source, bundle, layout)
-        m.make_params(dict(params))  # a bad parameter fails before any work
+        # a bad parameter fails before any work (the probe layer is explain's, not the method's)
+        m.make_params({k: v for k, v in params.items() if k != "layer"})
         run = _Run(out, bundle, method, masks, _spec(bundle, method, params, used, Path(source).expanduser(), masks), items)
         run.prepare(restart, dist)
         new, steady = _localize(run, params, batch_size, workers, checkpoint_s, progress, dist)
@@ -433,9 +468,16 @@ def _localize(run: _Run, params: dict, batch_size: int, workers: int, checkpoint
                 bar.update(len(lines) * dist.world_size)
             if delay:
                 time.sleep(delay)
-            if dist.is_main and time.monotonic() - last > checkpoint_s:
-                run.write_outputs()
+            if dist.is_main and (new == first_batch[1] or time.monotonic() - last > checkpoint_s):
+                run.write_outputs()  # after the first batch, then every checkpoint_s
                 last = time.monotonic()
+    except KeyboardInterrupt:
+        if dist.is_main and (run.done or new):
+            run.write_outputs()
+        raise Interrupted(
+            f"{len(run.done) + new * dist.world_size} of {len(run.items)} images are done and kept in "
+            f"{str(run.parts)!r} ({str(run.out)!r} holds them); rerun the same command (without --restart) to resume"
+        ) from None
     finally:
         part.close()
         if bar is not None:

@@ -380,8 +380,9 @@ def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
 
     def keys(m: Mapping[str, Any]) -> dict[str, Any]:
         d = {k: float(m[k]) for k in (*JSON_KEYS, *BOX_FREE_KEYS) if k in m}
-        if "sanity_curve" in m:
-            d["sanity_curve"] = [float(v) for v in m["sanity_curve"]]
+        if "sanity_curve" in m:  # None: every map was constant at that depth
+            d["sanity_curve"] = [None if v is None else float(v) for v in m["sanity_curve"]]
+            d["sanity_constant"] = [int(v) for v in m.get("sanity_constant", [])]
         return d
 
     return {

@@ -128,6 +128,7 @@ def read_dicom(path: Path, index, opts):
     if photometric.startswith("MONOCHROME"):
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        nominal = _stored_range(ds, arr.dtype, slope, intercept)
         if slope != 1 or intercept != 0:
             arr = arr.astype(np.float64) * slope + intercept
             notes += (f"rescaled: value * {_g(slope)} {'-' if intercept < 0 else '+'} {_g(abs(intercept))}",)
@@ -136,7 +137,6 @@ def read_dicom(path: Path, index, opts):
             # DICOM PS3.3 C.11.2.1.2.1, linear: the window's ends
             file_window = (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2)
             notes += (f"file window centre {_g(center)}, width {_g(width)}",)
-        nominal = "dtype" if arr.dtype.kind in "ui" else None
     else:
         nominal = "dtype"
         if photometric.startswith("YBR"):
@@ -146,6 +146,19 @@ def read_dicom(path: Path, index, opts):
         np.asarray(arr), "DICOM", mode, i if count > 1 else None, count, opts, size=(w, h),
         nominal=nominal, file_window=file_window, invert=photometric == "MONOCHROME1", notes=notes,
     )
+
+
+def _stored_range(ds, dtype: np.dtype, slope: float, intercept: float) -> tuple[float, float] | str | None:
+    """What a monochrome DICOM's stored bits allow (``BitsStored``, signed when
+    ``PixelRepresentation`` is 1), in the file's units after the rescale; the type's range
+    when the file does not say."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if dtype.kind not in "ui" or not 1 <= bits <= 8 * dtype.itemsize:
+        return "dtype" if dtype.kind in "ui" and slope == 1 and intercept == 0 else None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    return float(ends[0]), float(ends[1])
 
 
 def _first(value) -> float | None:

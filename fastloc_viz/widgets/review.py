@@ -97,7 +97,8 @@ class BoxReview(W.VBox):
         self.page, self.selected = 0, 0
         self._maps: dict[str, Any] = {}
         classes = [("all classes", None)] + [(f"{n} ({c})", i) for i, n, c in self.store.classes()]
-        self.class_menu = W.Dropdown(options=classes, value=None, description="class")
+        # index=0, not value=None: a Dropdown given value None selects nothing and shows blank
+        self.class_menu = W.Dropdown(options=classes, index=0, description="class")
         self.sort_menu = W.Dropdown(options=[("score, best first", "-score"), ("score, worst first", "score"),
                                              ("file", "file"), ("class", "class")], value="-score", description="sort")
         self.status_menu = W.Dropdown(options=[("all", "any"), ("undecided", None), ("accepted", "accepted"),
