@@ -160,7 +160,11 @@ def evaluate_box_free(
         for n, q in enumerate(todo):
             if max_queries is not None and n >= max_queries:
                 break
-            image = q.load_image()
+            image = dataset.read(q, bundle.input_size)  # the one reader, as explain reads the file
+            if image is None:  # listed in dataset.skipped() with its reason
+                if bar is not None:
+                    bar.update(1)
+                continue
             for spec in specs:
                 kwargs = dict(spec.kwargs)
                 if layer is not None and "layer" not in kwargs:
@@ -289,6 +293,10 @@ def run(args: Any) -> int:
         for label, d in extra.items():
             results["methods"][label].update(d)
     results["metrics"] = list(metrics)
+    seen = {d["row"]: d for d in [*results.get("skipped", []), *dataset.skipped()]}  # every rank's, with localization
+    results["skipped"] = [seen[r] for r in sorted(seen)]
+    if "localization" not in metrics:
+        results["n"] = len(dataset) - len(results["skipped"])
     table = (ev.markdown_table(results) + "\n" if "localization" in metrics else "")
     table += markdown_table(results) if set(metrics) - {"localization"} else ""
     return ev.finish(results, args, dist, table)

@@ -10,8 +10,9 @@ explorer, ``explain`` and the benchmarks all read it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from ..core import maps as M
 from ..core.checks import check_choice
 from ..core.results import Explanation
+from .base import get_method
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,10 @@ class Rule:
     doc: str
 
 
-RULES: dict[str, Rule] = {}
-"""Name -> :class:`Rule`, in registration order."""
+_RULES: dict[str, Rule] = {}
+RULES: Mapping[str, Rule] = MappingProxyType(_RULES)
+"""Name -> :class:`Rule`, in registration order (a live, read-only view: register with
+:func:`register_rule`)."""
 
 
 def register_rule(name: str, *, uses_class_map: bool = False) -> Callable:
@@ -51,14 +55,20 @@ def register_rule(name: str, *, uses_class_map: bool = False) -> Callable:
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        old = RULES.get(name)
+        old = _RULES.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a combine rule named {name!r} is already registered ({old.fn.__qualname__})")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        RULES[name] = Rule(name, fn, uses_class_map, doc)
+        _RULES[name] = Rule(name, fn, uses_class_map, doc)
         return fn
 
     return deco
+
+
+def unregister_rule(name: str) -> None:
+    """Remove a registered combine rule (for tests and notebook clean-ups)."""
+    check_choice("combine", name, _RULES)
+    del _RULES[name]
 
 
 def cam_rules() -> tuple[str, ...]:
@@ -179,8 +189,6 @@ def recombine(explanation: Explanation, enabled: Sequence[int] | None = None, **
     Returns:
         A new explanation; ``params["enabled"]`` records the ranks used.
     """
-    from .base import get_method
-
     if explanation.neuron_maps is None or explanation.neurons is None:
         raise ValueError(f"method {explanation.method!r} has no neuron maps to recombine")
     return get_method(explanation.method).recombine(explanation, enabled, **settings)
