@@ -208,7 +208,9 @@ def evaluate(
         metric's top-level keys (localization: ``thresholds``, ``iou_levels``,
         ``pointing_tolerance``); every rank gets the same, merged numbers.
     """
-    objects = [METRICS[parse_metrics(m)[0]]() if isinstance(m, str) else m for m in metrics]
+    objects: list[Metric] = []
+    for m in metrics:
+        objects += [METRICS[name]() for name in parse_metrics(m)] if isinstance(m, str) else [m]
     if not objects or len({m.name for m in objects}) != len(objects):
         raise ValueError(f"metrics={[m.name for m in objects]} must name each metric family once")
     if len(dataset) == 0:
