@@ -166,14 +166,6 @@ def merged_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- cache
-def image_key(dataset: LocalizationDataset, query: Query) -> str:
-    """How a cached row names its image: the path relative to the data's root (POSIX)."""
-    try:
-        return query.image.relative_to(dataset.root).as_posix()
-    except ValueError:
-        return str(query.image)
-
-
 class RowCache:
     """Append-only JSON-lines rows of one metric for one method configuration.
 
@@ -181,7 +173,8 @@ class RowCache:
     own ``part-<rank>.jsonl`` (a line per query, flushed at once), so an interrupted run loses at
     most the query in flight, and a rerun with any number of processes reads every part. Lines
     that do not parse (cut by an interruption) or whose row, image or label no longer match the
-    data set are ignored.
+    data set are ignored. A row names its image by its path relative to the data's folder
+    (``LocalizationDataset.image_name``).
     """
 
     def __init__(self, root: str | Path, spec: dict[str, Any], rank: int = 0) -> None:
@@ -198,7 +191,7 @@ class RowCache:
                 q = by_row.get(int(d["row"]))
             except (ValueError, KeyError, TypeError):
                 continue
-            if q is not None and d.get("image") == image_key(dataset, q) and d.get("label") == q.label:
+            if q is not None and d.get("image") == dataset.image_name(q) and d.get("label") == q.label:
                 out[q.row] = d
         return out
 

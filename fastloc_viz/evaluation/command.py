@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +143,22 @@ def run(args: argparse.Namespace, *, pages: Pages | None) -> int:
 
 
 def markdown_tables(results: Mapping[str, Any]) -> str:
-    """Localization's table, then the box-free one, for the metrics in ``results``."""
+    """Localization's table, then the box-free one, for the metrics in ``results``; then the
+    files left out."""
     names = results["metrics"]
     parts = [localization.markdown_table(results)] if "localization" in names else []
     if set(names) - {"localization"}:
         parts.append(boxfree.markdown_table(results))
-    return "\n".join(parts)
+    return "\n".join(parts) + skipped_text(results.get("skipped", []))
+
+
+def skipped_text(skipped: Sequence[Mapping[str, Any]]) -> str:
+    """The files left out because they cannot be read, one line each (markdown), or ``""``."""
+    if not skipped:
+        return ""
+    lines = [f"\n{len(skipped)} image file(s) left out: they cannot be read.\n"]
+    lines += [f"- row {d['row']}, `{d['image']}`: {d['reason']}" for d in skipped]
+    return "\n".join(lines) + "\n"
 
 
 def finish(results: dict[str, Any], args: argparse.Namespace, dist: Dist, pages: Pages | None) -> int:
@@ -169,7 +179,8 @@ def finish(results: dict[str, Any], args: argparse.Namespace, dist: Dist, pages:
 
 # ----------------------------------------------------------------------------- outputs
 def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}}``, plus
+    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}, "skipped":
+    [{"row", "image", "reason"}, ...]}`` (the files that cannot be read, left out), plus
     ``deletion_auc``, ``insertion_auc``, ``sanity_similarity`` (numbers) and ``sanity_curve``
     (a list) where the box-free metrics were computed; a key is there when its metric ran."""
 
@@ -183,6 +194,7 @@ def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "n": int(results["n"]),
         "model": results["model"],
         "methods": {label: keys(m) for label, m in results["methods"].items()},
+        "skipped": list(results.get("skipped", [])),
     }
 
 

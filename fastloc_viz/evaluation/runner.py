@@ -9,6 +9,8 @@
 * One cache: each query's row is appended to ``CACHE/<metric>/<hash>/part-<rank>.jsonl`` as soon
   as it exists (:class:`~.base.RowCache`, :func:`~.base.cache_spec`); a rerun skips what is cached.
 * One progress bar (rank 0, stderr).
+* Images are read as :func:`fastloc_viz.explain` reads them (``LocalizationDataset.read``); a file
+  that cannot be read is left out and listed in the results' ``skipped`` with its reason.
 * Under ``torchrun --nproc_per_node N``: rank ``r`` takes rows ``r, r + N, ...``; each metric
   merges the ranks (counts all-reduced, box-free rows gathered in row order), so every rank
   returns what one process would.
@@ -24,7 +26,7 @@ from typing import Any
 
 from ..core.parallel import Dist, gather_objects, machine_info, peak_memory_mb
 from ..imaging.dataset import LocalizationDataset, Query
-from .base import Explained, MethodSpec, Metric, RowCache, cache_spec, image_key
+from .base import Explained, MethodSpec, Metric, RowCache, cache_spec
 from .boxfree import Faithfulness, Sanity
 from .localization import Localization
 
@@ -98,6 +100,14 @@ class _Run:
                 out[spec.label] = todo
         return out
 
+    def first_image(self) -> tuple[Query, Any]:
+        """The first query whose image can be read, and that image."""
+        for q in self.dataset:
+            image = self.dataset.read(q, self.bundle.input_size)
+            if image is not None:
+                return q, image
+        raise ValueError(f"none of the {len(self.dataset)} images of {self.dataset.csv_path} can be read")
+
     def run(self, progress: bool, max_queries: int | None) -> None:
         todo = [(q, jobs) for i, q in self.shard if (jobs := self.pending(i, q))]
         bar = None
@@ -131,9 +141,12 @@ class _Run:
         return Explained(spec, kwargs, e, seconds)
 
     def query(self, q: Query, jobs: dict[str, list[Metric]]) -> None:
-        """Explain the query's image once per method; every pending metric scores it."""
-        image = q.load_image()
-        base = {"row": q.row, "image": image_key(self.dataset, q), "label": q.label}
+        """Explain the query's image once per method; every pending metric scores it. An image
+        that cannot be read is left out (``dataset.skipped()``)."""
+        image = self.dataset.read(q, self.bundle.input_size)
+        if image is None:
+            return
+        base = {"row": q.row, "image": self.dataset.image_name(q), "label": q.label}
         for spec in self.specs:
             if spec.label not in jobs:
                 continue
@@ -148,8 +161,8 @@ class _Run:
     def layer_of(self, spec: MethodSpec) -> str | None:
         """The layer the method used; when every query came from the cache, ask it once."""
         if spec.label not in self.layers:
-            q = self.dataset[0]
-            self.explained(spec, q.load_image(), q.label)
+            q, image = self.first_image()
+            self.explained(spec, image, q.label)
         return self.layers[spec.label]
 
     def results(self) -> dict[str, Any]:
@@ -162,8 +175,10 @@ class _Run:
                 m.update(metric.summary([done[q.row] for _, q in self.shard if q.row in done], self.bundle))
             m["peak_memory_mb"] = max(gather_objects(self.peak[spec.label]))
             methods[spec.label] = m
+        seen = {d["row"]: d for part in gather_objects(self.dataset.skipped()) for d in part}
+        skipped = [seen[r] for r in sorted(seen)]  # every rank's unreadable files, by row
         out: dict[str, Any] = {
-            "n": max((m["n"] for m in methods.values() if "n" in m), default=len(self.dataset)),
+            "n": max((m["n"] for m in methods.values() if "n" in m), default=len(self.dataset) - len(skipped)),
             "model": self.bundle.name,
             "data": str(self.dataset.csv_path),
             "layer": self.layer,
@@ -171,7 +186,7 @@ class _Run:
         for metric in self.metrics:
             out.update(metric.describe())
         out.update({"world_size": self.dist.world_size, "machine": machine_info(self.bundle.device),
-                    "metrics": [m.name for m in self.metrics], "methods": methods})
+                    "metrics": [m.name for m in self.metrics], "methods": methods, "skipped": skipped})
         return out
 
 
@@ -204,7 +219,8 @@ def evaluate(
 
     Returns:
         ``{"n", "model", "data", "layer", "world_size", "machine", "metrics", "methods": {label:
-        {"method", "layer", "params", "peak_memory_mb", ...each metric's summary}}}`` plus each
+        {"method", "layer", "params", "peak_memory_mb", ...each metric's summary}}, "skipped":
+        [{"row", "image", "reason"}, ...]}`` (the files that cannot be read, left out) plus each
         metric's top-level keys (localization: ``thresholds``, ``iou_levels``,
         ``pointing_tolerance``); every rank gets the same, merged numbers.
     """

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from ..core import raster
 from ..core.results import Explanation
@@ -21,33 +20,7 @@ from ..engine.activations import mean_pairwise_correlation
 # duck-typed (``Any`` below), so this module sits below both and below the report
 # (docs/architecture.md).
 
-__all__ = ["activation_thumbnail", "atlas_sign", "cards_html", "check_atlas", "similarity_note"]
-
-
-def activation_thumbnail(
-    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = raster.DEFAULT_COLORSCALE, dim: float = 0.35
-) -> np.ndarray:
-    """Neuron ``index``'s activation map over a dimmed grey photo, its unit's cell marked
-    (cyan square): ``h x w x 3`` uint8 with ``max(h, w) <= size``."""
-    if explanation.activation_maps is None or explanation.neurons is None:
-        raise ValueError("this explanation has no activation maps (fastloc methods only)")
-    amap = explanation.activation_maps[index]
-    m, f = raster.downsample(amap, size, reduce="mean")
-    img = np.asarray(explanation.image, dtype=np.float32)
-    if f > 1:
-        small = Image.fromarray(raster.to_uint8(img)).resize((m.shape[1], m.shape[0]), Image.BILINEAR)
-        img = np.asarray(small, dtype=np.float32) / 255.0
-    grey = img.mean(axis=2, keepdims=True) * dim
-    col = raster.colorize(m, colorscale).astype(np.float32) / 255.0
-    alpha = np.clip(m, 0, 1)[..., None] * 0.85
-    out = Image.fromarray(raster.to_uint8(grey * (1 - alpha) + col * alpha))
-    n = explanation.neurons[index]
-    cx, cy, sx, sy = raster.neuron_centre(explanation, n.y, n.x)
-    cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
-    ImageDraw.Draw(out).rectangle(
-        [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
-    )
-    return np.asarray(out)
+__all__ = ["atlas_sign", "cards_html", "check_atlas", "similarity_note"]
 
 
 def check_atlas(atlas: Any, explanation: Explanation) -> None:
@@ -144,7 +117,7 @@ def cards_html(
         guided = raster.neuron_card_image(explanation, i, size=thumb)
         maps = "<figure>" + _img(guided, "guided-backprop map") + "<figcaption>guided backprop</figcaption></figure>"
         if explanation.activation_maps is not None:
-            act = activation_thumbnail(explanation, i, size=thumb)
+            act = raster.neuron_card_image(explanation, i, size=thumb, kind="activation")
             maps += "<figure>" + _img(act, "activation map") + "<figcaption>where channel fires</figcaption></figure>"
         meta = (
             f"<b>#{n.rank}</b> channel {n.channel} at (y={n.y}, x={n.x})<br>"

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
 from ..core.raster import (
@@ -36,7 +35,7 @@ from ..core.raster import (
     neuron_thumbnail,
     photo_aspect,
     receptive_field,
-    to_uint8,
+    shrink,
 )
 from ..core.results import Box, Explanation
 from ..evaluation.metrics import iou as _iou
@@ -144,15 +143,14 @@ def _image_axes(
 
 
 def _photo_trace(image: np.ndarray, max_side: int | None = None, **kw: Any) -> go.Image:
-    img = to_uint8(image)
-    h, w = img.shape[:2]
-    f = 1
-    if max_side is not None and max(h, w) > max_side:
-        f = math.ceil(max(h, w) / max_side)
-        img = np.asarray(
-            PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR)
-        )
-    # A downsampled photo keeps input-grid coordinates by stretching its pixels by f.
+    h, w = np.shape(image)[:2]
+    f = math.ceil(max(h, w) / max_side) if max_side is not None and max(h, w) > max_side else 1
+    return _grid_image(shrink(image, f), f, **kw)
+
+
+def _grid_image(img: np.ndarray, f: int, **kw: Any) -> go.Image:
+    """An image downsampled by ``f`` placed on the input grid: each of its pixels stretched
+    over ``f x f`` grid pixels."""
     return go.Image(
         source=image_uri(img), x0=(f - 1) / 2, y0=(f - 1) / 2, dx=f, dy=f, hoverinfo="skip", **kw
     )
@@ -301,54 +299,7 @@ def neuron_grid(
     h, w = explanation.input_size
     for i, (n, nmap) in enumerate(zip(neurons, explanation.neuron_maps)):
         r, c = i // cols + 1, i % cols + 1
-        thumb_img = neuron_thumbnail(explanation.image, nmap, size=thumb, colorscale=colorscale)
-        if n.rank not in on:
-            thumb_img = (thumb_img.astype(np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
-        f = math.ceil(max(h, w) / thumb) if max(h, w) > thumb else 1
-        fig.add_trace(
-            go.Image(
-                source=image_uri(thumb_img),
-                x0=(f - 1) / 2,
-                y0=(f - 1) / 2,
-                dx=f,
-                dy=f,
-                hoverinfo="skip",
-                name=f"neuron {n.rank}",
-            ),
-            row=r,
-            col=c,
-        )
-        cx, cy, sx, sy = neuron_centre(explanation, n.y, n.x)
-        ref = dict(row=r, col=c)
-        rf = receptive_field(nmap)
-        fig.add_shape(
-            _box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref
-        )
-        fig.add_shape(
-            dict(
-                type="rect",
-                x0=cx - sx / 2,
-                x1=cx + sx / 2,
-                y0=cy - sy / 2,
-                y1=cy + sy / 2,
-                line=dict(color=BOX_COLOR, width=1.5),
-            ),
-            **ref,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=[cx],
-                y=[cy],
-                mode="markers",
-                marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
-                hovertemplate=(
-                    f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
-                    f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"
-                ),
-                showlegend=False,
-            ),
-            **ref,
-        )
+        _neuron_panel(fig, explanation, n, nmap, thumb, colorscale, dimmed=n.rank not in on, row=r, col=c)
         _image_axes(fig, h, w, row=r, col=c)
     for ann in fig.layout.annotations:
         ann.font = dict(size=10.5)
@@ -363,6 +314,45 @@ def neuron_grid(
         dragmode=False,
     )
     return fig
+
+
+def _neuron_panel(
+    fig: go.Figure, explanation: Explanation, n: Any, nmap: np.ndarray, thumb: int, colorscale: str,
+    *, dimmed: bool, row: int, col: int,
+) -> None:
+    """One panel of :func:`neuron_grid`: the neuron's thumbnail on the input grid (greyed when
+    ``dimmed``), the extent of its map (dotted), its layer cell (square) and centre (cross)."""
+    thumb_img = neuron_thumbnail(explanation.image, nmap, size=thumb, colorscale=colorscale)
+    if dimmed:
+        thumb_img = (thumb_img.astype(np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
+    h, w = explanation.input_size
+    f = math.ceil(max(h, w) / thumb) if max(h, w) > thumb else 1
+    ref = dict(row=row, col=col)
+    fig.add_trace(_grid_image(thumb_img, f, name=f"neuron {n.rank}"), **ref)
+    cx, cy, sx, sy = neuron_centre(explanation, n.y, n.x)
+    rf = receptive_field(nmap)
+    fig.add_shape(_box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref)
+    fig.add_shape(
+        dict(
+            type="rect", x0=cx - sx / 2, x1=cx + sx / 2, y0=cy - sy / 2, y1=cy + sy / 2,
+            line=dict(color=BOX_COLOR, width=1.5),
+        ),
+        **ref,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[cx],
+            y=[cy],
+            mode="markers",
+            marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
+            hovertemplate=(
+                f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
+                f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"
+            ),
+            showlegend=False,
+        ),
+        **ref,
+    )
 
 
 def rank_scores(

@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 import ipywidgets as W
 import numpy as np
 
-from ..core.raster import encode
+from ..core.raster import encode, photo_aspect, to_photo_aspect
 from ..core.results import Explanation
 from ..views import plots
-from ..views.cards import activation_thumbnail, atlas_sign
+from ..views.cards import atlas_sign
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 
@@ -111,7 +111,9 @@ class Cards:
             if rebuild:
                 card["image"].value = png(plots.neuron_card_image(e, i, size=112, colorscale=colorscale))
                 if e.activation_maps is not None:
-                    card["activation"].value = png(activation_thumbnail(e, i, size=112, colorscale=colorscale))
+                    card["activation"].value = png(
+                        plots.neuron_card_image(e, i, size=112, colorscale=colorscale, kind="activation")
+                    )
                 card["drop"].value = ""
                 if atlas is not None:
                     sign = atlas_sign(atlas, n.activation)
@@ -125,9 +127,8 @@ class Cards:
         row = [c["box"] for c in self.cards[: len(e.neurons)]]
         if e.class_map is not None:
             if rebuild:
-                self.class_card["image"].value = png(
-                    plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=colorscale)
-                )
+                thumb = plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=colorscale)
+                self.class_card["image"].value = png(to_photo_aspect(thumb, photo_aspect(e), max_side=112))
             row.insert(0, self.class_card["box"])
         self.row.children = row
 
