@@ -181,7 +181,7 @@ def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_pa
         fv.get_method("gradcam++")
     with pytest.raises(ValueError, match=r"method='nope' is not one of"):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
-    from fastloc_viz.evaluation.localization import parse_methods
+    from fastloc_viz.evaluation.base import parse_methods
 
     with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
         parse_methods("gradcam,nope")
@@ -322,7 +322,8 @@ def test_the_doc_example_is_one_short_file():
 
 
 def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
-    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
     from fastloc_viz.widgets import MethodComparison
 
@@ -343,7 +344,7 @@ def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lit
     finally:
         mc.close()
 
-    r = ev.evaluate(lite0, LocalizationDataset(shared_data, limit=2), [ev.MethodSpec("integrated_gradients", {"n_steps": 2})])
+    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("integrated_gradients", {"n_steps": 2})])
     assert r["n"] == 2 and 0 <= r["methods"]["integrated_gradients[n_steps=2]"]["maxboxacc_50"] <= 1
 
     fv.unregister_method("integrated_gradients")  # the CLI loads it again from the file
