@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from fastloc_viz.collection import coco
-from fastloc_viz.collection.boxes import OutputLock, collect_items, run_boxes
+from fastloc_viz.collection.boxes import OutputLock, boxes, collect_items
 from fastloc_viz.model.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     good = [_photo(src / f"g{i}.jpg", 30 + 10 * i, 60 - 5 * i, seed=i) for i in range(5)]
     bad = _bad_files(src, good[0])
     out = tmp_path / "out" / "boxes.json"
-    s = run_boxes(src, out, tiny, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
+    s = boxes(tiny, src, out, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
     assert s["boxed"] == 5 and {b["file"] for b in s["skipped"]} == bad
     doc = json.loads(out.read_text())
     assert {im["file_name"]: (im["width"], im["height"]) for im in doc["images"]} == {
@@ -113,13 +113,13 @@ def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     lock.acquire()  # this very process holds it: alive
     try:
         with pytest.raises(RuntimeError, match="another fastloc-viz boxes run .* is writing"):
-            run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)
+            boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)
     finally:
         lock.release()
     # a lock whose process is gone is stale: taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.path.write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "started": 0}))
-    assert run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)["boxed"] == 1
+    assert boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)["boxed"] == 1
     assert not lock.path.exists()
 
 

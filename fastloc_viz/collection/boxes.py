@@ -1,4 +1,5 @@
-"""Localize a whole collection: ``fastloc-viz boxes SOURCE --out FILE``.
+"""Localize a whole collection: ``fastloc_viz.boxes(bundle, SOURCE, FILE)``, and its command
+line twin ``fastloc-viz boxes SOURCE --out FILE``.
 
 Sources (:func:`collect_items`):
 
@@ -12,7 +13,13 @@ Sources (:func:`collect_items`):
 * a CSV in the ``evaluate`` format: ``image`` (relative to the CSV's folder) and ``label``
   columns; other columns (``boxes`` ...) are ignored here.
 
-How it runs (:func:`run_boxes`): a ``torch.utils.data.DataLoader`` with worker processes
+Which classes get a box (``targets``): ``"top1"`` (default), one box per image for the
+top-1 class; ``"positive"``, one box per label at or above the bundle's ``label_threshold``
+(a multi-label model's findings; an image with none gets a ``skipped`` row saying so); or a
+list of class names / indices, a box for each, on every image. An image whose source names
+its class (ImageFolder, a CSV label) is explained for that class alone.
+
+How it runs (:func:`boxes`): a ``torch.utils.data.DataLoader`` with worker processes
 decodes each image to the model's grid (keeping the photo's own size) while the model works;
 ``explain`` runs on each preloaded batch. Each finished image is one JSON line in
 ``FILE.parts/rank-<r>.jsonl`` (flushed at once), so a killed run loses at most the batch in
@@ -60,6 +67,7 @@ IMAGE_EXTENSIONS = frozenset(
     ".jp2 .j2k .tga .ico".split()
 )
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
+TARGETS = ("top1", "positive")
 
 
 @dataclass(frozen=True)
@@ -151,10 +159,11 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
 
 # ----------------------------------------------------------------------------- decoding
 class _Decoded:
-    """A torch Dataset: item ``i`` -> ``(i, 3 x H x W tensor or None, (w, h), reason)``."""
+    """A torch Dataset: item ``i`` -> ``(i, C x H x W tensor or None, (w, h), reason)``."""
 
-    def __init__(self, items: list[Item], size: tuple[int, int], interpolation: str = "bilinear") -> None:
-        self.items, self.size, self.interpolation = items, tuple(size), interpolation
+    def __init__(self, items: list[Item], size: tuple[int, int], interpolation: str = "bilinear",
+                 channels: int = 3) -> None:
+        self.items, self.size, self.interpolation, self.channels = items, tuple(size), interpolation, channels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -165,7 +174,7 @@ class _Decoded:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                t, _, sizes = load_batch_sizes(Path(self.items[i].path), self.size, self.interpolation)
+                t, _, sizes = load_batch_sizes(Path(self.items[i].path), self.size, self.interpolation, self.channels)
             return i, t[0], sizes[0], ""
         except Exception as e:  # noqa: BLE001 - any bad file becomes a skipped row
             return i, None, None, f"{type(e).__name__}: {' '.join(str(e).split())}"
@@ -234,10 +243,11 @@ def _read_parts(parts: Path) -> list[dict]:
     return [d for d in read_json_lines(parts, "rank-*.jsonl") if "key" in d and "status" in d]
 
 
-def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool) -> dict:
+def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool, targets) -> dict:
     return {"model": bundle.name, "input_size": list(bundle.input_size), "method": method,
             "params": {k: v for k, v in sorted(params.items())}, "layout": layout,
-            "source": str(source.resolve()), "masks": masks}
+            "source": str(source.resolve()), "masks": masks, "targets": targets, "output": bundle.output,
+            "label_threshold": bundle.label_threshold if targets == "positive" else None}
 
 
 def _check_spec(parts: Path, spec: dict) -> None:
@@ -255,11 +265,64 @@ def _check_spec(parts: Path, spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- run
-def _row(item: Item, e, masks: bool) -> dict:
+def check_targets(bundle: Any, targets) -> str | list[int]:
+    """``"top1"``, ``"positive"``, or the class indices of a list of names / indices."""
+    if isinstance(targets, str):
+        if targets not in TARGETS:
+            raise ValueError(f"targets={targets!r} is not one of {list(TARGETS)} or a list of class names")
+        return targets
+    if not isinstance(targets, (list, tuple)) or not targets:
+        raise TypeError(f"targets must be 'top1', 'positive' or a non-empty list of class names, got {targets!r}")
+    return list(dict.fromkeys(bundle.class_index(t) for t in targets))
+
+
+def _pairs(bundle: Any, x, items: list[Item], targets) -> tuple[list[tuple[int, int | None]], dict[int, str]]:
+    """The ``(image, target)`` pairs of a batch to explain (``None``: its top-1), and per image
+    with nothing to explain, why (``"positive"``: no label at or above the threshold)."""
+    if targets == "top1":
+        return [(k, it.label) for k, it in enumerate(items)], {}
+    if targets != "positive":
+        return [(k, t) for k, it in enumerate(items) for t in ([it.label] if it.label is not None else targets)], {}
+    probs = bundle.predict(x)
+    pairs, none = [], {}
+    for k, it in enumerate(items):
+        found = [it.label] if it.label is not None else bundle.positive(probs[k])
+        pairs += [(k, t) for t in found]
+        if not found:
+            best = int(probs[k, : len(bundle.class_names)].argmax())
+            none[k] = (f"no label at or above {bundle.label_threshold:.0%} (best: {bundle.class_name(best)} "
+                       f"{float(probs[k, best]):.1%})")
+    return pairs, none
+
+
+def _batch_rows(bundle: Any, good: list, targets, method: str, params: dict, masks: bool, batch_size: int) -> list[dict]:
+    """The rows of one decoded batch: one per image and target explained, a skipped row per
+    image with no target."""
+    import torch
+
+    from ..methods.explain import explain
+
+    x = torch.stack([t for _, t, _ in good])
+    pairs, none = _pairs(bundle, x, [it for it, _, _ in good], targets)
+    lines = [{"key": good[k][0].key, "item": good[k][0].key, "index": good[k][0].index, "file": good[k][0].file,
+              "status": "skipped", "reason": why} for k, why in none.items()]
+    if pairs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = explain(bundle, x[[k for k, _ in pairs]], method=method, target=[t for _, t in pairs],
+                              batch_size=batch_size, progress=False, **params)
+        for (k, asked), e in zip(pairs, results):
+            it, _, size = good[k]
+            lines.append(_row(it, e.replace(original_size=tuple(size)), masks, asked))
+    return lines
+
+
+def _row(item: Item, e, masks: bool, asked: int | None) -> dict:
+    key = item.file if asked is None else f"{item.file}#{asked}"
     if e.box is None:
-        return {"key": item.key, "index": item.index, "file": item.file, "status": "skipped",
+        return {"key": key, "item": item.key, "index": item.index, "file": item.file, "status": "skipped",
                 "reason": f"the map for {e.target_name!r} is all zero: no box"}
-    d = {"key": item.key, "index": item.index, "file": item.file, "status": "ok",
+    d = {"key": key, "item": item.key, "index": item.index, "file": item.file, "status": "ok",
          "width": e.photo_size[0], "height": e.photo_size[1], "target": e.target, "target_name": e.target_name,
          "given": item.label is not None, "probability": _probability(e), "box": list(e.box),
          "box_original": list(e.box_original),
@@ -291,11 +354,12 @@ def _mask_original(e) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def run_boxes(
+def boxes(
+    bundle: Any,
     source: str | os.PathLike,
     out: str | os.PathLike,
-    bundle: Any,
     *,
+    targets: str | list[str | int] = "top1",
     method: str = "fastloc",
     layout: str = "auto",
     batch_size: int = 16,
@@ -308,16 +372,25 @@ def run_boxes(
     **params: Any,
 ) -> dict[str, Any]:
     """Localize every image of ``source`` and write COCO JSON to ``out`` (and ``out`` with
-    ``.csv`` beside it); returns a summary (counts, images/s, the paths written).
+    ``.csv`` beside it); returns a summary (counts, images/s, the paths written). The command
+    ``fastloc-viz boxes`` runs this.
 
-    ``params`` go to :func:`fastloc_viz.explain` (``threshold``, ``k``, ``layer`` ...).
+    Args:
+        bundle: a :class:`~fastloc_viz.ModelBundle` (or an ``nn.Module``).
+        source: a folder of images, an ImageFolder tree or a CSV (see the module).
+        out: the COCO JSON to write (a ``.json`` path).
+        targets: ``"top1"``, ``"positive"`` (every label at or above ``bundle.label_threshold``
+            gets its own box and score) or a list of class names / indices (see the module).
+        params: go to :func:`fastloc_viz.explain` (``threshold``, ``k``, ``layer`` ...).
     """
     import torch
 
     from ..methods import get_method
-    from ..methods.explain import explain
+    from ..model.bundle import bundle_of
 
     dist = dist or init_distributed()
+    bundle = bundle_of(bundle)
+    targets = check_targets(bundle, targets)
     m = get_method(method)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".json":
@@ -341,7 +414,7 @@ def run_boxes(
     try:
         items, used = collect_items(source, bundle, layout)
         m.make_params(dict(params))  # a bad parameter fails before any work
-        spec = _spec(bundle, method, params, used, Path(source), masks)
+        spec = _spec(bundle, method, params, used, Path(source), masks, targets)
         if dist.is_main:
             if restart and parts.exists():
                 for p in parts.iterdir():
@@ -349,7 +422,7 @@ def run_boxes(
             make_dir(parts, "the run's parts folder")
             _check_spec(parts, spec)
         barrier()
-        done = {r["key"] for r in _read_parts(parts)}
+        done = {r["item"] for r in _read_parts(parts)}
         mine = [it for it in items if it.index % dist.world_size == dist.rank and it.key not in done]
         info = {"description": f"fastloc-viz boxes: {method} on {Path(source).name}", "model": bundle.name,
                 "method": method, "params": spec["params"], "layout": used, "source": str(source),
@@ -361,11 +434,11 @@ def run_boxes(
             first = next((r for r in rows if r["status"] == "ok"), None)
             if first is not None:  # the method's full parameters, defaults included
                 info["params"] = first["params"]
-            write_text_atomic(out, json.dumps(coco_document(rows, bundle.class_names, info)), what="the boxes")
+            write_text_atomic(out, json.dumps(coco_document(rows, bundle.target_names, info)), what="the boxes")
             write_text_atomic(csv_out, csv_text(rows), what="the boxes CSV")
 
         loader = torch.utils.data.DataLoader(
-            _Decoded(mine, bundle.input_size, bundle.interpolation), batch_size=batch_size, shuffle=False, num_workers=workers,
+            _Decoded(mine, bundle.input_size, bundle.interpolation, bundle.channels), batch_size=batch_size, shuffle=False, num_workers=workers,
             collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers else None)
         bar = None
         if progress and dist.is_main:
@@ -383,26 +456,19 @@ def run_boxes(
                 good = [(mine[i], t, s) for i, t, s, reason in batch if t is not None]
                 for i, t, s, reason in batch:
                     if t is None:
-                        lines.append({"key": mine[i].key, "index": mine[i].index, "file": mine[i].file,
-                                      "status": "skipped", "reason": reason})
+                        lines.append({"key": mine[i].key, "item": mine[i].key, "index": mine[i].index,
+                                      "file": mine[i].file, "status": "skipped", "reason": reason})
                 if good:
-                    x = torch.stack([t for _, t, _ in good])
-                    targets = [it.label for it, _, _ in good]
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        results = explain(bundle, x, method=method, target=targets, batch_size=len(good),
-                                          progress=False, **params)
-                    for (it, _, s), e in zip(good, results):
-                        lines.append(_row(it, e.replace(original_size=tuple(s)), masks))
+                    lines += _batch_rows(bundle, good, targets, method, params, masks, batch_size)
                 lines.sort(key=lambda r: r["index"])
                 part.write("".join(json.dumps(r) + "\n" for r in lines))
                 part.flush()
                 os.fsync(part.fileno())
-                new += len(lines)
+                new += len(batch)
                 if first_batch is None:
                     first_batch = (time.perf_counter(), new)
                 if bar is not None:
-                    bar.update(len(lines) * dist.world_size)
+                    bar.update(len(batch) * dist.world_size)
                 if delay:
                     time.sleep(delay)
                 if dist.is_main and time.monotonic() - last > checkpoint_s:
@@ -421,7 +487,8 @@ def run_boxes(
             write_outputs()
             rows = unique_rows(_read_parts(parts))
             summary = {"out": str(out), "csv": str(csv_out), "parts": str(parts), "images": len(items),
-                       "boxed": sum(r["status"] == "ok" for r in rows),
+                       "boxed": len({r["item"] for r in rows if r["status"] == "ok"}),
+                       "boxes": sum(r["status"] == "ok" for r in rows),
                        "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
                        "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
                        "steady_images_per_s": steady,

@@ -284,7 +284,7 @@ def evaluate(
                 layers.setdefault(spec.label, exp.layer)
                 result = score_query(
                     exp.saliency, exp.box, gt, row=q.row, label=q.label,
-                    prediction=exp.top5[0].index, thresholds=thresholds, tolerance=tolerance,
+                    prediction=exp.top5[0].index if exp.top5 else -1, thresholds=thresholds, tolerance=tolerance,
                     time_s=elapsed,
                 )
                 done[spec.label][q.row] = result

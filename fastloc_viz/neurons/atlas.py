@@ -371,7 +371,7 @@ class NeuronAtlas:
         src = sources(images)
         n = len(src)
         size = tuple(bundle.input_size)
-        first = load_batch(src.items[0], size, bundle.interpolation)
+        first = load_batch(src.items[0], size, bundle.interpolation, bundle.channels)
         name, module = _layer(bundle, layer, first)
         signs = (1, -1) if negative else (1,)
         vals = idx = pos = None  # S x C x top, made once the layer's shape is seen
@@ -403,7 +403,7 @@ class NeuronAtlas:
         try:
             for b, s in enumerate(batches):
                 chunk = src.items[s : s + batch_size]
-                x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size, bundle.interpolation)
+                x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size, bundle.interpolation, bundle.channels)
                 found, shape = _scan(bundle, (name, module), x)
                 if idx is None:
                     full = (len(signs), shape[0], top)
