@@ -19,7 +19,7 @@ from torch.testing import assert_close
 
 import fastloc_viz as fv
 from fastloc_viz.core.maps import normalize
-from fastloc_viz.engine import captum_maps as baselines
+from fastloc_viz.engine import captum_maps
 from fastloc_viz.engine.guided import GuidedMode
 from fastloc_viz.engine.neuron_passes import grads_to_maps, neuron_pass
 from fastloc_viz.engine.ranking import rank_neurons
@@ -118,7 +118,7 @@ def relu_net():
 
 def test_guided_backprop_equals_captum(relu_net):
     x = _input()
-    ours, _ = baselines.guided_backprop(relu_net, x, torch.tensor([1, 3]))
+    ours, _ = captum_maps.guided_backprop(relu_net, x, torch.tensor([1, 3]))
     theirs = GuidedBackprop(relu_net).attribute(x, target=torch.tensor([1, 3]))
     assert_close(ours, theirs)
 
@@ -138,12 +138,12 @@ def test_neuron_maps_equal_captum_neuron_guided_backprop(relu_net):
 def test_gradcam_and_guided_gradcam_equal_captum(relu_net):
     x = _input()
     t = torch.tensor([0, 2])
-    cam = baselines.gradcam(relu_net, x, relu_net.a3, t)
+    cam = captum_maps.gradcam(relu_net, x, relu_net.a3, t)
     ref = LayerAttribution.interpolate(
         LayerGradCam(relu_net, relu_net.a3).attribute(x, target=t, relu_attributions=True), (8, 8), "bilinear"
     )
     assert_close(cam, ref)
-    ggc, _ = baselines.guided_gradcam(relu_net, x, relu_net.a3, t)
+    ggc, _ = captum_maps.guided_gradcam(relu_net, x, relu_net.a3, t)
     theirs = GuidedGradCam(relu_net, relu_net.a3).attribute(x, target=t, interpolate_mode="bilinear")
     assert_close(ggc, theirs)
 
@@ -153,7 +153,7 @@ def test_captum_guided_backprop_is_plain_gradient_on_relu6_but_ours_is_not():
     x = _input()
     captum = GuidedBackprop(model).attribute(x, target=1)
     plain = torch.autograd.grad(model(x.requires_grad_(True))[:, 1].sum(), x)[0]
-    ours, _ = baselines.guided_backprop(model, x.detach(), torch.tensor([1, 1]))
+    ours, _ = captum_maps.guided_backprop(model, x.detach(), torch.tensor([1, 1]))
     assert_close(captum, plain)  # the trap: Captum silently returns the plain gradient
     assert not torch.allclose(ours, plain)
     assert_close(ours, _reference_guided(model, x.detach(), 1))

@@ -135,7 +135,24 @@ def test_a_registered_rule_is_used_by_explain_and_recombine():
         with pytest.raises(ValueError, match="already registered"):
             fv.register_rule("sum")(first_only)
     finally:
-        combine.RULES.pop("first_only", None)
+        combine.unregister_rule("first_only")
+    assert "first_only" not in fv.RULES
+
+
+def test_the_rules_are_a_read_only_view():
+    """Writing to ``RULES`` raises; only ``register_rule`` adds a rule, and the view sees it."""
+    rule = fv.RULES["sum"]
+    with pytest.raises(TypeError):
+        fv.RULES["mine"] = rule
+    with pytest.raises(TypeError):
+        del fv.RULES["sum"]
+    fv.register_rule("mine")(lambda maps, **_: maps[0])
+    try:
+        assert "mine" in fv.RULES and fv.RULES["mine"].doc == "mine"
+    finally:
+        combine.unregister_rule("mine")
+    with pytest.raises(ValueError, match=r"combine='mine' is not one of"):
+        combine.unregister_rule("mine")
 
 
 # --- the method registry -------------------------------------------------------------------

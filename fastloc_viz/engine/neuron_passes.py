@@ -81,7 +81,7 @@ def neuron_pass(
 ) -> NeuronPass:
     """Forward once, rank the probe layer's units, guided-backprop from the top ``k``.
 
-    The model must already be in eval mode with grad enabled (see ``hooks.preserved``).
+    The model must already be in eval mode with grad enabled (see ``model.state.preserved``).
 
     Args:
         model: the classifier.

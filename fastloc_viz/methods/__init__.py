@@ -5,29 +5,10 @@ HTML report and the widgets all read the registry, so a method registered with
 :func:`register_method` (see ``docs/own-method.md``) works everywhere at once.
 """
 
-from .base import (
-    METHODS,
-    Attribution,
-    Context,
-    Method,
-    MethodParams,
-    get_method,
-    methods_where,
-    register_method,
-    unregister_method,
-)
+from . import base
+from .base import *  # the registry's names, listed once: in base.__all__
 
 # The built-in methods register themselves on import, in this order.
 from . import fastloc, fastloc_rescored, gradcam, guided_backprop, guided_gradcam  # noqa: E402,F401  isort: skip
 
-__all__ = [
-    "METHODS",
-    "Attribution",
-    "Context",
-    "Method",
-    "MethodParams",
-    "get_method",
-    "methods_where",
-    "register_method",
-    "unregister_method",
-]
+__all__ = list(base.__all__)

@@ -36,6 +36,7 @@ __all__ = [
     "Method",
     "MethodParams",
     "get_method",
+    "methods_where",
     "register_method",
     "unregister_method",
 ]

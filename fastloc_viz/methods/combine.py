@@ -10,8 +10,9 @@ explorer, ``explain`` and the benchmarks all read it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
@@ -38,8 +39,10 @@ class Rule:
     doc: str
 
 
-RULES: dict[str, Rule] = {}
-"""Name -> :class:`Rule`, in registration order."""
+_RULES: dict[str, Rule] = {}
+RULES: Mapping[str, Rule] = MappingProxyType(_RULES)
+"""Name -> :class:`Rule`, in registration order (a live, read-only view: register with
+:func:`register_rule`)."""
 
 
 def register_rule(name: str, *, uses_class_map: bool = False) -> Callable:
@@ -50,14 +53,20 @@ def register_rule(name: str, *, uses_class_map: bool = False) -> Callable:
     """
 
     def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        old = RULES.get(name)
+        old = _RULES.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a combine rule named {name!r} is already registered ({old.fn.__qualname__})")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        RULES[name] = Rule(name, fn, uses_class_map, doc)
+        _RULES[name] = Rule(name, fn, uses_class_map, doc)
         return fn
 
     return deco
+
+
+def unregister_rule(name: str) -> None:
+    """Remove a registered combine rule (for tests and notebook clean-ups)."""
+    check_choice("combine", name, _RULES)
+    del _RULES[name]
 
 
 def cam_rules() -> tuple[str, ...]:
