@@ -264,7 +264,7 @@ def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, mas
     return {"model": bundle.name, "input_size": list(bundle.input_size), "method": method,
             "params": {k: v for k, v in sorted(params.items())}, "layout": layout,
             "source": str(source.resolve()), "masks": masks, "targets": targets, "output": bundle.output,
-            "label_threshold": bundle.label_threshold if targets == "positive" else None}
+            "label_threshold": bundle.label_threshold}
 
 
 _UNSET = object()

@@ -269,21 +269,15 @@ def load_model(
             weight file raises instead of touching the network.
         class_names, input_size, mean, std, layer, transform, interpolation: override the
             defaults (for your own module: its class names and preprocessing; ``interpolation``
-            is ``"bilinear"``, ``"bicubic"`` or ``"nearest"``). ``mean`` and ``std`` take one
-            value per channel; a one-channel model's default is the average of the RGB ones
-            (ImageNet's: 0.449 and 0.226).
+            is ``"bilinear"``, ``"bicubic"`` or ``"nearest"``; ``mean``, ``std``: one value per
+            channel, a grey model's default the RGB ones' average, 0.449 and 0.226).
         device: move the model there.
-        output: ``"softmax"`` (the default: one class is the answer; every torchvision, timm
-            and EfficientNet-Lite model) or ``"sigmoid"`` (multi-label: each label's own
-            probability). A model with one output is read as ``"sigmoid"``: one named class,
-            and its negation ``"not <name>"`` as a second target.
-        channels: 1 (grey) or 3 (RGB), the channels the model takes; default: read from the
-            model's first convolution (3 when it has none, or when ``transform`` is given:
-            the transform then receives RGB, as before). Grey files (DICOM, FITS, 16-bit
-            TIFF, ``L`` PNG) reach a one-channel model as they were read; a colour image is
-            turned grey (``0.299 R + 0.587 G + 0.114 B``).
-        label_threshold: with ``"sigmoid"``, the probability from which a label counts as
-            found (default 0.5); see :attr:`ModelBundle.label_threshold`.
+        output, channels, label_threshold: how logits become probabilities (``"softmax"``, the
+            default and every named model's; ``"sigmoid"``, multi-label; a model with one output
+            is read as ``"sigmoid"``, with ``"not <name>"`` as a second target), the channels
+            it takes (1 or 3; default: its first convolution's, 3 with a ``transform``; a grey
+            model gets grey files as read, colour as luma), and the probability from which a
+            label counts as found (0.5). See :class:`ModelBundle`.
 
     Returns:
         A :class:`ModelBundle` whose model is in eval mode.
