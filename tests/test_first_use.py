@@ -154,12 +154,12 @@ def test_boxes_on_one_image_file_boxes_it(tmp_path, monkeypatch, capsys):
 
 
 def test_boxes_takes_a_probe_layer(tmp_path):
-    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.boxes import boxes
 
     (tmp_path / "src").mkdir()
     photo = _photo(tmp_path / "src" / "a.png")
     out = tmp_path / "boxes.json"
-    assert run_boxes(tmp_path / "src", out, _tiny(), method="gradcam", layer="a3", workers=0,
+    assert boxes(_tiny(), tmp_path / "src", out, method="gradcam", layer="a3", workers=0,
                      progress=False)["boxed"] == 1
     e = fv.explain(_tiny(), photo, method="gradcam", layer="a3")
     assert json.loads(out.read_text())["annotations"][0]["box_grid"] == list(e.box)
@@ -167,16 +167,16 @@ def test_boxes_takes_a_probe_layer(tmp_path):
 
 
 def test_a_refused_rerun_names_the_settings_that_differ(tmp_path):
-    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.boxes import boxes
 
     src = tmp_path / "src"
     src.mkdir()
     _photo(src / "a.png")
     out = tmp_path / "boxes.json"
     kw = {"workers": 0, "progress": False}
-    run_boxes(src, out, _tiny(), method="gradcam", **kw)
+    boxes(_tiny(), src, out, method="gradcam", **kw)
     with pytest.raises(ValueError) as err:
-        run_boxes(src, out, _tiny(), method="gradcam", threshold=0.5, masks=True, **kw)
+        boxes(_tiny(), src, out, method="gradcam", threshold=0.5, masks=True, **kw)
     text = str(err.value)
     assert "masks: False before, True now" in text and "threshold: the default before, 0.5 now" in text
     assert "params" not in text and "--restart" in text

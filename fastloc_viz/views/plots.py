@@ -430,7 +430,8 @@ def rank_scores(
 
 
 def predictions(explanation: Explanation, *, width: int = 420, height: int = 220) -> go.Figure:
-    """Horizontal bars of the top-5 predicted classes and their probabilities."""
+    """Horizontal bars of the top predictions (:attr:`Explanation.top5`: the top five, or
+    with sigmoid outputs every label at or above the threshold) and their probabilities."""
     top = list(explanation.top5)[::-1]
     colors = [ENABLED_COLOR if p.index == explanation.target else "#8fa8d9" for p in top]
     fig = go.Figure(
@@ -449,7 +450,7 @@ def predictions(explanation: Explanation, *, width: int = 420, height: int = 220
         height=height,
         margin=dict(l=10, r=10, t=36, b=30),
         font=_FONT,
-        title=dict(text="Top-5 predictions", x=0.02, font=dict(size=13)),
+        title=dict(text=explanation.top_title, x=0.02, font=dict(size=13)),
         xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"),
         yaxis=dict(automargin=True),
         plot_bgcolor="white",

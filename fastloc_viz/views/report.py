@@ -89,6 +89,8 @@ def _predictions_table(expl: Explanation) -> str:
             f"<td><span class='bar' style='width:{max(1.0, 120 * p.probability):.0f}px'></span>"
             f"{p.probability:.1%}</td></tr>"
         )
+    if not rows:
+        return f"<p class='muted'>no label at or above {expl.label_threshold:.0%}</p>"
     return (
         "<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
         + "".join(rows)
@@ -269,7 +271,7 @@ def _lead_section(fig, lead: Explanation, gt_box: Box | None) -> str:
         + _esc(plots.method_label(lead.method))
         + "</h2><div class='row'>"
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
-        + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
+        + f"<div style='flex: 1 1 340px; max-width: 560px'><h2>{_esc(lead.top_title)}</h2>"
         + _predictions_table(lead)
         + (
             f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
