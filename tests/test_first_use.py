@@ -80,8 +80,10 @@ def test_constant_randomized_maps_are_counted_apart_and_not_warned_about():
 
 
 def test_evaluate_leaves_constant_maps_out_of_the_mean_and_reports_them(tmp_path):
-    from fastloc_viz.evaluation.boxfree import _mean_defined, evaluate_box_free, markdown_table
-    from fastloc_viz.evaluation.localization import MethodSpec, json_summary
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.boxfree import Sanity, _mean_defined, markdown_table
+    from fastloc_viz.evaluation.command import json_summary
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
 
     assert _mean_defined([[0.5, None, 0.2], [0.3, 0.1, float("nan")]]) == pytest.approx([0.4, 0.1, 0.2])
@@ -91,7 +93,7 @@ def test_evaluate_leaves_constant_maps_out_of_the_mean_and_reports_them(tmp_path
             tmp_path / f"{i}.png")
     data = LocalizationDataset(tmp_path, boxes=False)
     specs = [MethodSpec("gradcam", {"layer": "a3"}), MethodSpec("gradcam", {"layer": "conv3"})]
-    out = evaluate_box_free(_constant_after_randomization(), data, specs, metrics=("sanity",), sanity_depths=[1])
+    out = evaluate(_constant_after_randomization(), data, specs, metrics=[Sanity(depths=[1])])["methods"]
     g, gb = out[specs[0].label], out[specs[1].label]
     assert g["sanity_constant"] == [2, 2] and g["sanity_curve"] == [None, None] and np.isnan(g["sanity_similarity"])
     # before the ReLU, one image's map is constant at full randomization: the mean is the other's
