@@ -19,6 +19,8 @@ from .base import (
 
 # The built-in methods register themselves on import, in this order.
 from . import fastloc, fastloc_rescored, gradcam, guided_backprop, guided_gradcam  # noqa: E402,F401  isort: skip
+from . import gradcam_pp, xgradcam, layercam, scorecam, eigencam  # noqa: E402,F401  isort: skip
+from . import saliency, integrated_gradients, smoothgrad, occlusion  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "METHODS",
