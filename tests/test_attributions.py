@@ -103,9 +103,9 @@ def test_batch_size_bounds_every_forward_pass():
 
 
 def test_smoothgrad_leaves_the_random_state_and_is_seeded():
-    bundle = _tiny()
+    bundle, img = _tiny(), torch.rand(3, 8, 8)
     state = torch.get_rng_state()
-    a = fv.explain(bundle, torch.rand(3, 8, 8), method="smoothgrad", seed=3, samples=4)
+    a = fv.explain(bundle, img, method="smoothgrad", seed=3, samples=4)
     assert torch.equal(state, torch.get_rng_state())
     b = fv.explain(bundle, a.image, method="smoothgrad", seed=3, samples=4)
     c = fv.explain(bundle, a.image, method="smoothgrad", seed=4, samples=4)
@@ -130,18 +130,25 @@ class Failing(TinyNet):
 
 @pytest.mark.parametrize("method", NEW)
 def test_each_method_leaves_the_model_as_it_was_also_when_it_raises(method):
-    net = TinyNet("relu_inplace").train()
+    net = TinyNet("relu_inplace")
+    bundle = fv.load_model(net, class_names=list("abcd"), input_size=(8, 8), layer="a3")
+    net.train()  # (load_model puts it in eval mode; a user may switch back)
     net.conv1.weight.requires_grad_(False)
     net.fc.weight.grad = torch.ones_like(net.fc.weight)
-    bundle = fv.load_model(net, class_names=list("abcd"), input_size=(8, 8), layer="a3")
     before = model_state(net)
     e = fv.explain(bundle, torch.rand(3, 8, 8), method=method, window=4, stride=2, **FEW)
     assert e.saliency.shape == (8, 8) and np.isfinite(e.saliency).all()
     assert_same_state(before, model_state(net))
     assert net.training
-    for fail_at in (2, 3):  # in the method's own passes (the first one gives the logits)
-        failing = Failing(fail_at).train()
+    counting = Failing(0)
+    counted = fv.load_model(counting, class_names=list("abcd"), input_size=(8, 8), layer="a3")
+    counting.calls = 0
+    fv.explain(counted, torch.rand(3, 8, 8), method=method, window=4, stride=2, batch_size=2, **FEW)
+    for fail_at in {2, counting.calls}:  # the method's first and last pass (the logits come first)
+        failing = Failing(fail_at)
         bundle = fv.load_model(failing, class_names=list("abcd"), input_size=(8, 8), layer="a3")
+        failing.train()
+        failing.calls = 0  # (load_model may have run it)
         before = model_state(failing)
         with pytest.raises(RuntimeError, match="boom"):
             fv.explain(bundle, torch.rand(3, 8, 8), method=method, window=4, stride=2, batch_size=2, **FEW)

@@ -32,7 +32,7 @@ import numpy as np
 from ..core.files import JsonLines, make_dir, write_text_atomic
 from ..core.parallel import Dist, barrier, init_distributed, machine_info, peak_memory_mb
 from ..imaging.dataset import LocalizationDataset, Query
-from ..methods import get_method
+from ..methods import ALL, get_method, select_methods
 from .metrics import (
     DEFAULT_THRESHOLDS,
     IOU_LEVELS,
@@ -116,7 +116,8 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    """``"fastloc,gradcam,fastloc[k=10,rank_grad=plain]"`` -> method specs.
+    """``"fastloc,gradcam,fastloc[k=10,rank_grad=plain]"`` -> method specs; ``all`` stands
+    for every registered method (:func:`fastloc_viz.methods.select_methods`).
 
     Raises:
         ValueError: a method name not in the registry (the registered ones are listed) or a
@@ -124,6 +125,9 @@ def parse_methods(text: str) -> list[MethodSpec]:
     """
     specs = []
     for part in _split_top_level(text):
+        if part == ALL:
+            specs += [MethodSpec(name) for name in select_methods(ALL)]
+            continue
         m = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[(.*)\])?", part)
         if not m:
             raise ValueError(f"method {part!r} is not NAME or NAME[key=value,...]")
@@ -438,7 +442,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default="fastloc,gradcam",
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
-        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
+        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]'; 'all': every registered "
+        "method (default: %(default)s)",
     )
     parser.add_argument(
         "--layer", default=None,

@@ -21,15 +21,20 @@ from .base import (
 from . import fastloc, fastloc_rescored, gradcam, guided_backprop, guided_gradcam  # noqa: E402,F401  isort: skip
 from . import gradcam_pp, xgradcam, layercam, scorecam, eigencam  # noqa: E402,F401  isort: skip
 from . import saliency, integrated_gradients, smoothgrad, occlusion  # noqa: E402,F401  isort: skip
+from .selection import ALL, DEFAULT_METHODS, default_methods, select_methods  # noqa: E402  isort: skip
 
 __all__ = [
+    "ALL",
+    "DEFAULT_METHODS",
     "METHODS",
     "Attribution",
     "Context",
     "Method",
     "MethodParams",
+    "default_methods",
     "get_method",
     "methods_where",
     "register_method",
+    "select_methods",
     "unregister_method",
 ]

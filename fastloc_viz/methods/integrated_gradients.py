@@ -28,7 +28,7 @@ class IntegratedGradients(Method):
 
         steps: int = 32
         baseline: str = "black"
-        threshold: float = 0.3
+        threshold: float = 0.24  # chosen for the default box on a development split (docs/results.md)
 
         def check(self) -> None:
             super().check()
