@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
+    from . import METHODS
+
     b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
     b.add_argument("--method", default="fastloc", help="a registered method: " + ", ".join(METHODS)
