@@ -8,7 +8,10 @@ Reads the caches of ``fastloc-viz evaluate`` runs (``--out DIR`` keeps them in `
 reference on the queries *both* have (a costly method may have been run on fewer), and the
 table says how many. Per cell: the method's score on those queries, then (below) its
 difference from the reference with a paired percentile-bootstrap 95 % interval (the same
-resample of queries for both methods; MaxBoxAcc's threshold re-chosen in every resample)::
+resample of queries for both methods; MaxBoxAcc's threshold re-chosen in every resample).
+GT-known localization is read at each method's *current* default threshold (the registry's)
+from the cached peak-component curve, which is the box ``explain`` gives at that threshold
+(the same map, component rule and IoU), so a default chosen after the run is honoured::
 
     python benchmarks/method_table.py --single /tmp/ho/single/cache --coll /tmp/ho/coll/cache \\
         --boxfree /tmp/ho/boxfree/cache --ref fastloc
@@ -43,6 +46,16 @@ def _cell(value: float, diff: tuple[float, float, float] | None) -> str:
     return f"{value:.3f}<br><sub>{d:+.3f} [{lo:+.3f}, {hi:+.3f}]</sub>"
 
 
+def _queries(results: dict, rows: list[int], label: str) -> dict[str, np.ndarray]:
+    """:func:`paired_bootstrap.per_query`, GT-known at the method's default threshold."""
+    q = per_query(results, rows)
+    method = METHODS.get(label.split("[", 1)[0])
+    if method is not None and "threshold" not in label:
+        i = int(round(method.defaults()["threshold"] * 100))  # the sweep is 0.00, 0.01, ..., 0.99
+        q["gt_known"] = np.array([results[r].iou_peak[i] >= 0.5 for r in rows], dtype=float)
+    return q
+
+
 def localization_cells(cache: Path, ref: str, n_boot: int, seed: int) -> dict[str, tuple[int, list[str], float]]:
     """label -> (queries, the three cells, mean seconds per image) from one localization cache."""
     runs = load(cache)
@@ -50,9 +63,9 @@ def localization_cells(cache: Path, ref: str, n_boot: int, seed: int) -> dict[st
     for label, run in runs.items():
         base = runs.get(ref)
         rows = sorted(set(run["results"]) & set(base["results"])) if base else sorted(run["results"])
-        qa = per_query(run["results"], rows)
+        qa = _queries(run["results"], rows, label)
         if base is not None and label != ref:
-            d = differences(qa, per_query(base["results"], rows), n_boot, seed)
+            d = differences(qa, _queries(base["results"], rows, ref), n_boot, seed)
             cells = [_cell(d[k]["a"], (d[k]["diff"], d[k]["lo"], d[k]["hi"])) for k, _ in LOCALIZATION]
         else:
             d = differences(qa, qa, 1, seed)

@@ -289,7 +289,13 @@ class MethodComparison(WidgetBase):
         if not hasattr(self, "widget"):
             return
         e0 = self._first()
-        morph(self.grid_fig, plots.method_grid(self._current, gt_box=self._gt, cell=230))
+        grid = plots.method_grid(self._current, gt_box=self._gt, cell=230)
+        if [t.type for t in grid.data] == [t.type for t in self.grid_fig.data]:
+            morph(self.grid_fig, grid)
+        else:  # other methods: another grid, a new figure in the old one's place
+            old, self.grid_fig = self.grid_fig, go.FigureWidget(grid)
+            self.widget.children = tuple(self.grid_fig if c is old else c for c in self.widget.children)
+            old.close()
         self._show_class_options(e0)
         self._set_quiet(self.class_box, value=self._class_label(e0, e0.target))
         self._set_quiet(self.threshold_slider, value=self._threshold)
