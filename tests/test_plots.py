@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import io
 import json
 import os
 import re
@@ -10,8 +13,9 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import viz_fixtures as vf
+from PIL import Image
 
-from fastloc_viz.views import plots, report
+from fastloc_viz.views import cards, plots, report
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +254,28 @@ def test_neuron_card_image_marks_the_neuron_cell(expl):
     assert tuple(img[y0, x0]) == (0, 229, 255)
     with pytest.raises(ValueError, match="no neurons"):
         plots.neuron_card_image(vf.explanation("gradcam"), 0)
+
+
+def test_both_card_thumbnails_keep_the_photos_aspect(expl):
+    """One pipeline draws a neuron's guided and activation thumbnails: both at the photo's
+    own 3:2 aspect (on the square grid), both with the neuron's cyan cell, in the report's
+    cards too."""
+    rng = np.random.default_rng(1)
+    act = rng.random((len(expl.neurons), 224, 224)).astype(np.float32)
+    wide = dataclasses.replace(expl, activation_maps=act, original_size=(480, 320))
+    for kind in ("guided", "activation"):
+        img = plots.neuron_card_image(wide, 0, size=150, kind=kind)
+        assert img.shape == (75, 112, 3), kind  # 480 x 320 photo: 3:2, from the 112 px thumbnail
+        assert (img == (0, 229, 255)).all(axis=2).any(), kind
+    square = plots.neuron_card_image(dataclasses.replace(wide, original_size=None), 0, size=150, kind="activation")
+    assert square.shape == (112, 112, 3)
+    html = cards.cards_html(wide, thumb=150)
+    sizes = {Image.open(io.BytesIO(base64.b64decode(uri))).size for uri in re.findall(r"base64,([^']+)'", html)}
+    assert sizes == {(112, 75)}
+    with pytest.raises(ValueError, match="no activation maps"):
+        plots.neuron_card_image(expl, 0, kind="activation")
+    with pytest.raises(ValueError, match=r"kind='gradcam' is not one of \['guided', 'activation'\]"):
+        plots.neuron_card_image(wide, 0, kind="gradcam")
 
 
 def _lab(hex_colour: str) -> np.ndarray:

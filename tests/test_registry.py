@@ -135,7 +135,24 @@ def test_a_registered_rule_is_used_by_explain_and_recombine():
         with pytest.raises(ValueError, match="already registered"):
             fv.register_rule("sum")(first_only)
     finally:
-        combine.RULES.pop("first_only", None)
+        combine.unregister_rule("first_only")
+    assert "first_only" not in fv.RULES
+
+
+def test_the_rules_are_a_read_only_view():
+    """Writing to ``RULES`` raises; only ``register_rule`` adds a rule, and the view sees it."""
+    rule = fv.RULES["sum"]
+    with pytest.raises(TypeError):
+        fv.RULES["mine"] = rule
+    with pytest.raises(TypeError):
+        del fv.RULES["sum"]
+    fv.register_rule("mine")(lambda maps, **_: maps[0])
+    try:
+        assert "mine" in fv.RULES and fv.RULES["mine"].doc == "mine"
+    finally:
+        combine.unregister_rule("mine")
+    with pytest.raises(ValueError, match=r"combine='mine' is not one of"):
+        combine.unregister_rule("mine")
 
 
 # --- the method registry -------------------------------------------------------------------
@@ -151,7 +168,7 @@ def test_the_built_in_methods_and_their_declarations():
     assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
     assert m.defaults() == {
         "sigma": None, "threshold": 0.54, "components": "peak",
-        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": 10,
+        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": None,
     }
     assert fv.get_method("gradcam").defaults()["sigma"] == 0.0
     # each method's own default box threshold, chosen on the development split (results.md)
@@ -166,7 +183,7 @@ def test_the_built_in_methods_and_their_declarations():
 
 
 def test_which_methods_a_view_shows():
-    from fastloc_viz.evaluation.localization import parse_methods
+    from fastloc_viz.evaluation.base import parse_methods
     from fastloc_viz.methods import DEFAULT_METHODS, select_methods
 
     assert select_methods(None) == DEFAULT_METHODS == (
@@ -187,7 +204,7 @@ def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_pa
         fv.get_method("gradcam++")
     with pytest.raises(ValueError, match=r"method='nope' is not one of"):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
-    from fastloc_viz.evaluation.localization import parse_methods
+    from fastloc_viz.evaluation.base import parse_methods
 
     with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
         parse_methods("gradcam,nope")
@@ -202,6 +219,26 @@ def test_parameters_are_checked_against_the_method():
     # another method's parameter is ignored (one set of arguments serves a comparison)
     e = fv.explain(net, torch.rand(3, 8, 8), method="gradcam", k=3, kmax=9)
     assert set(e.params) == {"sigma", "threshold", "components"}
+
+
+def test_each_method_says_which_settings_need_a_pass():
+    fastloc, rescored, gradcam = (fv.get_method(n) for n in ("fastloc", "fastloc_rescored", "gradcam"))
+    assert fastloc.pass_settings() == ("k", "rank_grad", "passes")
+    assert set(fastloc.recombinable) == {"threshold", "components", "sigma", "combine"}
+    assert rescored.pass_settings() == ("k", "rank_grad", "passes", "kmax")
+    assert gradcam.pass_settings() == ("sigma",) and set(gradcam.recombinable) == {"threshold", "components"}
+    net = _tiny()
+    e = fv.explain(net, torch.rand(3, 8, 8), k=2)
+    with pytest.raises(ValueError, match="'k' of method 'fastloc' needs a new pass"):
+        fv.recombine(e, k=3)
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = fv.explain(net, img, method="gradcam")
+    high = fv.explain(net, img, method="gradcam", threshold=0.9)
+    assert gradcam.recombine(g, threshold=0.9).box == high.box != g.box  # re-boxed, no pass
+    # kmax follows k unless given: twice the neurons kept, at least 10
+    kmax = lambda **kw: rescored.candidates(rescored.Params(**kw))  # noqa: E731
+    assert (kmax(k=2), kmax(k=6), kmax(k=2, kmax=4)) == (10, 12, 4)
+    assert fv.explain(net, img, method="fastloc_rescored", k=2, kmax=3).params["kmax"] == 3
 
 
 def test_registration_errors_name_the_problem():
@@ -224,6 +261,12 @@ def test_registration_errors_name_the_problem():
         fv.register_method(Clash)
     with pytest.raises(TypeError, match="subclass of fastloc_viz.Method"):
         fv.register_method(dict)
+
+    class Stray(fv.Method):
+        name, label, recombinable = "stray", "Stray", ("threshold", "gamma")
+
+    with pytest.raises(ValueError, match=r"recombinable names \['gamma'\], not parameters"):
+        fv.register_method(Stray)
 
 
 # --- the class lookup ------------------------------------------------------------------------
@@ -303,7 +346,8 @@ def test_the_doc_example_is_one_short_file():
 
 
 def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
-    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
     from fastloc_viz.methods import DEFAULT_METHODS, select_methods
     from fastloc_viz.widgets import MethodComparison
@@ -326,7 +370,7 @@ def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lit
     finally:
         mc.close()
 
-    r = ev.evaluate(lite0, LocalizationDataset(shared_data, limit=2), [ev.MethodSpec("gradient_shap", {"n_samples": 2})])
+    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("gradient_shap", {"n_samples": 2})])
     assert r["n"] == 2 and 0 <= r["methods"]["gradient_shap[n_samples=2]"]["maxboxacc_50"] <= 1
 
     fv.unregister_method("gradient_shap")  # the CLI loads it again from the file
