@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
+    e.add_argument(
+        "--methods", default=None,
+        help="the other methods in the report: comma-separated names or 'all' (default: the default "
+        "methods without neurons: gradcam, guided_backprop, guided_gradcam)",
+    )
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument(
@@ -97,10 +102,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
+    from . import METHODS
+
     b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, a CSV "
                    "(image,label) or one image file")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
-    b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
+    b.add_argument("--method", default="fastloc", help="a registered method: " + ", ".join(METHODS)
+                   + " or a --plugin's (default: %(default)s)")
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
@@ -203,19 +211,27 @@ def _target_arg(text: str | None):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
-    """``method``, then (``baselines``) every registered method without neurons, same class."""
+def _report_methods(methods: str | None, baselines: bool = True) -> tuple[str, ...]:
+    """The other methods of a report: none, ``--methods`` (names or ``all``), or the default
+    methods without neurons."""
+    from .methods import METHODS, select_methods
+
+    if not baselines:
+        return ()
+    if methods:
+        return select_methods(methods)
+    return tuple(m for m in select_methods(None) if not METHODS[m].has_neurons)
+
+
+def _run_all(bundle, image, method: str, others: Sequence[str], **kwargs):
+    """``method``, then each of ``others`` for the same class."""
     from . import explain
-    from .methods import methods_where
 
     results = {method: explain(bundle, image, method=method, **kwargs)}
     target = results[method].target
-    if baselines:
-        for name in methods_where(lambda m: not m.has_neurons):
-            if name != method:
-                results[name] = explain(
-                    bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3)
-                )
+    for name in others:
+        if name != method:
+            results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3))
     return results
 
 
@@ -256,6 +272,7 @@ def _cmd_explain(args) -> int:
     from .views.report import write_pages
 
     get_method(args.method)  # an unknown name fails before the model loads
+    others = _report_methods(args.methods, not args.no_baselines)
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)  # before the slow part
@@ -277,7 +294,7 @@ def _cmd_explain(args) -> int:
             bundle,
             image,
             args.method,
-            not args.no_baselines,
+            others,
             target=_target_arg(args.target),
             layer=args.layer,
             k=args.k,
@@ -354,7 +371,7 @@ def _cmd_demo(args) -> int:
     make_dir(out_dir)
     docs = []
     for photo in DEMO_PHOTOS:
-        results = _run_all(bundle, sample_image(photo), "fastloc", True)
+        results = _run_all(bundle, sample_image(photo), "fastloc", _report_methods(None))
         page = {"": results}
         report = write_pages(
             out_dir / f"demo-{photo}.html", page, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, page, None)

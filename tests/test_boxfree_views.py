@@ -21,10 +21,10 @@ from fastloc_viz.evaluation.sanity import sanity_check
 from fastloc_viz.imaging.dataset import LocalizationDataset
 from fastloc_viz.views.faithfulness_plots import (
     faithfulness_figure,
-    method_color,
     sanity_curve_figure,
     sanity_strip,
 )
+from fastloc_viz.views.plots import method_color
 from fastloc_viz.views.report import write_report
 
 

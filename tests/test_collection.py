@@ -106,6 +106,21 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     assert not out.with_name("boxes.json.lock").exists()
 
 
+def test_boxes_runs_every_new_method(tiny, tmp_path):
+    """``boxes --method`` takes any registered method; its parameters pass through."""
+    src = tmp_path / "src"
+    for i in range(3):
+        _photo(src / f"g{i}.jpg", 40, 30, seed=i)
+    small = {"window": 8, "stride": 4, "steps": 3, "samples": 2}
+    for method in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam", "saliency",
+                   "integrated_gradients", "smoothgrad", "occlusion"):
+        out = tmp_path / method / "boxes.json"
+        s = run_boxes(src, out, tiny, method=method, batch_size=2, workers=0, progress=False, **small)
+        doc = json.loads(out.read_text())
+        assert s["images"] == 3 and doc["info"]["method"] == method, method
+        assert s["boxed"] + len([k for k in s["skipped"] if "all zero" in k["reason"]]) == 3, (method, s["skipped"])
+
+
 def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     _photo(tmp_path / "src" / "a.png", 40, 30)
     out = tmp_path / "boxes.json"
@@ -202,6 +217,10 @@ def test_explain_cli_takes_a_folder_into_one_report_and_json_leaves_nothing(lite
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,saliency", "-k", "2", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["baselines"]) == {"layercam", "saliency"}
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,nope", "--json"]) == 2
+    assert "method='nope' is not one of" in capsys.readouterr().err
     assert cli.main(["explain", str(folder), "--no-baselines", "-k", "2", "--json"]) == 0
     docs = json.loads(capsys.readouterr().out)
     assert [Path(d["image"]).name for d in docs] == ["a.png", "b.png"] and all(d["report"] is None for d in docs)

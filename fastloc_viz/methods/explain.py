@@ -56,7 +56,9 @@ def explain(
             EfficientNet-Lite0). The poster probed a stride-16 map (VGG-16's "layer 11"); on
             EfficientNet-Lite0/1/2 the stride-32 map with the class map localizes better
             (docs/results.md).
-        batch_size: images per forward pass.
+        batch_size: inputs per forward pass: images, and for the methods that run many
+            copies of each image (Score-CAM's masked inputs, occlusion's windows, integrated
+            gradients' steps, SmoothGrad's noisy samples) those copies.
         progress: show a progress bar (default: when there is more than one batch).
         **params: the method's parameters (its ``Params`` dataclass; ``None`` means the
             default). Every method takes ``sigma`` (smoothing in pixels before boxing;
@@ -83,7 +85,7 @@ def explain(
     images, conversions, sizes = load_batch_sizes(image, bundle.input_size, bundle.interpolation, bundle.channels)
     n = images.shape[0]
     targets = _targets(bundle, target, n)
-    ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None)
+    ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None, batch_size=batch_size)
     record = m.record(p, ctx)
 
     chunks = range(0, n, batch_size)

@@ -338,6 +338,7 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "in the order each map ranks them, removed (deletion, from the normalization's mean "
             "colour) or added to a blurred start (insertion), and the target class's probability "
             "(Petsiuk et al. 2018). A faithful map makes deletion fall fast and insertion rise fast.</p>"
+            + pf.ranking_html(pf.faithfulness_ranking(faithfulness), "faithfulness")
             + fig(pf.faithfulness_figure(faithfulness)) + "</section>"
         )
     if sanity:
@@ -347,6 +348,7 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "re-initialized from the top down on a copy, each method's map recomputed "
             "(Adebayo et al. 2018); ρ is the Spearman correlation with the trained model's map. "
             "A map that barely changes while the model is destroyed does not explain the model.</p>"
+            + pf.ranking_html(pf.sanity_ranking(sanity), "sanity")
             + (fig(pf.sanity_strip(objects, image=lead.image)) if objects else "")
             + fig(pf.sanity_curve_figure(sanity))
             + (f"<p class='muted'>{html.escape(pf.constant_note(objects))}</p>" if pf.constant_note(objects) else "")
