@@ -42,7 +42,7 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], c
     import torch
 
     from fastloc_viz import load_model
-    from fastloc_viz.engine import captum_maps as baselines
+    from fastloc_viz.engine import captum_maps
     from fastloc_viz.engine.neuron_passes import grads_to_maps, neuron_pass
     from fastloc_viz.imaging.batch import load_batch
     from fastloc_viz.model.bundle import as_logits
@@ -68,7 +68,7 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layers: list[str], c
                 rec[f"{key}_maps"] = grads_to_maps(npass.input_grads[0]).astype(np.float16)
                 rec[f"{key}_score"] = npass.ranked.score[0].numpy()
                 rec["pred"] = np.array(int(npass.logits[0].argmax()))
-            cam = baselines.gradcam(model, x, resolve_layer(model, cam_layer)[1],
+            cam = captum_maps.gradcam(model, x, resolve_layer(model, cam_layer)[1],
                                     torch.tensor([q.label]), as_logits)
             rec["cam"] = cam[0, 0].clamp(min=0).numpy().astype(np.float32)
         np.savez_compressed(out / f"{q.row:05d}.npz", **rec)

@@ -50,7 +50,7 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layer: str, k_guided
 
     from fastloc_viz import load_model
     from fastloc_viz.core.maps import blobs
-    from fastloc_viz.engine import captum_maps as baselines
+    from fastloc_viz.engine import captum_maps
     from fastloc_viz.engine.neuron_passes import neuron_pass, rescore
     from fastloc_viz.imaging.batch import load_batch
     from fastloc_viz.model.bundle import as_logits
@@ -84,7 +84,7 @@ def collect(data_dir: str, out_dir: str, limit: int | None, layer: str, k_guided
                     "yx": torch.stack([npass.ranked.y, npass.ranked.x], -1).numpy(),
                     "logits": npass.logits.numpy(),
                 }
-            cam = baselines.gradcam(model, x, layer_ref[1], torch.tensor(targets), as_logits)
+            cam = captum_maps.gradcam(model, x, layer_ref[1], torch.tensor(targets), as_logits)
             cam = cam.mean(1).clamp(min=0).numpy()
             resc = np.stack([
                 rescore(model, x[i : i + 1], blobs(rec["guided"]["maps"][i]), targets[i], as_logits)

@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     _param_arguments(e)
+    e.add_argument(
+        "--methods", default=None,
+        help="the other methods in the report: comma-separated names or 'all' (default: the default "
+        "methods without neurons: gradcam, guided_backprop, guided_gradcam)",
+    )
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument(
@@ -67,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
     e.add_argument("--window", default=None, help="auto (default), percentile, minmax, full, file or LOW,HIGH")
     e.add_argument("--stretch", default=None, choices=("linear", "asinh"), help="how the window maps to [0, 1]")
+    _output_arguments(e)
 
     d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
@@ -80,10 +86,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
     a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
-    from .evaluation import boxfree as evaluate_boxfree
+    from .evaluation import command as evaluate_command
 
     ev = sub.add_parser("evaluate", help="localization (boxes), faithfulness and sanity metrics on a data set")
-    evaluate_boxfree.add_arguments(ev)
+    evaluate_command.add_arguments(ev)
     b = sub.add_parser("boxes", help="a box for every image of a folder, ImageFolder tree or CSV: COCO JSON + CSV")
     _box_arguments(b)
     for parser in (e, b, ev):
@@ -107,13 +113,21 @@ def _param_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
+    from . import METHODS
+
+    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, a CSV "
+                   "(image,label) or one image file")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
-    b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
+    b.add_argument("--method", default="fastloc", help="a registered method: " + ", ".join(METHODS)
+                   + " or a --plugin's (default: %(default)s)")
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     _param_arguments(b)
+    b.add_argument("--targets", nargs="+", default=["top1"], metavar="TARGET",
+                   help="top1 (default: one box per image), positive (a box per label at or above --label-threshold) "
+                   "or class names / indices (a box for each, on every image)")
+    _output_arguments(b)
     b.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder", "csv"),
                    help="how SOURCE gives targets (auto: a CSV, an ImageFolder when every sub-folder names a class, "
                    "else top-1)")
@@ -125,6 +139,27 @@ def _box_arguments(b: argparse.ArgumentParser) -> None:
                    help="rewrite the outputs this often (default %(default)s s)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default=None, choices=("softmax", "sigmoid"),
+                   help="how the model's logits are read: softmax (one class; the default) or sigmoid (multi-label)")
+    p.add_argument("--label-threshold", type=float, default=None, metavar="P",
+                   help="with sigmoid: the probability from which a label counts as found (default 0.5)")
+
+
+def _load(args):
+    """The model the command names, with its weights and output options."""
+    from . import load_model
+
+    given = (("weights", args.weights), ("output", args.output), ("label_threshold", args.label_threshold))
+    return load_model(args.model, **{k: v for k, v in given if v is not None})
+
+
+def _targets_arg(values: Sequence[str]):
+    if len(values) == 1 and values[0] in ("top1", "positive"):
+        return values[0]
+    return [_target_arg(v) for v in values]
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -149,23 +184,35 @@ def _image_arg(text: str):
     return Path(text)
 
 
-def _image_args(texts: Sequence[str]) -> list[tuple[str, object]]:
-    """``(name, image)`` for every argument; a folder gives each image file under it."""
-    from .collection.boxes import IMAGE_EXTENSIONS, _image_files
+def _image_args(texts: Sequence[str]) -> list[tuple[str, object, bool]]:
+    """``(name, image, from a folder)`` for every argument; a folder gives each image file
+    under it (the one folder walker, :func:`fastloc_viz.imaging.sources.image_files`)."""
+    from .imaging.sources import image_files, no_images
 
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, object, bool]] = []
     for text in texts:
         path = Path(text)
         if not text.startswith("sample:") and path.is_dir():
-            files = _image_files(path)
+            files = image_files(path)
             if not files:
-                raise IsADirectoryError(
-                    f"{text!r} is a directory with no image files under it ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)"
-                )
-            out += [(str(f), f) for f in files]
+                raise IsADirectoryError(no_images(path))
+            out += [(str(f), f, True) for f in files]
         else:
-            out.append((text, _image_arg(text)))
+            out.append((text, _image_arg(text), False))
     return out
+
+
+def _read_arg(image, args, size):
+    """A file argument read with ``--page`` / ``--window`` / ``--stretch`` when given, else as
+    ``explain`` reads it; anything else as it is."""
+    from .imaging.batch import read_for_model
+    from .imaging.readers import parse_window, read_image
+
+    if not isinstance(image, Path):
+        return image
+    if args.page is not None or args.window or args.stretch:  # issue 14
+        return read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
+    return read_for_model(image, size)
 
 
 def _target_arg(text: str | None):
@@ -174,26 +221,36 @@ def _target_arg(text: str | None):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
-    """``method``, then (``baselines``) every registered method without neurons, same class.
-    A keyword left ``None`` takes the method's default (``explain``'s rule)."""
+def _report_methods(methods: str | None, baselines: bool = True) -> tuple[str, ...]:
+    """The other methods of a report: none, ``--methods`` (names or ``all``), or the default
+    methods without neurons."""
+    from .methods import METHODS, select_methods
+
+    if not baselines:
+        return ()
+    if methods:
+        return select_methods(methods)
+    return tuple(m for m in select_methods(None) if not METHODS[m].has_neurons)
+
+
+def _run_all(bundle, image, method: str, others: Sequence[str], **kwargs):
+    """``method``, then each of ``others`` for the same class."""
     from . import explain
-    from .methods import methods_where
 
     results = {method: explain(bundle, image, method=method, **kwargs)}
     target = results[method].target
-    if baselines:
-        for name in methods_where(lambda m: not m.has_neurons):
-            if name != method:
-                # a --threshold given applies to every method; unset, each takes its own default
-                results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold"))
+    for name in others:
+        if name != method:
+            # a --threshold given applies to every method; unset, each takes its own default
+            results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold"))
     return results
 
 
 def _summary(name: str, results: dict, report: Path) -> str:
     main = next(iter(results.values()))
+    found = ", ".join(f"{p.name} ({p.probability:.0%})" for p in main.top5[: 1 if main.output == "softmax" else None])
     lines = [
-        f"{name}: {main.top5[0].name} ({main.top5[0].probability:.0%}); explaining "
+        f"{name}: {found or f'no label at or above {main.label_threshold:.0%}'}; explaining "
         f"{main.target_name!r} with {main.method} at layer {main.layer}",
     ]
     for n in main.neurons or ():
@@ -221,38 +278,46 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
 
 
 def _cmd_explain(args) -> int:
-    from . import load_model
     from .core.files import check_writable
     from .methods import get_method
     from .views.report import write_pages
 
     get_method(args.method)  # an unknown name fails before the model loads
+    others = _report_methods(args.methods, not args.no_baselines)
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)  # before the slow part
     images = _image_args(args.image)
-    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
-    pages = {}
-    for name, image in images:
-        if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
-            from .imaging.readers import parse_window, read_image
+    bundle = _load(args)
+    pages, skipped = {}, []
+    for name, image, listed in images:
+        try:
+            image = _read_arg(image, args, bundle.input_size)
+        except Exception as e:  # a file found in a folder that cannot be read: listed, the run goes on
+            if not listed:
+                raise
+            from .imaging.batch import unreadable_reason
 
-            image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
+            skipped.append(name)
+            print(f"fastloc-viz: skipped {name}: {unreadable_reason(e)}", file=sys.stderr)
+            continue
         pages[name] = _run_all(
             bundle,
             image,
             args.method,
-            not args.no_baselines,
+            others,
             target=_target_arg(args.target),
             layer=args.layer,
             k=args.k,
             threshold=args.threshold,
         )
+    if not pages:
+        raise ValueError(f"none of the {len(skipped)} image files could be read (see the reasons above)")
     if out is None and not args.json:
         out = Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
     report = None
     if out is not None:
-        title = f"fastloc_viz: {Path(images[0][0]).name}" if len(images) == 1 else f"fastloc_viz: {len(images)} images"
+        title = f"fastloc_viz: {Path(next(iter(pages))).name}" if len(pages) == 1 else f"fastloc_viz: {len(pages)} images"
         report = write_pages(out, pages, title=title, **_neuron_extras(bundle, pages, args.atlas))
     if args.json:
         docs = [_as_json(name, results, report) for name, results in pages.items()]
@@ -263,15 +328,15 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_boxes(args) -> int:
-    from . import load_model
-    from .collection.boxes import run_boxes
+    from .collection.boxes import boxes
     from .methods import get_method
 
     get_method(args.method)
-    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
+    bundle = _load(args)
     params = {k: v for k, v in (("layer", args.layer), ("k", args.k), ("threshold", args.threshold)) if v is not None}
-    summary = run_boxes(
-        args.source, args.out, bundle, method=args.method, layout=args.layout, batch_size=args.batch_size,
+    summary = boxes(
+        bundle, args.source, args.out, targets=_targets_arg(args.targets), method=args.method, layout=args.layout,
+        batch_size=args.batch_size,
         workers=args.workers, masks=args.masks, restart=args.restart, checkpoint_s=args.checkpoint,
         progress=not args.no_progress, **params,
     )
@@ -280,7 +345,8 @@ def _cmd_boxes(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['boxed']} of {summary['images']} images boxed ({summary['new_this_run']} this run, "
+        print(f"{summary['boxed']} of {summary['images']} images boxed, {summary['boxes']} boxes "
+              f"({summary['new_this_run']} this run, "
               f"{summary['images_per_s']:.1f} images/s); {len(summary['skipped'])} skipped")
         for s in summary["skipped"]:
             print(f"  skipped {s['file']}: {s['reason']}")
@@ -316,7 +382,7 @@ def _cmd_demo(args) -> int:
     make_dir(out_dir)
     docs = []
     for photo in DEMO_PHOTOS:
-        results = _run_all(bundle, sample_image(photo), "fastloc", True)
+        results = _run_all(bundle, sample_image(photo), "fastloc", _report_methods(None))
         page = {"": results}
         report = write_pages(
             out_dir / f"demo-{photo}.html", page, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, page, None)
@@ -333,24 +399,43 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_atlas(args) -> int:
-    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas."""
+    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas; under
+    ``torchrun`` the ranks share the images and rank 0 saves."""
     from . import load_model
     from .core.files import check_writable
+    from .core.parallel import init_distributed
     from .neurons.atlas import NeuronAtlas
 
     out = Path(args.out)
     check_writable(out, what="the atlas")
     t0 = time.perf_counter()
+    dist = init_distributed()
     bundle = load_model(args.model)
     atlas = NeuronAtlas.build(
-        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial"
+        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial",
+        dist=dist,
     )
+    if not dist.is_main:
+        return 0
     path = atlas.save(out)
+    for d in atlas.skipped:
+        print(f"fastloc-viz: skipped {d['image']}: {d['reason']}", file=sys.stderr)
+    read = len(atlas.images) - len(atlas.skipped)
     print(
         f"atlas of {bundle.name} at {atlas.layer}: {atlas.channels} channels x top {atlas.top_n} over "
-        f"{len(atlas.images)} images in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
+        f"{read} images" + (f" ({len(atlas.skipped)} files skipped: cannot be read)" if atlas.skipped else "")
+        + f" in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
     )
     return 0
+
+
+def _cmd_evaluate(args) -> int:
+    """``fastloc-viz evaluate`` (also ``python -m fastloc_viz.evaluation``): the evaluation
+    runner, with the plots of :mod:`fastloc_viz.views.evaluation_plots` for ``--out``."""
+    from .evaluation import command
+    from .views.evaluation_plots import evaluation_pages
+
+    return command.run(args, pages=evaluation_pages)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -372,11 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_atlas(args)
             if args.command == "boxes":
                 return _cmd_boxes(args)
-            from .evaluation import boxfree as evaluate_boxfree
-
-            return evaluate_boxfree.run(args)
-    except KeyboardInterrupt:
-        print("fastloc-viz: interrupted", file=sys.stderr)
+            return _cmd_evaluate(args)
+    except KeyboardInterrupt as e:  # a run that can resume says how (collection.boxes.Interrupted)
+        print(f"fastloc-viz: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # one readable line, no traceback, unless --debug
         if args.debug or os.environ.get("FASTLOC_DEBUG"):

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from fastloc_viz.collection import coco
-from fastloc_viz.collection.boxes import OutputLock, collect_items, run_boxes
+from fastloc_viz.collection.boxes import OutputLock, boxes, collect_items
 from fastloc_viz.model.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     good = [_photo(src / f"g{i}.jpg", 30 + 10 * i, 60 - 5 * i, seed=i) for i in range(5)]
     bad = _bad_files(src, good[0])
     out = tmp_path / "out" / "boxes.json"
-    s = run_boxes(src, out, tiny, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
+    s = boxes(tiny, src, out, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
     assert s["boxed"] == 5 and {b["file"] for b in s["skipped"]} == bad
     doc = json.loads(out.read_text())
     assert {im["file_name"]: (im["width"], im["height"]) for im in doc["images"]} == {
@@ -106,6 +106,21 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     assert not out.with_name("boxes.json.lock").exists()
 
 
+def test_boxes_runs_every_new_method(tiny, tmp_path):
+    """``boxes --method`` takes any registered method; its parameters pass through."""
+    src = tmp_path / "src"
+    for i in range(3):
+        _photo(src / f"g{i}.jpg", 40, 30, seed=i)
+    small = {"window": 8, "stride": 4, "steps": 3, "samples": 2}
+    for method in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam", "saliency",
+                   "integrated_gradients", "smoothgrad", "occlusion"):
+        out = tmp_path / method / "boxes.json"
+        s = run_boxes(src, out, tiny, method=method, batch_size=2, workers=0, progress=False, **small)
+        doc = json.loads(out.read_text())
+        assert s["images"] == 3 and doc["info"]["method"] == method, method
+        assert s["boxed"] + len([k for k in s["skipped"] if "all zero" in k["reason"]]) == 3, (method, s["skipped"])
+
+
 def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     _photo(tmp_path / "src" / "a.png", 40, 30)
     out = tmp_path / "boxes.json"
@@ -113,13 +128,13 @@ def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     lock.acquire()  # this very process holds it: alive
     try:
         with pytest.raises(RuntimeError, match="another fastloc-viz boxes run .* is writing"):
-            run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)
+            boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)
     finally:
         lock.release()
     # a lock whose process is gone is stale: taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.path.write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "started": 0}))
-    assert run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)["boxed"] == 1
+    assert boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)["boxed"] == 1
     assert not lock.path.exists()
 
 
@@ -202,6 +217,10 @@ def test_explain_cli_takes_a_folder_into_one_report_and_json_leaves_nothing(lite
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,saliency", "-k", "2", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["baselines"]) == {"layercam", "saliency"}
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,nope", "--json"]) == 2
+    assert "method='nope' is not one of" in capsys.readouterr().err
     assert cli.main(["explain", str(folder), "--no-baselines", "-k", "2", "--json"]) == 0
     docs = json.loads(capsys.readouterr().out)
     assert [Path(d["image"]).name for d in docs] == ["a.png", "b.png"] and all(d["report"] is None for d in docs)
@@ -235,3 +254,61 @@ def test_torchrun_two_ranks_merge_to_the_single_process_result(shared_data, tmp_
     for x, y in zip(a["annotations"], b["annotations"], strict=True):
         assert x["bbox"] == y["bbox"] and x["category_id"] == y["category_id"]
         assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+
+
+# ------------------------------------------------------------------ one image path (issue 19)
+def test_a_mixed_folder_reaches_every_consumer_the_same_way(tmp_path, monkeypatch, capsys):
+    """evaluate (box-free, on a folder), boxes, atlas and explain FOLDER see the same files in
+    the same order, list the unreadable one with its reason and go on, and give the model the
+    pixels explain gives it (a 12-bit TIFF is windowed, not 94 % white: the same class)."""
+    import fastloc_viz as fv
+    from fastloc_viz import cli
+    from fastloc_viz.evaluation.boxfree import per_query
+    from fastloc_viz.imaging.batch import load_batch
+    from fastloc_viz.imaging.dataset import LocalizationDataset
+    from fastloc_viz.neurons.atlas import NeuronAtlas
+    from test_image_formats import MIXED_BROKEN, MIXED_READABLE, bright_bundle, mixed_folder
+
+    root = mixed_folder(tmp_path / "mixed")
+    bundle = bright_bundle()
+    listed = sorted(MIXED_READABLE + [MIXED_BROKEN], key=lambda n: n.split("/"))
+    ref = {f: fv.explain(bundle, root / f, method="gradcam") for f in MIXED_READABLE}
+    assert {e.target for e in ref.values()} == {0, 1}  # both classes among the references
+    with Image.open(root / "t12.tif") as im:  # what PIL's convert gave the model: nearly white
+        white = fv.explain(bundle, im.convert("RGB"), method="gradcam")
+    assert white.image.mean() > 0.9 and white.target != ref["t12.tif"].target  # the test can tell
+    data = LocalizationDataset(root, boxes=False)
+    q = next(q for q in data if q.image.name == "t12.tif")
+    seen = load_batch(data.read(q, bundle.input_size), bundle.input_size)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(seen, ref["t12.tif"].image)
+
+    s = boxes(bundle, root, tmp_path / "boxes.json", method="gradcam", batch_size=3, workers=0, progress=False)
+    doc = json.loads((tmp_path / "boxes.json").read_text())
+    assert [im["file_name"] for im in doc["images"]] == MIXED_READABLE and s["boxed"] == len(MIXED_READABLE)
+    assert [d["file"] for d in doc["skipped"]] == [MIXED_BROKEN] and "is not an image file" in doc["skipped"][0]["reason"]
+    names = {im["id"]: im["file_name"] for im in doc["images"]}
+    assert {names[a["image_id"]]: a["category_id"] for a in doc["annotations"]} == {f: e.target for f, e in ref.items()}
+
+    atlas = NeuronAtlas.build(bundle, root, "features", top=3, batch_size=3, progress=False)
+    assert atlas.images == listed
+    assert [d["image"] for d in atlas.skipped] == [MIXED_BROKEN] and "is not an image file" in atlas.skipped[0]["reason"]
+    assert {u.image for c in range(atlas.channels) for u in atlas.top(c)} <= set(MIXED_READABLE)
+
+    monkeypatch.setattr(fv, "load_model", lambda *a, **k: bundle)
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(root), "--metrics", "faithfulness", "--methods", "gradcam", "--steps", "4",
+                     "--out", str(out), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == len(MIXED_READABLE) and summary["methods"]["gradcam"]["deletion_auc"] >= 0
+    assert [(d["row"], d["image"]) for d in summary["skipped"]] == [(listed.index(MIXED_BROKEN), MIXED_BROKEN)]
+    rows = per_query(out / "cache", "faithfulness")["gradcam"]
+    assert [rows[r]["image"] for r in sorted(rows)] == MIXED_READABLE
+    assert {d["image"]: d["target"] for d in rows.values()} == {f: e.target for f, e in ref.items()}
+    assert MIXED_BROKEN in (out / "results.md").read_text()
+
+    assert cli.main(["explain", str(root), "--method", "gradcam", "--no-baselines", "--json"]) == 0
+    captured = capsys.readouterr()
+    docs = json.loads(captured.out)
+    assert [Path(d["image"]).relative_to(root).as_posix() for d in docs] == MIXED_READABLE
+    assert [d["target"]["index"] for d in docs] == [ref[f].target for f in MIXED_READABLE]
+    assert f"skipped {root / MIXED_BROKEN}: ValueError" in captured.err

@@ -135,28 +135,68 @@ def test_a_registered_rule_is_used_by_explain_and_recombine():
         with pytest.raises(ValueError, match="already registered"):
             fv.register_rule("sum")(first_only)
     finally:
-        combine.RULES.pop("first_only", None)
+        combine.unregister_rule("first_only")
+    assert "first_only" not in fv.RULES
+
+
+def test_the_rules_are_a_read_only_view():
+    """Writing to ``RULES`` raises; only ``register_rule`` adds a rule, and the view sees it."""
+    rule = fv.RULES["sum"]
+    with pytest.raises(TypeError):
+        fv.RULES["mine"] = rule
+    with pytest.raises(TypeError):
+        del fv.RULES["sum"]
+    fv.register_rule("mine")(lambda maps, **_: maps[0])
+    try:
+        assert "mine" in fv.RULES and fv.RULES["mine"].doc == "mine"
+    finally:
+        combine.unregister_rule("mine")
+    with pytest.raises(ValueError, match=r"combine='mine' is not one of"):
+        combine.unregister_rule("mine")
 
 
 # --- the method registry -------------------------------------------------------------------
 
 
 def test_the_built_in_methods_and_their_declarations():
-    assert list(fv.METHODS) == ["fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam"]
+    assert list(fv.METHODS) == [
+        "fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam",
+        "gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam",
+        "saliency", "integrated_gradients", "smoothgrad", "occlusion",
+    ]
     m = fv.get_method("fastloc_rescored")
     assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
     assert m.defaults() == {
         "sigma": None, "threshold": 0.54, "components": "peak",
-        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": 10,
+        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": None,
     }
     assert fv.get_method("gradcam").defaults()["sigma"] == 0.0
     # each method's own default box threshold, chosen on the development split (results.md)
     assert {n: m.defaults()["threshold"] for n, m in fv.METHODS.items()} == {
         "fastloc": 0.54, "fastloc_rescored": 0.54, "gradcam": 0.44, "guided_backprop": 0.25, "guided_gradcam": 0.23,
+        "gradcam_pp": 0.30, "xgradcam": 0.20, "layercam": 0.34, "scorecam": 0.3, "eigencam": 0.05,
+        "saliency": 0.26, "integrated_gradients": 0.24, "smoothgrad": 0.33, "occlusion": 0.3,
     }
     assert not fv.get_method("guided_backprop").uses_layer
     with pytest.raises(TypeError):
         fv.METHODS["x"] = None  # a read-only view
+
+
+def test_which_methods_a_view_shows():
+    from fastloc_viz.evaluation.base import parse_methods
+    from fastloc_viz.methods import DEFAULT_METHODS, select_methods
+
+    assert select_methods(None) == DEFAULT_METHODS == (
+        "fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam")
+    assert select_methods("all") == tuple(fv.METHODS) and len(fv.METHODS) == 14
+    assert select_methods("scorecam, gradcam,scorecam") == ("scorecam", "gradcam")
+    assert select_methods(["layercam"]) == ("layercam",)
+    with pytest.raises(ValueError, match=r"method='layer_cam' is not one of \['fastloc'"):
+        select_methods("gradcam,layer_cam")
+    with pytest.raises(ValueError, match="names no method"):
+        select_methods([])
+    assert [s.label for s in parse_methods("all")] == list(fv.METHODS)
+    assert [s.label for s in parse_methods("gradcam,occlusion[window=48]")] == ["gradcam", "occlusion[window=48]"]
 
 
 def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_path, capsys):
@@ -164,7 +204,7 @@ def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_pa
         fv.get_method("gradcam++")
     with pytest.raises(ValueError, match=r"method='nope' is not one of"):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
-    from fastloc_viz.evaluation.localization import parse_methods
+    from fastloc_viz.evaluation.base import parse_methods
 
     with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
         parse_methods("gradcam,nope")
@@ -179,6 +219,26 @@ def test_parameters_are_checked_against_the_method():
     # another method's parameter is ignored (one set of arguments serves a comparison)
     e = fv.explain(net, torch.rand(3, 8, 8), method="gradcam", k=3, kmax=9)
     assert set(e.params) == {"sigma", "threshold", "components"}
+
+
+def test_each_method_says_which_settings_need_a_pass():
+    fastloc, rescored, gradcam = (fv.get_method(n) for n in ("fastloc", "fastloc_rescored", "gradcam"))
+    assert fastloc.pass_settings() == ("k", "rank_grad", "passes")
+    assert set(fastloc.recombinable) == {"threshold", "components", "sigma", "combine"}
+    assert rescored.pass_settings() == ("k", "rank_grad", "passes", "kmax")
+    assert gradcam.pass_settings() == ("sigma",) and set(gradcam.recombinable) == {"threshold", "components"}
+    net = _tiny()
+    e = fv.explain(net, torch.rand(3, 8, 8), k=2)
+    with pytest.raises(ValueError, match="'k' of method 'fastloc' needs a new pass"):
+        fv.recombine(e, k=3)
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = fv.explain(net, img, method="gradcam")
+    high = fv.explain(net, img, method="gradcam", threshold=0.9)
+    assert gradcam.recombine(g, threshold=0.9).box == high.box != g.box  # re-boxed, no pass
+    # kmax follows k unless given: twice the neurons kept, at least 10
+    kmax = lambda **kw: rescored.candidates(rescored.Params(**kw))  # noqa: E731
+    assert (kmax(k=2), kmax(k=6), kmax(k=2, kmax=4)) == (10, 12, 4)
+    assert fv.explain(net, img, method="fastloc_rescored", k=2, kmax=3).params["kmax"] == 3
 
 
 def test_registration_errors_name_the_problem():
@@ -201,6 +261,12 @@ def test_registration_errors_name_the_problem():
         fv.register_method(Clash)
     with pytest.raises(TypeError, match="subclass of fastloc_viz.Method"):
         fv.register_method(dict)
+
+    class Stray(fv.Method):
+        name, label, recombinable = "stray", "Stray", ("threshold", "gamma")
+
+    with pytest.raises(ValueError, match=r"recombinable names \['gamma'\], not parameters"):
+        fv.register_method(Stray)
 
 
 # --- the class lookup ------------------------------------------------------------------------
@@ -262,15 +328,16 @@ def _doc_blocks(lang: str) -> list[str]:
 @pytest.fixture
 def own_method(tmp_path):
     """The doc's first code block, saved as the file it tells the user to save."""
-    path = tmp_path / "integrated_gradients.py"
+    path = tmp_path / "gradient_shap.py"
     path.write_text(_doc_blocks("python")[0])
-    spec = importlib.util.spec_from_file_location("integrated_gradients", path)
+    spec = importlib.util.spec_from_file_location("gradient_shap", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["integrated_gradients"] = module
+    sys.modules["gradient_shap"] = module
     spec.loader.exec_module(module)
     yield path
-    fv.unregister_method("integrated_gradients")
-    sys.modules.pop("integrated_gradients", None)
+    if "gradient_shap" in fv.METHODS:
+        fv.unregister_method("gradient_shap")
+    sys.modules.pop("gradient_shap", None)
 
 
 def test_the_doc_example_is_one_short_file():
@@ -279,33 +346,36 @@ def test_the_doc_example_is_one_short_file():
 
 
 def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
-    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
+    from fastloc_viz.methods import DEFAULT_METHODS, select_methods
     from fastloc_viz.widgets import MethodComparison
 
-    assert "integrated_gradients" in fv.METHODS
+    assert "gradient_shap" in fv.METHODS
+    assert select_methods(None) == (*DEFAULT_METHODS, "gradient_shap")  # a user's method is shown by default
     cat = fv.sample_image("chelsea")
-    e = fv.explain(lite0, cat, method="integrated_gradients", n_steps=4)
-    assert e.method == "integrated_gradients" and e.params["n_steps"] == 4 and e.target == e.top5[0].index
+    e = fv.explain(lite0, cat, method="gradient_shap", n_samples=4)
+    assert e.method == "gradient_shap" and e.params["n_samples"] == 4 and e.target == e.top5[0].index
     assert e.saliency.shape == (224, 224) and e.saliency.max() == 1.0
     x0, y0, x1, y1 = e.box
     assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
-    with pytest.raises(ValueError, match="n_steps=0 must be at least 1"):
-        fv.explain(lite0, cat, method="integrated_gradients", n_steps=0)
+    with pytest.raises(ValueError, match="n_samples=0 must be at least 1"):
+        fv.explain(lite0, cat, method="gradient_shap", n_samples=0)
 
-    mc = MethodComparison(lite0, cat, methods=("gradcam", "integrated_gradients"), n_steps=4, debounce=0.01)
+    mc = MethodComparison(lite0, cat, methods=("gradcam", "gradient_shap"), n_samples=4, debounce=0.01)
     try:
-        assert list(mc.explanations) == ["gradcam", "integrated_gradients"]
-        assert "Integrated Gradients" in str(mc.grid_fig.to_dict()["layout"])
+        assert list(mc.explanations) == ["gradcam", "gradient_shap"]
+        assert "Gradient SHAP" in str(mc.grid_fig.to_dict()["layout"])
     finally:
         mc.close()
 
-    r = ev.evaluate(lite0, LocalizationDataset(shared_data, limit=2), [ev.MethodSpec("integrated_gradients", {"n_steps": 2})])
-    assert r["n"] == 2 and 0 <= r["methods"]["integrated_gradients[n_steps=2]"]["maxboxacc_50"] <= 1
+    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("gradient_shap", {"n_samples": 2})])
+    assert r["n"] == 2 and 0 <= r["methods"]["gradient_shap[n_samples=2]"]["maxboxacc_50"] <= 1
 
-    fv.unregister_method("integrated_gradients")  # the CLI loads it again from the file
-    sys.modules.pop("integrated_gradients", None)
+    fv.unregister_method("gradient_shap")  # the CLI loads it again from the file
+    sys.modules.pop("gradient_shap", None)
     code = cli.main(["evaluate", str(shared_data), "--limit", "1", "--no-cache", "--no-progress", "--json",
-                     "--plugin", str(own_method), "--methods", "integrated_gradients[n_steps=2]"])
+                     "--plugin", str(own_method), "--methods", "gradient_shap[n_samples=2]"])
     assert code == 0, capsys.readouterr().err
-    assert '"integrated_gradients[n_steps=2]"' in capsys.readouterr().out
+    assert '"gradient_shap[n_samples=2]"' in capsys.readouterr().out

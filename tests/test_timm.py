@@ -14,7 +14,7 @@ from conftest import assert_same_state, model_state, require
 from torch import nn
 
 import fastloc_viz as fv
-from fastloc_viz.engine import captum_maps as baselines
+from fastloc_viz.engine import captum_maps
 from fastloc_viz.engine.neuron_passes import neuron_pass
 from fastloc_viz.imaging import decode
 from fastloc_viz.model.bundle import as_logits, bundle_of
@@ -218,7 +218,7 @@ def test_token_gradcam_exact_numbers():
     targets = torch.tensor([0, 2])
     layer = model.blocks[0]
     with preserved(model):
-        cam = baselines.gradcam(model, x, layer, targets, name="blocks.0")
+        cam = captum_maps.gradcam(model, x, layer, targets, name="blocks.0")
         npass = neuron_pass(model, x, ("blocks.0", layer), [0, 2], k=2)
     # By hand: the block's tokens a (N x 5 x 2); patches a[:, 1:] on the 2 x 2 grid; the logit
     # is W[c] . mean(patches) + b, so each patch's gradient is W[c] / 4 and so is its mean.

@@ -2,10 +2,11 @@
 
 A *row* (what :mod:`fastloc_viz.collection.boxes` records per image, one JSON line each) is a dict:
 
-* every row: ``key`` (unique per image and target), ``file`` (path relative to the source),
-  ``status`` (``"ok"`` or ``"skipped"``);
+* every row: ``key`` (unique per image and target: the file, or ``file#<class index>`` when
+  the target was asked for), ``item`` (the image's key in the source), ``file`` (path
+  relative to the source), ``status`` (``"ok"`` or ``"skipped"``);
 * ``"skipped"`` rows: ``reason`` (one line: why the file could not be used, or why it got no
-  box: an all-zero map);
+  box: an all-zero map, or with ``targets="positive"`` no label at or above the threshold);
 * ``"ok"`` rows: ``width``, ``height`` (the photo's own size), ``target`` (class index),
   ``target_name``, ``given`` (whether the target came from the source, else top-1),
   ``probability`` (the model's probability of the target), ``box`` (``x0 y0 x1 y1`` on the
@@ -18,7 +19,8 @@ A *row* (what :mod:`fastloc_viz.collection.boxes` records per image, one JSON li
 COCO conventions used here: ``bbox`` is ``[x, y, width, height]`` in the photo's pixels
 (pixel-edge coordinates: ``x = x0``, ``width = x1 - x0``); ``category_id`` is the model's
 class index (0-based); image and annotation ids count from 1 in the order of the rows;
-``score`` is the target's probability (times the component's score with
+``score`` is the target's probability (the softmax, or with sigmoid outputs the label's own
+sigmoid; times the component's score with
 ``components="all"``). Skipped files are listed under the extra top-level
 key ``"skipped"`` (pycocotools ignores it).
 
@@ -30,14 +32,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 CSV_COLUMNS = (
     "file", "status", "reason", "width", "height", "target", "target_name", "given", "probability",
-    "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1",
+    "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1", "path",
 )
 
 
@@ -93,8 +97,9 @@ def coco_document(
     class_names: Sequence[str],
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A COCO dict from rows: ``info``, ``images``, ``annotations``, ``categories`` (every class
-    of the model), and ``skipped`` (``file``, ``reason``)."""
+    """A COCO dict from rows: ``info``, ``images`` (one per file, whatever its boxes),
+    ``annotations``, ``categories`` (every class of the model: ``bundle.target_names``), and
+    ``skipped`` (``file``, ``reason``)."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -135,17 +140,19 @@ def coco_document(
     }
 
 
-def csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
-    """The rows as CSV (:data:`CSV_COLUMNS`; boxes in the photo's pixels, then on the grid)."""
+def csv_text(rows: Iterable[Mapping[str, Any]], root: str | os.PathLike | None = None) -> str:
+    """The rows as CSV (:data:`CSV_COLUMNS`; boxes in the photo's pixels, then on the grid;
+    ``path``: the file's absolute path, ``root / file``, empty without ``root``)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in unique_rows(rows):
+        path = "" if root is None else str(Path(root) / r["file"])
         if r["status"] != "ok":
-            w.writerow([r["file"], r["status"], r.get("reason", "")] + [""] * (len(CSV_COLUMNS) - 3))
+            w.writerow([r["file"], r["status"], r.get("reason", "")] + [""] * (len(CSV_COLUMNS) - 4) + [path])
             continue
         w.writerow([r["file"], "ok", "", r["width"], r["height"], r["target"], r["target_name"],
-                    int(bool(r.get("given"))), f"{float(r['probability']):.6g}", *r["box_original"], *r["box"]])
+                    int(bool(r.get("given"))), f"{float(r['probability']):.6g}", *r["box_original"], *r["box"], path])
     return out.getvalue()
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import plotly.colors as pcolors
 from PIL import Image as PILImage
 
+from .checks import check_choice
 from .maps import map_to_box, smooth
 from .results import Box, Explanation
 
@@ -53,6 +54,16 @@ def to_uint8(rgb: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def shrink(rgb: np.ndarray, f: int) -> np.ndarray:
+    """An ``H x W x 3`` RGB image shrunk by the integer factor ``f`` (bilinear), to
+    ``ceil(H/f) x ceil(W/f)`` uint8: the grid of a map downsampled by ``f`` (:func:`downsample`)."""
+    img = to_uint8(rgb)
+    if f <= 1:
+        return img
+    h, w = img.shape[:2]
+    return np.asarray(PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR))
 
 
 def encode(rgb: np.ndarray, fmt: str = "JPEG", quality: int = 88, optimize: bool = True) -> bytes:
@@ -111,6 +122,10 @@ def colorize(saliency: np.ndarray, colorscale: str = DEFAULT_COLORSCALE) -> np.n
     return _lut(colorscale)[idx]
 
 
+THUMBNAIL_KINDS = ("guided", "activation")
+"""What a thumbnail draws: a sparse guided-backprop map, or a smooth activation map."""
+
+
 def neuron_thumbnail(
     image: np.ndarray,
     neuron_map: np.ndarray,
@@ -118,36 +133,42 @@ def neuron_thumbnail(
     size: int = 112,
     colorscale: str = DEFAULT_COLORSCALE,
     dim: float = 0.35,
+    kind: str = "guided",
 ) -> np.ndarray:
-    """One neuron's guided-backprop map drawn over a dimmed grey copy of the photo.
+    """A map drawn over a dimmed grey copy of the photo, on the input grid.
 
-    Guided-backprop maps are sparse, so the map is max-pooled (isolated pixels survive
-    downsampling) and lightly blurred before colouring; its strength is the blend's alpha.
+    ``kind="guided"``: guided-backprop maps are sparse, so the map is max-pooled (isolated
+    pixels survive downsampling), lightly blurred, scaled by a high percentile and lifted
+    (square root) before colouring; its strength is the blend's alpha. ``kind="activation"``:
+    a smooth map (a channel's activation, upsampled), mean-pooled and drawn as it is.
 
     Args:
         image: ``H x W x 3`` RGB in ``[0, 1]``.
         neuron_map: ``H x W`` in ``[0, 1]``.
         size: the thumbnail's longest side, in pixels.
+        kind: one of :data:`THUMBNAIL_KINDS`.
 
     Returns:
         ``h x w x 3`` uint8 with ``max(h, w) <= size`` (factor ``f`` from :func:`downsample`).
     """
-    m, f = downsample(neuron_map, size, reduce="max")
-    m = smooth(m, 0.6)
-    pos = m[m > 0]
-    if pos.size:  # scale by a high percentile, not the single brightest pixel
-        m = np.clip(m / max(float(np.percentile(pos, 99)), 1e-12), 0.0, 1.0)
-    m = np.sqrt(m)  # lift faint structure so small thumbnails stay readable
+    check_choice("kind", kind, THUMBNAIL_KINDS)
+    if kind == "guided":
+        m, f = downsample(neuron_map, size, reduce="max")
+        m = smooth(m, 0.6)
+        pos = m[m > 0]
+        if pos.size:  # scale by a high percentile, not the single brightest pixel
+            m = np.clip(m / max(float(np.percentile(pos, 99)), 1e-12), 0.0, 1.0)
+        m = np.sqrt(m)  # lift faint structure so small thumbnails stay readable
+        alpha = np.clip(m * 1.2, 0, 1)
+    else:
+        m, f = downsample(neuron_map, size, reduce="mean")
+        alpha = np.clip(m, 0, 1) * 0.85
     img = np.asarray(image, dtype=np.float32)
     if f > 1:
-        small = PILImage.fromarray(to_uint8(img)).resize(
-            (m.shape[1], m.shape[0]), PILImage.BILINEAR
-        )
-        img = np.asarray(small, dtype=np.float32) / 255.0
+        img = shrink(img, f).astype(np.float32) / 255.0
     grey = img.mean(axis=2, keepdims=True) * dim
     col = colorize(m, colorscale).astype(np.float32) / 255.0
-    alpha = np.clip(m * 1.2, 0, 1)[..., None]
-    return to_uint8(grey * (1 - alpha) + col * alpha)
+    return to_uint8(grey * (1 - alpha[..., None]) + col * alpha[..., None])
 
 
 def photo_aspect(explanation: Explanation) -> float:
@@ -174,10 +195,19 @@ def to_photo_aspect(img: np.ndarray, aspect: float, max_side: int | None = None)
 
 
 def neuron_card_image(
-    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = DEFAULT_COLORSCALE
+    explanation: Explanation,
+    index: int,
+    *,
+    size: int = 112,
+    colorscale: str = DEFAULT_COLORSCALE,
+    kind: str = "guided",
 ) -> np.ndarray:
-    """A neuron's thumbnail (see :func:`neuron_thumbnail`) with its marks burnt in: its cell
-    on the layer grid (cyan square) and the extent of its map (dotted white box).
+    """A neuron's thumbnail (see :func:`neuron_thumbnail`) with its marks burnt in, at the
+    photo's own aspect ratio.
+
+    ``kind="guided"``: its guided-backprop map, with the extent of the map (dotted white box);
+    ``kind="activation"``: where its channel fires on the image (``activation_maps``). Both
+    mark the neuron's cell on the layer grid (cyan square).
 
     Args:
         explanation: a fastloc explanation.
@@ -188,28 +218,37 @@ def neuron_card_image(
     """
     from PIL import ImageDraw
 
-    if explanation.neurons is None or explanation.neuron_maps is None:
-        raise ValueError(f"method {explanation.method!r} has no neurons")
-    n, nmap = explanation.neurons[index], explanation.neuron_maps[index]
-    thumb = neuron_thumbnail(explanation.image, nmap, size=size, colorscale=colorscale)
+    check_choice("kind", kind, THUMBNAIL_KINDS)
+    maps = explanation.neuron_maps if kind == "guided" else explanation.activation_maps
+    if explanation.neurons is None or maps is None:
+        what = "neurons" if explanation.neurons is None or kind == "guided" else "activation maps"
+        raise ValueError(f"method {explanation.method!r} has no {what} (fastloc methods only)")
+    n, nmap = explanation.neurons[index], maps[index]
+    img = PILImage.fromarray(
+        neuron_thumbnail(explanation.image, nmap, size=size, colorscale=colorscale, kind=kind)
+    )
+    draw = ImageDraw.Draw(img)
     h, w = explanation.input_size
     f = math.ceil(max(h, w) / size) if max(h, w) > size else 1
-    img = PILImage.fromarray(thumb)
-    draw = ImageDraw.Draw(img)
-    x0, y0, x1, y1 = (v / f for v in receptive_field(nmap))
-    for a, b in ((x0, x1),):
-        for x in np.arange(a, b, 4):  # dotted: 2 px on, 2 px off
-            draw.line([(x, y0), (min(x + 2, b), y0)], fill=(255, 255, 255))
-            draw.line([(x, y1 - 1), (min(x + 2, b), y1 - 1)], fill=(255, 255, 255))
-    for y in np.arange(y0, y1, 4):
-        draw.line([(x0, y), (x0, min(y + 2, y1))], fill=(255, 255, 255))
-        draw.line([(x1 - 1, y), (x1 - 1, min(y + 2, y1))], fill=(255, 255, 255))
+    if kind == "guided":
+        _dotted_box(draw, [v / f for v in receptive_field(nmap)])
     cx, cy, sx, sy = neuron_centre(explanation, n.y, n.x)
     cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
     draw.rectangle(
         [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
     )
     return to_photo_aspect(np.asarray(img), photo_aspect(explanation), max_side=size)
+
+
+def _dotted_box(draw, box) -> None:
+    """A dotted white box (2 px on, 2 px off) on a Pillow ``ImageDraw``."""
+    x0, y0, x1, y1 = box
+    for x in np.arange(x0, x1, 4):
+        draw.line([(x, y0), (min(x + 2, x1), y0)], fill=(255, 255, 255))
+        draw.line([(x, y1 - 1), (min(x + 2, x1), y1 - 1)], fill=(255, 255, 255))
+    for y in np.arange(y0, y1, 4):
+        draw.line([(x0, y), (x0, min(y + 2, y1))], fill=(255, 255, 255))
+        draw.line([(x1 - 1, y), (x1 - 1, min(y + 2, y1))], fill=(255, 255, 255))
 
 
 def receptive_field(neuron_map: np.ndarray, threshold: float = 0.15, sigma: float = 2.0) -> Box:

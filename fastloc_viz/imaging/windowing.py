@@ -9,14 +9,16 @@ The window rule (``window=``), see ``docs/scientific-images.md``:
   in ``[0, 1]``), in which case the nominal range is used (nothing to gain, nothing clipped).
   A 12-bit image stored in 16 bits (values ``0..4095``) is therefore stretched to ``[0, 1]``.
 * ``"percentile"``: always the percentiles; ``"minmax"``: the finite minimum and maximum;
-  ``"full"``: the type's nominal range (the old behaviour); ``"file"``: the DICOM window;
+  ``"full"``: the type's nominal range (the old behaviour): what the type allows, a signed
+  16-bit type ``-32768..32767``, and for DICOM what its stored bits allow (12 unsigned bits:
+  ``0..4095``; signed: ``-2048..2047``), rescaled to the file's units; ``"file"``: the DICOM window;
   ``(low, high)``: explicit values, in the file's units (Hounsfield units after a DICOM
   rescale, physical units after a FITS ``BSCALE`` / ``BZERO``).
 
 Values are mapped linearly, ``(v - low) / (high - low)`` clipped to ``[0, 1]``, or with
 ``stretch="asinh"``: ``asinh(x / 0.1) / asinh(10)`` of that linear ``x``. NaN and inf pixels
-are left out of the percentiles and shown as 0. Gray data is repeated on the three RGB
-channels; colour data is windowed with one window for all channels (the colour balance is
+are left out of the percentiles and shown as 0. Gray data stays one channel (repeated on R,
+G and B for an RGB model, :func:`fastloc_viz.imaging.decode.to_channels`); colour data is windowed with one window for all channels (the colour balance is
 kept). Images over :data:`fastloc_viz.imaging.decode.MAX_PIXELS` are first shrunk by an integer
 factor (the mean of each ``f x f`` block), a band of rows at a time, and the window is
 computed on what was read; percentiles are computed on at most about a million evenly
@@ -122,8 +124,9 @@ def check_options(window, percentiles, stretch) -> None:
 
 def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] | None:
     """The range a type's values are meant to fill: ``0..255`` for 8-bit, ``0..65535`` for
-    16-bit, ``0..1`` for floats in ``[0, 1]``; ``None`` when there is none (signed data,
-    floats beyond ``[0, 255]``, 32-bit integers beyond 16 bits)."""
+    16-bit, the type's own range for signed 8- and 16-bit values beyond ``0..255``
+    (``-32768..32767``), ``0..1`` for floats in ``[0, 1]``; ``None`` when there is none
+    (other signed data, floats beyond ``[0, 255]``, 32-bit integers beyond 16 bits)."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return (0.0, 1.0)
@@ -131,6 +134,8 @@ def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] 
         return (0.0, 255.0)
     if dtype == np.uint16:
         return (0.0, 65535.0)
+    if dtype in (np.int8, np.int16) and (lo < 0 or hi > 255):
+        return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
     if lo < 0:
         return None
     if dtype.kind == "f" and hi <= 1:
@@ -269,8 +274,8 @@ def from_values(
         out[~np.isfinite(np.asarray(values, dtype=np.float32))] = 0
     t = torch.from_numpy(np.ascontiguousarray(out))
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    t = decode.three_channels(t)
-    what = ("gray repeated on R, G, B",) if out.ndim == 2 else ()
+    t = decode.checked_size(t)
+    what = ("gray",) if out.ndim == 2 else ()
     if invert:
         what += ("inverted (white is low)",)
     if masked:

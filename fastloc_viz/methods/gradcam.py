@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import captum_maps as baselines
+from ..engine import captum_maps
 from ..model.bundle import as_logits
 from .base import Method, MethodParams, register_method
 
@@ -24,4 +24,4 @@ class GradCAM(Method):
 
     def attribute(self, ctx, x, targets, params):
         name, module = ctx.layer
-        return baselines.gradcam(ctx.model, x, module, targets, as_logits, name)
+        return captum_maps.gradcam(ctx.model, x, module, targets, as_logits, name)

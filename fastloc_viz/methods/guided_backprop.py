@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import captum_maps as baselines
+from ..engine import captum_maps
 from ..model.bundle import as_logits
 from .base import Method, MethodParams, register_method
 
@@ -22,5 +22,5 @@ class GuidedBackprop(Method):
         threshold: float = 0.25  # chosen for the default box on the development split (docs/results.md)
 
     def attribute(self, ctx, x, targets, params):
-        attr, ctx.mode = baselines.guided_backprop(ctx.model, x, targets, as_logits)
+        attr, ctx.mode = captum_maps.guided_backprop(ctx.model, x, targets, as_logits)
         return attr

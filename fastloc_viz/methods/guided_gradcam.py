@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import captum_maps as baselines
+from ..engine import captum_maps
 from ..model.bundle import as_logits
 from .base import Method, MethodParams, register_method
 
@@ -23,5 +23,5 @@ class GuidedGradCAM(Method):
 
     def attribute(self, ctx, x, targets, params):
         name, module = ctx.layer
-        attr, ctx.mode = baselines.guided_gradcam(ctx.model, x, module, targets, as_logits, name)
+        attr, ctx.mode = captum_maps.guided_gradcam(ctx.model, x, module, targets, as_logits, name)
         return attr

@@ -11,7 +11,6 @@ import math
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from ..core import raster
 from ..core.results import Explanation
@@ -21,33 +20,7 @@ from ..engine.activations import mean_pairwise_correlation
 # duck-typed (``Any`` below), so this module sits below both and below the report
 # (docs/architecture.md).
 
-__all__ = ["activation_thumbnail", "atlas_sign", "cards_html", "check_atlas", "similarity_note"]
-
-
-def activation_thumbnail(
-    explanation: Explanation, index: int, *, size: int = 112, colorscale: str = raster.DEFAULT_COLORSCALE, dim: float = 0.35
-) -> np.ndarray:
-    """Neuron ``index``'s activation map over a dimmed grey photo, its unit's cell marked
-    (cyan square): ``h x w x 3`` uint8 with ``max(h, w) <= size``."""
-    if explanation.activation_maps is None or explanation.neurons is None:
-        raise ValueError("this explanation has no activation maps (fastloc methods only)")
-    amap = explanation.activation_maps[index]
-    m, f = raster.downsample(amap, size, reduce="mean")
-    img = np.asarray(explanation.image, dtype=np.float32)
-    if f > 1:
-        small = Image.fromarray(raster.to_uint8(img)).resize((m.shape[1], m.shape[0]), Image.BILINEAR)
-        img = np.asarray(small, dtype=np.float32) / 255.0
-    grey = img.mean(axis=2, keepdims=True) * dim
-    col = raster.colorize(m, colorscale).astype(np.float32) / 255.0
-    alpha = np.clip(m, 0, 1)[..., None] * 0.85
-    out = Image.fromarray(raster.to_uint8(grey * (1 - alpha) + col * alpha))
-    n = explanation.neurons[index]
-    cx, cy, sx, sy = raster.neuron_centre(explanation, n.y, n.x)
-    cx, cy, sx, sy = (cx + 0.5) / f, (cy + 0.5) / f, sx / f, sy / f
-    ImageDraw.Draw(out).rectangle(
-        [cx - sx / 2, cy - sy / 2, cx + sx / 2 - 1, cy + sy / 2 - 1], outline=(0, 229, 255), width=1
-    )
-    return np.asarray(out)
+__all__ = ["atlas_sign", "cards_html", "check_atlas", "drop_points", "logit_change", "similarity_note"]
 
 
 def check_atlas(atlas: Any, explanation: Explanation) -> None:
@@ -82,16 +55,27 @@ def _img(rgb: np.ndarray, title: str, css: str = "") -> str:
     return f"<img src='{raster.image_uri(rgb)}' title='{html.escape(title)}' alt='{html.escape(title)}' style='{css}'>"
 
 
+def drop_points(base_p: float, off_p: float) -> str:
+    """The probability drop in points, one decimal, never ``"-0.0"`` (a rise is negative)."""
+    return f"{round(100 * (base_p - off_p), 1) + 0.0:.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def logit_change(base_logit: float, off_logit: float) -> str:
+    """``"logit -3.21 → -4.05 (-0.84)"``: what a probability near 0 or 1 hides."""
+    d = round(off_logit - base_logit, 2) + 0.0
+    return f"logit {base_logit:.2f} → {off_logit:.2f} ({d:+.2f})"
+
+
 def _drop_text(ablation: Any, i: int) -> str:
     if ablation is None:
         return ""
-    base = ablation.base.probability
+    base = ablation.base
     off = ablation.channel_off[i]
     unit = ablation.unit_off[i]
-    drop = 100 * (base - off.probability)
     return (
-        f"<div class='drop' data-drop='{drop / 100:.6f}'>channel off: p {base:.1%} → {off.probability:.1%} "
-        f"(drop <b>{drop:.1f}</b> points); its unit alone off: {unit.probability:.1%}</div>"
+        f"<div class='drop' data-drop='{base.probability - off.probability:.6f}'>channel off: p "
+        f"{base.probability:.1%} → {off.probability:.1%} (drop <b>{drop_points(base.probability, off.probability)}"
+        f"</b> points), {logit_change(base.logit, off.logit)}; its unit alone off: {unit.probability:.1%}</div>"
     )
 
 
@@ -144,7 +128,7 @@ def cards_html(
         guided = raster.neuron_card_image(explanation, i, size=thumb)
         maps = "<figure>" + _img(guided, "guided-backprop map") + "<figcaption>guided backprop</figcaption></figure>"
         if explanation.activation_maps is not None:
-            act = activation_thumbnail(explanation, i, size=thumb)
+            act = raster.neuron_card_image(explanation, i, size=thumb, kind="activation")
             maps += "<figure>" + _img(act, "activation map") + "<figcaption>where channel fires</figcaption></figure>"
         meta = (
             f"<b>#{n.rank}</b> channel {n.channel} at (y={n.y}, x={n.x})<br>"

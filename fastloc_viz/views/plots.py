@@ -16,13 +16,13 @@ side), so an HTML page with a dozen figures stays small.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image as PILImage
 from plotly.subplots import make_subplots
 
 from ..core.raster import (
@@ -36,7 +36,7 @@ from ..core.raster import (
     neuron_thumbnail,
     photo_aspect,
     receptive_field,
-    to_uint8,
+    shrink,
 )
 from ..core.results import Box, Explanation
 from ..evaluation.metrics import iou as _iou
@@ -60,8 +60,11 @@ __all__ = [
     "overlay",
     "neuron_grid",
     "rank_scores",
+    "method_color",
     "method_grid",
     "method_label",
+    "title_height",
+    "MODEBAR_PX",
 ]
 
 BOX_COLOR = "#00e5ff"
@@ -73,10 +76,40 @@ DISABLED_COLOR = "#c9ced6"
 
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif")
 
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f", "#000075", "#f032e6", "#ffbb78", "#222222", "#637939", "#ff9896")
+"""One colour per method: plotly's D3 palette (reordered so the five first methods are
+well separated), then six more picked for distance from the rest, so the fourteen built-in
+methods get fourteen colours at least 27 CIELAB units apart."""
+
+
+MODEBAR_PX = 32
+"""The height of plotly's toolbar (the mode bar, top right): a figure's top margin keeps
+titles below it."""
+
+
+def title_height(titles: Sequence[str], size: float) -> int:
+    """Pixels the tallest of ``titles`` (``<br>`` breaks lines) takes at font ``size`` px,
+    with the gap plotly leaves under a subplot title: what a row of panels must leave free
+    above it so that its titles do not cover the row above."""
+    lines = max((t.count("<br>") + 1 for t in titles), default=1)
+    return math.ceil(lines * size * 1.3 + 6)
+
+
 def method_label(method: str) -> str:
     """A readable name for a method id (``"gradcam"`` -> ``"Grad-CAM"``), from the registry."""
     m = METHODS.get(method)
     return m.label if m is not None else method
+
+
+def method_color(method: str) -> str:
+    """The method's colour in every plot: by its place in the registry, else by a hash of its
+    name. A label with parameters (``fastloc[k=10]``) takes its method's colour."""
+    base = method.split("[", 1)[0]
+    names = list(METHODS)
+    if base in names:
+        return PALETTE[names.index(base) % len(PALETTE)]
+    return PALETTE[int(hashlib.sha1(base.encode()).hexdigest(), 16) % len(PALETTE)]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -144,15 +177,14 @@ def _image_axes(
 
 
 def _photo_trace(image: np.ndarray, max_side: int | None = None, **kw: Any) -> go.Image:
-    img = to_uint8(image)
-    h, w = img.shape[:2]
-    f = 1
-    if max_side is not None and max(h, w) > max_side:
-        f = math.ceil(max(h, w) / max_side)
-        img = np.asarray(
-            PILImage.fromarray(img).resize((math.ceil(w / f), math.ceil(h / f)), PILImage.BILINEAR)
-        )
-    # A downsampled photo keeps input-grid coordinates by stretching its pixels by f.
+    h, w = np.shape(image)[:2]
+    f = math.ceil(max(h, w) / max_side) if max_side is not None and max(h, w) > max_side else 1
+    return _grid_image(shrink(image, f), f, **kw)
+
+
+def _grid_image(img: np.ndarray, f: int, **kw: Any) -> go.Image:
+    """An image downsampled by ``f`` placed on the input grid: each of its pixels stretched
+    over ``f x f`` grid pixels."""
     return go.Image(
         source=image_uri(img), x0=(f - 1) / 2, y0=(f - 1) / 2, dx=f, dy=f, hoverinfo="skip", **kw
     )
@@ -301,54 +333,7 @@ def neuron_grid(
     h, w = explanation.input_size
     for i, (n, nmap) in enumerate(zip(neurons, explanation.neuron_maps)):
         r, c = i // cols + 1, i % cols + 1
-        thumb_img = neuron_thumbnail(explanation.image, nmap, size=thumb, colorscale=colorscale)
-        if n.rank not in on:
-            thumb_img = (thumb_img.astype(np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
-        f = math.ceil(max(h, w) / thumb) if max(h, w) > thumb else 1
-        fig.add_trace(
-            go.Image(
-                source=image_uri(thumb_img),
-                x0=(f - 1) / 2,
-                y0=(f - 1) / 2,
-                dx=f,
-                dy=f,
-                hoverinfo="skip",
-                name=f"neuron {n.rank}",
-            ),
-            row=r,
-            col=c,
-        )
-        cx, cy, sx, sy = neuron_centre(explanation, n.y, n.x)
-        ref = dict(row=r, col=c)
-        rf = receptive_field(nmap)
-        fig.add_shape(
-            _box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref
-        )
-        fig.add_shape(
-            dict(
-                type="rect",
-                x0=cx - sx / 2,
-                x1=cx + sx / 2,
-                y0=cy - sy / 2,
-                y1=cy + sy / 2,
-                line=dict(color=BOX_COLOR, width=1.5),
-            ),
-            **ref,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=[cx],
-                y=[cy],
-                mode="markers",
-                marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
-                hovertemplate=(
-                    f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
-                    f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"
-                ),
-                showlegend=False,
-            ),
-            **ref,
-        )
+        _neuron_panel(fig, explanation, n, nmap, thumb, colorscale, dimmed=n.rank not in on, row=r, col=c)
         _image_axes(fig, h, w, row=r, col=c)
     for ann in fig.layout.annotations:
         ann.font = dict(size=10.5)
@@ -363,6 +348,45 @@ def neuron_grid(
         dragmode=False,
     )
     return fig
+
+
+def _neuron_panel(
+    fig: go.Figure, explanation: Explanation, n: Any, nmap: np.ndarray, thumb: int, colorscale: str,
+    *, dimmed: bool, row: int, col: int,
+) -> None:
+    """One panel of :func:`neuron_grid`: the neuron's thumbnail on the input grid (greyed when
+    ``dimmed``), the extent of its map (dotted), its layer cell (square) and centre (cross)."""
+    thumb_img = neuron_thumbnail(explanation.image, nmap, size=thumb, colorscale=colorscale)
+    if dimmed:
+        thumb_img = (thumb_img.astype(np.float32) * 0.35 + 255 * 0.65).astype(np.uint8)
+    h, w = explanation.input_size
+    f = math.ceil(max(h, w) / thumb) if max(h, w) > thumb else 1
+    ref = dict(row=row, col=col)
+    fig.add_trace(_grid_image(thumb_img, f, name=f"neuron {n.rank}"), **ref)
+    cx, cy, sx, sy = neuron_centre(explanation, n.y, n.x)
+    rf = receptive_field(nmap)
+    fig.add_shape(_box_shape(rf, "rgba(255,255,255,0.7)", f"rf {n.rank}", dash="dot", width=1.2), **ref)
+    fig.add_shape(
+        dict(
+            type="rect", x0=cx - sx / 2, x1=cx + sx / 2, y0=cy - sy / 2, y1=cy + sy / 2,
+            line=dict(color=BOX_COLOR, width=1.5),
+        ),
+        **ref,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[cx],
+            y=[cy],
+            mode="markers",
+            marker=dict(symbol="x-thin", size=9, line=dict(width=2, color=BOX_COLOR)),
+            hovertemplate=(
+                f"neuron #{n.rank}: channel {n.channel}, unit ({n.y}, {n.x})<br>"
+                f"centre ({cx:.0f}, {cy:.0f}) px, cell {sx:.0f}x{sy:.0f} px<extra></extra>"
+            ),
+            showlegend=False,
+        ),
+        **ref,
+    )
 
 
 def rank_scores(
@@ -426,7 +450,8 @@ def rank_scores(
 
 
 def predictions(explanation: Explanation, *, width: int = 420, height: int = 220) -> go.Figure:
-    """Horizontal bars of the top-5 predicted classes and their probabilities."""
+    """Horizontal bars of the top predictions (:attr:`Explanation.top5`: the top five, or
+    with sigmoid outputs every label at or above the threshold) and their probabilities."""
     top = list(explanation.top5)[::-1]
     colors = [ENABLED_COLOR if p.index == explanation.target else "#8fa8d9" for p in top]
     fig = go.Figure(
@@ -445,7 +470,7 @@ def predictions(explanation: Explanation, *, width: int = 420, height: int = 220
         height=height,
         margin=dict(l=10, r=10, t=36, b=30),
         font=_FONT,
-        title=dict(text="Top-5 predictions", x=0.02, font=dict(size=13)),
+        title=dict(text=explanation.top_title, x=0.02, font=dict(size=13)),
         xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"),
         yaxis=dict(automargin=True),
         plot_bgcolor="white",
@@ -480,19 +505,22 @@ def method_grid(
         raise ValueError("method_grid needs at least one explanation, got an empty mapping")
     names = list(explanations)
     n = len(names)
-    cols = cols or min(n, 3 if n > 4 else n)
+    cols = cols or (n if n <= 4 else 3 if n <= 9 else 4)
     rows = math.ceil(n / cols)
     titles = [method_title(name, explanations[name], gt_box, show_time) for name in names]
-    two_lines = show_time or gt_box is not None
+    first = explanations[names[0]]
+    h, w = first.input_size
+    # each row's titles sit in the gap above it, which is as tall as they are (in pixels)
+    gap = title_height(titles, 11.5) + 4
+    row_px = round(cell * h / w * photo_aspect(first))
+    plot_px = rows * row_px + (rows - 1) * gap
     fig = make_subplots(
         rows=rows,
         cols=cols,
         subplot_titles=titles,
         horizontal_spacing=0.025,
-        vertical_spacing=(0.16 if two_lines else 0.08) / rows,
+        vertical_spacing=gap / plot_px if rows > 1 else 0.0,
     )
-    first = explanations[names[0]]
-    h, w = first.input_size
     for i, name in enumerate(names):
         e = explanations[name]
         r, c = i // cols + 1, i % cols + 1
@@ -519,8 +547,8 @@ def method_grid(
             colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0),
         ),
         width=cols * cell + 70,
-        height=rows * round(cell * h / w * photo_aspect(first) + (62 if two_lines else 44)) + 20,
-        margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4),
+        height=plot_px + MODEBAR_PX + gap + 4,
+        margin=dict(l=4, r=4, t=MODEBAR_PX + gap, b=4),
         font=_FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",

@@ -89,6 +89,8 @@ def _predictions_table(expl: Explanation) -> str:
             f"<td><span class='bar' style='width:{max(1.0, 120 * p.probability):.0f}px'></span>"
             f"{p.probability:.1%}</td></tr>"
         )
+    if not rows:
+        return f"<p class='muted'>no label at or above {expl.label_threshold:.0%}</p>"
     return (
         "<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
         + "".join(rows)
@@ -204,6 +206,45 @@ def _image_sections(
     faithfulness: Mapping[str, Any] | None = None,
     sanity: Mapping[str, Any] | None = None,
 ):
+    """One image's sections: ``(subtitle, [section HTML], its JSON data)``. ``state["first"]``
+    says whether plotly.js still has to go inline."""
+    _check_explanations(explanations)
+    # The lead explanation: the first fastloc one, else the first.
+    lead_name = next(
+        (n for n, e in explanations.items() if e.neurons is not None), next(iter(explanations))
+    )
+    lead = explanations[lead_name]
+
+    def fig(f: go.Figure) -> str:
+        out = _fig_div(f, state["first"])
+        state["first"] = False
+        return out
+
+    h, w = lead.input_size
+    pw, ph = lead.photo_size
+    sub = (
+        f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
+        f"photo {pw}×{ph} px, input {h}×{w} · {len(explanations)} method(s) · "
+        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+    )
+    parts = [_lead_section(fig, lead, gt_box)]
+    if lead.neurons is not None and lead.neuron_maps is not None:
+        parts += _neuron_sections(fig, lead, ablation, atlas)
+    if len(explanations) > 1:
+        parts.append(
+            "<section><h2>Methods side by side</h2><p class='muted'>One colour scale for all "
+            "panels ([0, 1]); cyan: each method's box"
+            + ("; dashed green: ground truth" if gt_box else "")
+            + ".</p>"
+            + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240))
+            + "</section>"
+        )
+    parts += _box_free_sections(fig, lead, faithfulness, sanity)
+    parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
+    return sub, parts, _page_data(explanations, gt_box, faithfulness, sanity)
+
+
+def _check_explanations(explanations) -> None:
     if not isinstance(explanations, Mapping) or not explanations:
         raise ValueError(
             "explanations must be a non-empty mapping of method name -> Explanation, "
@@ -218,34 +259,19 @@ def _image_sections(
     if len(set(sizes.values())) > 1:
         raise ValueError(f"all explanations must share one input grid, got sizes {sizes}")
 
-    # The lead explanation: the first fastloc one, else the first.
-    lead_name = next(
-        (n for n, e in explanations.items() if e.neurons is not None), next(iter(explanations))
-    )
-    lead = explanations[lead_name]
-    parts: list[str] = []
 
-    def fig(f: go.Figure) -> str:
-        out = _fig_div(f, state["first"])
-        state["first"] = False
-        return out
-
+def _lead_section(fig, lead: Explanation, gt_box: Box | None) -> str:
+    """The lead explanation's overlay, its top-5, its box (grid and photo pixels) and parameters."""
     h, w = lead.input_size
     pw, ph = lead.photo_size
-    sub = (
-        f"class <b>{_esc(lead.target_name)}</b> ({lead.target}) · layer <code>{_esc(lead.layer)}</code> · "
-        f"photo {pw}×{ph} px, input {h}×{w} · {len(explanations)} method(s) · "
-        f"{_dt.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
-    )
-
     params = ", ".join(f"{_esc(k)}={_esc(v)}" for k, v in lead.params.items() if k != "image")
     params += f"<br>image: {_esc(lead.params['image']['rule'])}" if "image" in lead.params else ""
-    parts.append(
+    return (
         "<section><h2>Localization · "
         + _esc(plots.method_label(lead.method))
         + "</h2><div class='row'>"
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
-        + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
+        + f"<div style='flex: 1 1 340px; max-width: 560px'><h2>{_esc(lead.top_title)}</h2>"
         + _predictions_table(lead)
         + (
             f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
@@ -260,40 +286,36 @@ def _image_sections(
         )
         + f"<br>time {lead.time_s * 1000:.0f} ms · {params}</p></div></div></section>"
     )
-    if lead.neurons is not None and lead.neuron_maps is not None:
-        parts.append(
-            f"<section><h2>The {len(lead.neurons)} neurons</h2>"
-            "<p class='muted'>Each panel: the neuron's guided-backprop map on the dimmed photo; "
-            "the square marks the neuron's cell on the layer grid, the dotted box the extent of "
-            "its map (its effective receptive field).</p>"
-            + fig(plots.neuron_grid(lead, cell=180))
-            + "<div class='row'>"
-            + fig(plots.rank_scores(lead))
-            + _neurons_table(lead)
-            + "</div></section>"
-        )
-        parts.append(
-            "<section id='neuron-cards'><h2>What each neuron does</h2><p class='muted'>Left: the guided-backprop "
-            "map; right: where the neuron's channel fires on this image (its activation, upsampled; the "
-            "square is the neuron's unit)"
-            + ("; the drop of the explained class's probability when the channel is zeroed" if ablation else "")
-            + ("; the channel's most activating image patches in the atlas" if atlas is not None else "")
-            + ".</p>"
-            + cards_html(lead, ablation=ablation, atlas=atlas)
-            + "</section>"
-        )
-    if len(explanations) > 1:
-        parts.append(
-            "<section><h2>Methods side by side</h2><p class='muted'>One colour scale for all "
-            "panels ([0, 1]); cyan: each method's box"
-            + ("; dashed green: ground truth" if gt_box else "")
-            + ".</p>"
-            + fig(plots.method_grid(explanations, gt_box=gt_box, cell=240))
-            + "</section>"
-        )
-    parts += _box_free_sections(fig, lead, faithfulness, sanity)
-    parts.append("<section><h2>Timings</h2>" + _timings_table(explanations, gt_box) + "</section>")
 
+
+def _neuron_sections(fig, lead: Explanation, ablation, atlas) -> list[str]:
+    """The neuron grid with the rank scores and their table, then the neuron cards."""
+    grid = (
+        f"<section><h2>The {len(lead.neurons)} neurons</h2>"
+        "<p class='muted'>Each panel: the neuron's guided-backprop map on the dimmed photo; "
+        "the square marks the neuron's cell on the layer grid, the dotted box the extent of "
+        "its map (its effective receptive field).</p>"
+        + fig(plots.neuron_grid(lead, cell=180))
+        + "<div class='row'>"
+        + fig(plots.rank_scores(lead))
+        + _neurons_table(lead)
+        + "</div></section>"
+    )
+    cards = (
+        "<section id='neuron-cards'><h2>What each neuron does</h2><p class='muted'>Left: the guided-backprop "
+        "map; right: where the neuron's channel fires on this image (its activation, upsampled; the "
+        "square is the neuron's unit)"
+        + ("; the drop of the explained class's probability when the channel is zeroed" if ablation else "")
+        + ("; the channel's most activating image patches in the atlas" if atlas is not None else "")
+        + ".</p>"
+        + cards_html(lead, ablation=ablation, atlas=atlas)
+        + "</section>"
+    )
+    return [grid, cards]
+
+
+def _page_data(explanations, gt_box, faithfulness, sanity) -> dict[str, Any]:
+    """One image's JSON: the explanations, and the ground truth and box-free results when given."""
     data: dict[str, Any] = {name: e.to_dict() for name, e in explanations.items()}
     if gt_box is not None:
         data = {"gt_box": list(gt_box), "explanations": data}
@@ -305,7 +327,7 @@ def _image_sections(
                                     for k, v in pf.curves_of(faithfulness).items()}
         if sanity:
             data["sanity"] = {k: r.to_dict() for k, r in sanity.items() if hasattr(r, "to_dict")}
-    return sub, parts, data
+    return data
 
 
 def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str]:
@@ -316,6 +338,7 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "in the order each map ranks them, removed (deletion, from the normalization's mean "
             "colour) or added to a blurred start (insertion), and the target class's probability "
             "(Petsiuk et al. 2018). A faithful map makes deletion fall fast and insertion rise fast.</p>"
+            + pf.ranking_html(pf.faithfulness_ranking(faithfulness), "faithfulness")
             + fig(pf.faithfulness_figure(faithfulness)) + "</section>"
         )
     if sanity:
@@ -325,8 +348,11 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "re-initialized from the top down on a copy, each method's map recomputed "
             "(Adebayo et al. 2018); ρ is the Spearman correlation with the trained model's map. "
             "A map that barely changes while the model is destroyed does not explain the model.</p>"
+            + pf.ranking_html(pf.sanity_ranking(sanity), "sanity")
             + (fig(pf.sanity_strip(objects, image=lead.image)) if objects else "")
-            + fig(pf.sanity_curve_figure(sanity)) + "</section>"
+            + fig(pf.sanity_curve_figure(sanity))
+            + (f"<p class='muted'>{html.escape(pf.constant_note(objects))}</p>" if pf.constant_note(objects) else "")
+            + "</section>"
         )
     return parts
 

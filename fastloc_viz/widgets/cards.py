@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 import ipywidgets as W
 import numpy as np
 
-from ..core.raster import encode
+from ..core.raster import encode, photo_aspect, to_photo_aspect
 from ..core.results import Explanation
 from ..views import plots
-from ..views.cards import activation_thumbnail, atlas_sign
+from ..views.cards import atlas_sign, drop_points, logit_change
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 
@@ -55,13 +55,16 @@ def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card
     return card
 
 
-def drop_html(base_p: float, off_p: float, unit_p: float) -> str:
-    """A card's drop line: the class's probability with the channel (and the unit) zeroed."""
-    d = base_p - off_p
+def drop_html(base, off, unit) -> str:
+    """A card's drop line: the class's probability and logit with the channel zeroed (and,
+    in the tooltip, with only the unit zeroed); ``base``, ``off``, ``unit``: ablation
+    ``Outcome`` objects. The logit shows the change a probability near 0 or 1 hides."""
+    d = base.probability - off.probability
     return (
         f"<div class='flv-neuron flv-drop' data-drop='{d:.6f}' title='p of the explained class with this "
-        f"channel zeroed at the probe layer ({unit_p:.1%} with only its unit zeroed)'>channel off: "
-        f"{base_p:.1%} → {off_p:.1%} (<b>drop {100 * d:.1f} pts</b>)</div>"
+        f"channel zeroed at the probe layer ({unit.probability:.1%} with only its unit zeroed)'>channel off: "
+        f"{base.probability:.1%} → {off.probability:.1%} (<b>drop {drop_points(base.probability, off.probability)} "
+        f"pts</b>)<br><span class='flv-logit'>{logit_change(base.logit, off.logit)}</span></div>"
     )
 
 
@@ -111,7 +114,9 @@ class Cards:
             if rebuild:
                 card["image"].value = png(plots.neuron_card_image(e, i, size=112, colorscale=colorscale))
                 if e.activation_maps is not None:
-                    card["activation"].value = png(activation_thumbnail(e, i, size=112, colorscale=colorscale))
+                    card["activation"].value = png(
+                        plots.neuron_card_image(e, i, size=112, colorscale=colorscale, kind="activation")
+                    )
                 card["drop"].value = ""
                 if atlas is not None:
                     sign = atlas_sign(atlas, n.activation)
@@ -125,16 +130,15 @@ class Cards:
         row = [c["box"] for c in self.cards[: len(e.neurons)]]
         if e.class_map is not None:
             if rebuild:
-                self.class_card["image"].value = png(
-                    plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=colorscale)
-                )
+                thumb = plots.neuron_thumbnail(e.image, e.class_map, size=112, colorscale=colorscale)
+                self.class_card["image"].value = png(to_photo_aspect(thumb, photo_aspect(e), max_side=112))
             row.insert(0, self.class_card["box"])
         self.row.children = row
 
     def show_drops(self, e: Explanation, ablation) -> None:
         """Each card's drop line from ``ablation`` (:func:`fastloc_viz.ablate` of ``e``)."""
         for card, co, uo in zip(self.cards, ablation.channel_off, ablation.unit_off):
-            card["drop"].value = drop_html(ablation.base.probability, co.probability, uo.probability)
+            card["drop"].value = drop_html(ablation.base, co, uo)
 
     def order(self, e: Explanation, ablation=None) -> None:
         """The row in rank order, or by drop (largest first) with an ``ablation``."""
@@ -160,8 +164,11 @@ class Cards:
             card["box"].layout.border = ON_BORDER if n.rank in on else OFF_BORDER
 
 
-def top5_buttons(e: Explanation, on_click: Callable[[int], None]) -> list[W.Button]:
-    """One button per top-5 prediction; the explained class highlighted."""
+def top5_buttons(e: Explanation, on_click: Callable[[int], None]) -> list[W.Widget]:
+    """One button per top prediction (:attr:`Explanation.top5`); the explained class
+    highlighted; a line saying so when no label reaches the threshold."""
+    if not e.top5:
+        return [W.HTML(f"<span class='flv-muted'>no label at or above {e.label_threshold:.0%}</span>")]
     buttons = []
     for p in e.top5:
         b = W.Button(

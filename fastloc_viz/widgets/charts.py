@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 
 from ..core.results import Explanation
+from ..methods.combine import cam_rules
 from ..views import plots
 
 # The combined map is smooth (a Gaussian of ~16 px at 224 px): a coarser heatmap, drawn with
@@ -56,9 +57,13 @@ def morph(fw: go.FigureWidget, new: go.Figure) -> None:
 
 
 def overlay_title(e: Explanation, enabled: Sequence[int]) -> str:
+    """What the map is made of: the class map when the combine rule uses it, and which neurons."""
     k = len(e.neurons)
     used = "all" if len(enabled) == k else f"{len(enabled)}/{k}: #" + ",#".join(map(str, enabled))
-    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · neurons {used}"
+    made_of = f"neurons {used}"
+    if e.params.get("combine") in cam_rules():
+        made_of = f"class map + {made_of}"
+    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · {made_of}"
 
 
 def overlay_figure(e: Explanation, enabled: Sequence[int], opacity: float, colorscale: str) -> go.Figure:

@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from ..core.checks import check_choice, check_threshold
 from ..core.results import Explanation
 from ..engine.neuron_passes import RANK_GRADS
-from ..methods import default_of
+from ..methods import get_method
 from ..methods.combine import cam_rules
 from ..model.bundle import ModelBundle
 from ..views import plots
@@ -37,10 +37,6 @@ def _seam(name: str):
     """``fastloc_viz.widgets.explain`` / ``.recombine``, looked up at call time (so a test
     can patch the package's name)."""
     return getattr(sys.modules[__package__], name)
-
-
-def default_rule(method: str) -> str:
-    return default_of(method, "combine")
 
 
 class NeuronExplorer(WidgetBase):
@@ -70,9 +66,7 @@ class NeuronExplorer(WidgetBase):
             channel's top patches with their labels (hidden while another layer is shown).
         **explain_kwargs: passed to :func:`~fastloc_viz.explain` (``method``, ``target``,
             ``layer``, ``k``, ``kmax``, ``rank_grad``, ``combine``, ``sigma``,
-            ``threshold``, ``components``, ``passes``); what is not given is the method's
-            own default, as in ``explain`` (a switch of method takes the new one's default
-            threshold unless the threshold was moved).
+            ``threshold``, ``components``, ``passes``).
 
     Programmatic access: :attr:`explanation`, :attr:`enabled`, :attr:`target`, :attr:`k`,
     :attr:`layer`, :attr:`method`, :attr:`rank_grad`, :attr:`threshold`, :meth:`export`.
@@ -93,50 +87,11 @@ class NeuronExplorer(WidgetBase):
         self.atlas = atlas
         self.effects = Effects(self.bundle)
         self.sort_by = "rank"
-        methods = neuron_methods()
-        if explanation is not None:
-            # start from an explanation already computed for this image: no explain call
-            if explanation.neurons is None:
-                raise ValueError(f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {methods}")
-            p = explanation.params
-            explain_kwargs = {
-                "method": explanation.method,
-                "target": explanation.target,
-                "layer": explanation.layer,
-                "k": len(explanation.neurons),
-                "rank_grad": p["rank_grad"],
-                "threshold": p["threshold"],
-                **explain_kwargs,
-            }
-        method = explain_kwargs.pop("method", "fastloc")
-        if method not in methods:
-            raise ValueError(
-                f"method={method!r}: NeuronExplorer shows neurons, so it needs one of {methods}; "
-                "use MethodComparison for the other methods"
-            )
-        target = explain_kwargs.pop("target", None)
-
-        def given(key: str):  # what the caller gave, else the method's default (the registry's)
-            value = explain_kwargs.pop(key, None)
-            return default_of(method, key) if value is None else value
-
-        settings = {
-            "method": method,
-            "target": None if target is None else self.bundle.class_index(target),
-            "k": int(given("k")),
-            "kmax": explain_kwargs.pop("kmax", None),
-            "layer": explain_kwargs.pop("layer", None),
-            "rank_grad": given("rank_grad"),
-            "threshold": float(given("threshold")),
-            "combine": explain_kwargs.pop("combine", None),
-            "enabled": None,
-        }
         self.state = ExplorerState(
-            settings,
+            self._settings(explanation, explain_kwargs),
             explain=lambda **kw: _seam("explain")(self.bundle, self.image, **kw),
             recombine=lambda *a, **kw: _seam("recombine")(*a, **kw),
-            default_rule=default_rule,
-            extra=explain_kwargs,  # sigma, components, passes, ...
+            method_of=get_method,
             stats=self.stats,
         )
         self.export_dir = pathlib.Path(export_dir) if export_dir is not None else None
@@ -147,11 +102,60 @@ class NeuronExplorer(WidgetBase):
         with self._lock:
             self.state.apply()  # raises on bad arguments, as explain() would
         check_atlas(atlas, self.state.current)  # an atlas of another layer: say so now
-        self._cam_rule = default_rule("fastloc")  # the class card's rule; follows the shown one
+        rule = self.state.current.params.get("combine")  # the class card's rule; follows the shown one
+        self._cam_rule = rule if rule in cam_rules() else next(iter(cam_rules()), None)
         self._build()
         self._render_all()  # (it also asks the worker for the neurons' drops: after the display)
 
+    def _settings(self, explanation: Explanation | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The starting settings from the arguments (and the explanation to start from),
+        checked as ``explain`` checks them; parameters of other methods are ignored, as
+        ``explain`` ignores them."""
+        methods = neuron_methods()
+        if explanation is not None:
+            # start from an explanation already computed for this image: no explain call
+            if explanation.neurons is None:
+                raise ValueError(f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {methods}")
+            kwargs = {
+                "method": explanation.method,
+                "target": explanation.target,
+                "layer": explanation.layer,
+                **{n: v for n, v in explanation.params.items() if n in get_method(explanation.method).defaults()},
+                "k": len(explanation.neurons),
+                **kwargs,
+            }
+        method = kwargs.pop("method", methods[0] if methods else None)
+        if method not in methods:
+            raise ValueError(
+                f"method={method!r}: NeuronExplorer shows neurons, so it needs one of {methods}; "
+                "use MethodComparison for the other methods"
+            )
+        target, layer = kwargs.pop("target", None), kwargs.pop("layer", None)
+        m = get_method(method)
+        m.make_params(kwargs)  # unknown names and bad values raise here, as in explain
+        own = {n: v for n, v in kwargs.items() if n in m.defaults() and v is not None}
+        if "threshold" in own:
+            own["threshold"] = float(own["threshold"])
+        target = None if target is None else self.bundle.class_index(target)
+        return {"method": method, "target": target, "layer": layer, **own}
+
     # ------------------------------------------------------------------ public state
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings shown: method, target, layer, enabled and the method's parameters."""
+        return dict(self.state.applied)
+
+    def set(self, **settings: Any) -> None:
+        """Change several settings at once, by name (``target``, ``layer``, ``method``,
+        ``enabled`` and the method's parameters, a registered method's own included): one
+        update, in this thread; raises on a bad value and keeps the state shown. A change of
+        a parameter the method calls ``recombinable`` runs no pass."""
+        if settings.get("target") is not None:
+            settings["target"] = self.bundle.class_index(settings["target"])
+        if settings.get("enabled") is not None:
+            settings["enabled"] = tuple(sorted({int(r) for r in settings["enabled"]}))
+        self._set(**settings)
+
     @property
     def explanation(self) -> Explanation:
         """The explanation on screen (``saliency`` and ``box`` follow :attr:`enabled`)."""
@@ -222,7 +226,7 @@ class NeuronExplorer(WidgetBase):
 
     @property
     def rank_grad(self) -> str:
-        return self.state.current.params["rank_grad"]
+        return self.state.current.params.get("rank_grad", "plain")
 
     @rank_grad.setter
     def rank_grad(self, value: str) -> None:
@@ -268,23 +272,13 @@ class NeuronExplorer(WidgetBase):
     def _set(self, **changes: Any) -> None:
         """Programmatic change: synchronous, raises on error, leaves the old state on error."""
         with self._lock:
-            self.state.want(**self._follow_defaults(changes))
+            self.state.want(**changes)
             self._apply()
-
-    def _follow_defaults(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """A switch of method takes the new method's default threshold, unless the threshold
-        was moved off the old method's default (as the combine rule follows the method)."""
-        old, new = self.state.wanted["method"], changes.get("method")
-        if new is None or new == old or "threshold" in changes:
-            return changes
-        if self.state.wanted["threshold"] != default_of(old, "threshold"):
-            return changes
-        return {**changes, "threshold": float(default_of(new, "threshold"))}
 
     def _request(self, **changes: Any) -> None:
         """UI change: record it; apply a cheap one now, in the handler (a toggle is
         instant), and leave an expensive one to the debounced worker."""
-        cost = self.state.want(**self._follow_defaults(changes))
+        cost = self.state.want(**changes)
         if cost in (NOTHING, RECOMBINE) and self._lock.acquire(blocking=False):
             try:
                 t0 = time.perf_counter()
@@ -306,21 +300,22 @@ class NeuronExplorer(WidgetBase):
                 try:
                     self._apply()
                 except Exception as err:  # noqa: BLE001 - shown in the widget
-                    self._show_error(err, f"computing {self.state.describe(want, self.bundle.class_names)}")
+                    self._show_error(err, f"computing {self.state.describe(want, self.bundle.target_names)}")
                 else:
                     self._show_error(None)
-            # Under the lock: the model must not run two passes at once (forward hooks are
-            # per module, not per thread). A toggle meanwhile is applied right after.
             base = self.state.base
-            if self.effects.ready(base):
-                return
-            try:
-                self.effects.compute(base)
-            except Exception as err:  # noqa: BLE001 - shown in the widget
-                self._show_error(err, "computing what each neuron does to the prediction (fv.ablate)")
-                self.without.value = "<span class='flv-muted'>the neurons' drops could not be computed</span>"
-                return
-            if hasattr(self, "widget"):
+        if self.effects.ready(base):
+            return
+        # Outside this widget's lock (its passes wait for the model's): a toggle meanwhile
+        # applies at once, from the cached maps.
+        try:
+            self.effects.compute(base)
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self._show_error(err, "computing what each neuron does to the prediction (fv.ablate)")
+            self.without.value = "<span class='flv-muted'>the neurons' drops could not be computed</span>"
+            return
+        with self._lock:
+            if hasattr(self, "widget") and self.state.base is base:
                 self._show_effects()
 
     def _show_effects(self) -> None:
@@ -411,7 +406,7 @@ class NeuronExplorer(WidgetBase):
             [
                 self.bars_fig,
                 W.HTML(
-                    "<b style='font-size:13px'>Top-5 predictions</b> "
+                    f"<b style='font-size:13px'>{html.escape(e.top_title)}</b> "
                     "<span class='flv-muted'>(click to explain)</span>"
                 ),
                 self.top5_box,

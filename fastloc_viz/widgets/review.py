@@ -1,7 +1,8 @@
 """:class:`BoxReview`: a gallery for reviewing the boxes ``fastloc-viz boxes`` proposed.
 
 Pages of thumbnails, each photo at its own aspect ratio with its box (cyan: undecided,
-green: accepted, red: rejected), sorted by score and filtered by class and status. Per image:
+green: accepted, red: rejected), sorted by score and filtered by class (label) and status; an
+image boxed for several labels (``boxes(..., targets="positive")``) has one card per label. Per image:
 accept, reject, undo, adjust (drag the box with ``jupyter-bbox-widget``, or move a per-image
 threshold, which re-boxes the image's map), or open it in the :class:`NeuronExplorer`.
 Keyboard (``ipyevents``, on the gallery once clicked): ``a`` accept, ``r`` reject, ``u``
@@ -13,7 +14,9 @@ boxes as COCO.
 
 from __future__ import annotations
 
+import html
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +31,33 @@ from ..methods import default_of, get_method
 COLORS = {None: (0, 229, 255), "accepted": (40, 200, 80), "rejected": (230, 50, 50)}
 
 
-def _thumbnail(path: str, box, status, size: int, photo: tuple[int, int]) -> bytes:
-    """The photo shrunk to ``size`` on its longer side (its own aspect), with the box."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))
-            img = im.convert("RGB")
-    except Exception:  # noqa: BLE001 - a file gone since the run: a grey card says so
-        img = Image.new("RGB", (size, size), (200, 200, 200))
-    return _draw(img, box, status, size, photo)
+def _photo(path: str, side: int) -> Image.Image:
+    """The file as ``explain`` reads it (the one reader: TIFF, DICOM and FITS windowed, the
+    same page / frame / HDU), decoded at no less than ``side`` where the format allows."""
+    from ..core.raster import to_uint8
+    from ..imaging.batch import read_for_model
+
+    return Image.fromarray(to_uint8(read_for_model(path, (side, side)).pixels))
+
+
+def _thumbnail(path: str, box, status, size: int, photo: tuple[int, int]) -> tuple[bytes, str]:
+    """The photo shrunk to ``size`` on its longer side (its own aspect), with the box; and
+    ``""``, or why the file cannot be read (a grey card then says so)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img, reason = _photo(path, size), ""
+        except Exception as e:  # noqa: BLE001 - a file gone or broken since the run: a grey card
+            from ..imaging.batch import unreadable_reason
+
+            img, reason = Image.new("RGB", _fit_size(photo, size), (200, 200, 200)), unreadable_reason(e)
+    return _draw(img, box, status, size, photo), reason
+
+
+def _fit_size(photo: tuple[int, int], side: int) -> tuple[int, int]:
+    """``(w, h)`` of ``photo`` shrunk to ``side`` on its longer side."""
+    f = side / max(photo)
+    return (max(1, round(photo[0] * f)), max(1, round(photo[1] * f)))
 
 
 def _draw(img: Image.Image, box, status, size: int, photo: tuple[int, int] | None = None) -> bytes:
@@ -59,26 +80,32 @@ class BoxReview(W.VBox):
         bundle: the model, for the per-image threshold and the explorer (optional otherwise).
         page_size: thumbnails per page; thumb: their longer side in pixels.
         decisions: where decisions are saved (default ``<boxes>.review.json``).
+        method, targets: for a source, how ``boxes`` runs (``targets="positive"``: a box per
+            label found).
+
+    The methods taking ``file`` (``accept``, ``reject``, ``undo``, ``edit``, ``explore``)
+    take a proposal's key: its file, or ``file#<class id>`` for an image with several labels.
     """
 
     def __init__(self, boxes_file_or_source: str | os.PathLike, bundle: Any = None, *, page_size: int = 12,
                  thumb: int = 160, decisions: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 method: str = "fastloc") -> None:
+                 method: str = "fastloc", targets: str | list = "top1") -> None:
         src = Path(boxes_file_or_source)
         if src.suffix.lower() != ".json":
             if bundle is None:
                 raise ValueError("BoxReview on a source (not a boxes .json) needs bundle= to compute the boxes")
-            from ..collection.boxes import run_boxes
+            from ..collection.boxes import boxes
 
             out = Path(out) if out else src.with_name(src.name + ".boxes.json")
-            run_boxes(src, out, bundle, method=method, workers=0, progress=False)
+            boxes(bundle, src, out, targets=targets, method=method, workers=0, progress=False)
             src = out
         self.store = ReviewStore(src, decisions=decisions)
         self.bundle, self.page_size, self.thumb = bundle, page_size, thumb
         self.page, self.selected = 0, 0
         self._maps: dict[str, Any] = {}
         classes = [("all classes", None)] + [(f"{n} ({c})", i) for i, n, c in self.store.classes()]
-        self.class_menu = W.Dropdown(options=classes, value=None, description="class")
+        # index=0, not value=None: a Dropdown given value None selects nothing and shows blank
+        self.class_menu = W.Dropdown(options=classes, index=0, description="class")
         self.sort_menu = W.Dropdown(options=[("score, best first", "-score"), ("score, worst first", "score"),
                                              ("file", "file"), ("class", "class")], value="-score", description="sort")
         self.status_menu = W.Dropdown(options=[("all", "any"), ("undecided", None), ("accepted", "accepted"),
@@ -135,15 +162,18 @@ class BoxReview(W.VBox):
         self.grid.children = self.cards
 
     def _card(self, i: int, p) -> W.VBox:
-        img = W.Image(value=_thumbnail(p.path, p.final_box, p.status, self.thumb, (p.width, p.height)), format="png",
-                      layout=W.Layout(max_width=f"{self.thumb}px"))
+        png, reason = _thumbnail(p.path, p.final_box, p.status, self.thumb, (p.width, p.height))
+        img = W.Image(value=png, format="png", layout=W.Layout(max_width=f"{self.thumb}px"))
+        why = f"<br><span style='color:#b71c1c' title='{html.escape(reason, quote=True)}'>cannot be read</span>" \
+            if reason else ""
         label = W.HTML(f"<div style='font-size:11px;line-height:1.25'><b>{p.category}</b> {p.score:.2f}<br>"
-                       f"<span title='{p.file}'>{Path(p.file).name[:24]}</span><br>{p.status or 'undecided'}</div>")
+                       f"<span title='{html.escape(p.path, quote=True)}'>{html.escape(Path(p.file).name[:24])}</span>"
+                       f"<br>{p.status or 'undecided'}{why}</div>")
         buttons = []
         for text, tip, action in (("✓", "accept (a)", self.accept), ("✗", "reject (r)", self.reject),
                                   ("✎", "adjust (e)", self.edit), ("🔍", "open in the explorer", self.explore)):
             b = W.Button(description=text, tooltip=tip, layout=W.Layout(width="36px", padding="0"))
-            b.on_click(lambda _, f=p.file, a=action: a(f))
+            b.on_click(lambda _, k=p.key, a=action: a(k))
             b.add_class(f"fastloc-review-{action.__name__}")
             buttons.append(b)
         border = "2px solid #1e88e5" if i == self.selected else "1px solid #ddd"
@@ -155,7 +185,7 @@ class BoxReview(W.VBox):
     def _file(self, file: str | None) -> str | None:
         if file is not None:
             return file
-        return self.current[self.selected].file if self.current else None
+        return self.current[self.selected].key if self.current else None
 
     def accept(self, file: str | None = None, box=None, threshold: float | None = None) -> None:
         """Accept ``file``'s box (the selected image's by default), or ``box``; saved at once."""
@@ -194,11 +224,8 @@ class BoxReview(W.VBox):
         except ImportError:
             raise ImportError("dragging boxes needs jupyter-bbox-widget: pip install 'fastloc-viz[review]'") from None
 
-        with Image.open(p.path) as im:
-            im.draft("RGB", (512, 512))
-            img = im.convert("RGB")
-        f_disp = 512 / max(p.width, p.height)
-        shown = img.resize((max(1, round(p.width * f_disp)), max(1, round(p.height * f_disp))))
+        f_disp = 512 / max(p.width, p.height)  # the box is in the photo's pixels
+        shown = _photo(p.path, 512).resize(_fit_size((p.width, p.height), 512))
         x0, y0, x1, y1 = p.final_box
         bbox = BBoxWidget(image=image_uri(np.asarray(shown)),
                           classes=[p.category], hide_buttons=True,
