@@ -142,11 +142,10 @@ def other_default():
     unregister_method("fastloc_low")
 
 
-def test_explorer_switching_method_follows_its_default_unless_moved(lite0, photo, other_default):
+def test_explorer_switching_method_takes_the_new_methods_default(lite0, photo, other_default):
     from fastloc_viz.widgets import NeuronExplorer
 
-    # the references first: a direct pass while an explorer's worker runs fv.ablate on the
-    # same model is the race issue 19 item 4 (one-pass) removes
+    # the references first, then the explorer
     low, own = (fv.explain(lite0, photo, method=m, k=2).box for m in (other_default, "fastloc"))
     ex = NeuronExplorer(lite0, photo, debounce=0.05, k=2)  # k=2: a quick fv.ablate on the worker
     try:
@@ -155,15 +154,12 @@ def test_explorer_switching_method_follows_its_default_unless_moved(lite0, photo
         assert ex.explanation.box == low
         ex.method = "fastloc"
         assert ex.threshold == 0.54 and ex.explanation.box == own
-        ex.threshold = 0.6  # moved by the user: kept across a switch
-        ex.method = other_default
-        assert ex.threshold == 0.6
     finally:
         ex.wait(300)
         ex.close()
     ex = NeuronExplorer(lite0, photo, debounce=0.05, method=other_default, k=2)
     try:
-        assert ex.threshold == 0.2
+        assert ex.threshold == ex.threshold_slider.value == 0.2
     finally:
         ex.wait(300)
         ex.close()
