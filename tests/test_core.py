@@ -241,7 +241,7 @@ def test_rank_grad_is_guided_or_plain_above_the_layer(relu_net, rank_grad):
 def test_explain_shapes_and_fields(relu_net, method):
     img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
     bundle = fv.load_model(relu_net, input_size=8, layer="conv3", class_names=list("abcd"))
-    e = fv.explain(bundle, img, method=method, k=3, kmax=4, target="c")
+    e = fv.explain(bundle, img, method=method, k=3, kmax=4, target="c", window=4, stride=2)
     assert e.target == 2 and e.target_name == "c"
     assert e.saliency.shape == (8, 8) and e.saliency.dtype == np.float32
     assert 0 <= e.saliency.min() and e.saliency.max() <= 1
@@ -264,7 +264,7 @@ def test_batch_of_images_gives_one_explanation_each(relu_net):
         es = fv.explain(relu_net, imgs, method=method, layer="conv3", target=[0, 1, None], k=2, kmax=3)
         assert [e.target for e in es[:2]] == [0, 1]
         single = fv.explain(relu_net, imgs[1], method=method, layer="conv3", target=1, k=2, kmax=3)
-        assert_close(es[1].saliency, single.saliency)
+        assert_close(es[1].saliency, single.saliency, msg=lambda m: f"{method}: {m}")
         assert es[1].box == single.box
 
 
