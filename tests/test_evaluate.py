@@ -234,7 +234,7 @@ def test_first_50_images_sane_numbers_and_exact_json_schema(bundle, tmp_path, ca
     assert main(["evaluate", str(DATA), "--methods", "gradcam,fastloc", "--limit", "50",
                  "--json", "--no-progress", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"n", "model", "methods"}
+    assert set(out) == {"n", "model", "methods", "skipped"} and out["skipped"] == []  # every file read
     assert out["n"] == 50 and out["model"] == "efficientnet_lite0"
     assert set(out["methods"]) == {"gradcam", "fastloc"}
     for m in out["methods"].values():
