@@ -190,11 +190,24 @@ def test_bad_parameters_are_named(method, params, message):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method=method, **params)
 
 
+def test_occlusion_window_scales_with_the_input():
+    # None: a seventh of the short side and half that as the step (32 and 16 at 224 px), so a
+    # small model's input gets a square that fits it instead of an error
+    big = fv.load_model(TinyNet("relu_inplace").eval(), class_names=list("abcd"), input_size=(224, 224), layer="a3")
+    image = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
+    auto = fv.explain(big, image, method="occlusion", sigma=0)
+    np.testing.assert_array_equal(auto.saliency, fv.explain(big, image, method="occlusion", sigma=0, window=32, stride=16).saliency)
+    assert not np.array_equal(auto.saliency, fv.explain(big, image, method="occlusion", sigma=0, window=48, stride=16).saliency)
+    tiny, x = _tiny(), torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    small = fv.explain(tiny, x, method="occlusion", sigma=0)  # round(8 / 7) = 1, stride 1
+    np.testing.assert_array_equal(small.saliency, fv.explain(tiny, x, method="occlusion", sigma=0, window=1, stride=1).saliency)
+
+
 def test_the_new_defaults_are_in_the_registry():
     d = {n: fv.get_method(n).defaults() for n in NEW}
     assert {k: d["integrated_gradients"][k] for k in ("steps", "baseline")} == {"steps": 32, "baseline": "black"}
     assert {k: d["smoothgrad"][k] for k in ("samples", "noise", "seed")} == {"samples": 16, "noise": 0.15, "seed": 0}
-    assert {k: d["occlusion"][k] for k in ("window", "stride", "baseline")} == {"window": 32, "stride": 16, "baseline": "mean"}
+    assert {k: d["occlusion"][k] for k in ("window", "stride", "baseline")} == {"window": None, "stride": None, "baseline": "mean"}
     for n in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam"):
         assert d[n]["sigma"] == 0.0 and fv.get_method(n).uses_layer
     for n in ("saliency", "integrated_gradients", "smoothgrad", "occlusion"):

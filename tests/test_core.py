@@ -415,7 +415,7 @@ def test_torchvision_architectures(name):
     for method in fv.METHODS:
         e = fv.explain(bundle, img, method=method, kmax=6)
         assert e.saliency.shape == (224, 224)
-        assert e.layer == (None if method == "guided_backprop" else expected_layer)
+        assert e.layer == (expected_layer if fv.get_method(method).uses_layer else None)
         if method.startswith("fastloc"):
             assert e.neuron_maps.shape == (5, 224, 224) and e.class_map.shape == (224, 224)
             assert np.isfinite(e.neuron_maps).all() and e.neuron_maps.max() == 1

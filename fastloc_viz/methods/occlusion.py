@@ -16,7 +16,8 @@ from .inputs import BASELINES, baseline_input
 class Occlusion(Method):
     """Captum's ``Occlusion``: a ``window`` x ``window`` square set to the ``baseline``, slid
     by ``stride`` (169 positions at 224 px with the defaults), the occluded copies run
-    ``batch_size`` at a time; each pixel gets the mean logit drop of the squares covering it."""
+    ``batch_size`` at a time; each pixel gets the mean logit drop of the squares covering it.
+    By default the square scales with the input: a seventh of its short side (32 px at 224)."""
 
     name = "occlusion"
     label = "Occlusion"
@@ -24,28 +25,31 @@ class Occlusion(Method):
     @dataclass(frozen=True)
     class Params(MethodParams):
         """``window``, ``stride``: the square's side and step in input pixels (stride at most
-        the window); ``baseline``: ``"mean"`` (grey) or ``"black"``."""
+        the window); ``None``: a seventh of the input's short side (32 at 224 px) and half the
+        window (16); ``baseline``: ``"mean"`` (grey) or ``"black"``."""
 
-        window: int = 32
-        stride: int = 16
+        window: int | None = None
+        stride: int | None = None
         baseline: str = "mean"
         threshold: float = 0.3
 
         def check(self) -> None:
             super().check()
-            check_int("window", self.window, 1)
-            check_int("stride", self.stride, 1)
-            if self.stride > self.window:
+            if self.window is not None:
+                check_int("window", self.window, 1)
+            if self.stride is not None:
+                check_int("stride", self.stride, 1)
+            if None not in (self.window, self.stride) and self.stride > self.window:
                 raise ValueError(f"stride={self.stride} must be at most window={self.window} (else pixels go unoccluded)")
             check_choice("baseline", self.baseline, BASELINES)
 
     def attribute(self, ctx, x, targets, params):
         h, w = x.shape[-2:]
-        if params.window > min(h, w):
-            raise ValueError(
-                f"window={params.window} is larger than the {h} x {w} input; pass a window of at most {min(h, w)}"
-            )
+        window = params.window or max(1, round(min(h, w) / 7))
+        stride = params.stride or max(1, window // 2)
+        if window > min(h, w):
+            raise ValueError(f"window={window} is larger than the {h} x {w} input; pass a window of at most {min(h, w)}")
+        if stride > window:
+            raise ValueError(f"stride={stride} must be at most window={window} (else pixels go unoccluded)")
         base = baseline_input(ctx.bundle, x, params.baseline)
-        return captum_maps.occlusion(
-            ctx.model, x, targets, base, params.window, params.stride, as_logits, ctx.batch_size
-        )
+        return captum_maps.occlusion(ctx.model, x, targets, base, window, stride, as_logits, ctx.batch_size)
