@@ -194,7 +194,8 @@ def test_the_new_defaults_are_in_the_registry():
     d = {n: fv.get_method(n).defaults() for n in NEW}
     assert {k: d["integrated_gradients"][k] for k in ("steps", "baseline")} == {"steps": 32, "baseline": "black"}
     assert {k: d["smoothgrad"][k] for k in ("samples", "noise", "seed")} == {"samples": 16, "noise": 0.15, "seed": 0}
-    assert {k: d["occlusion"][k] for k in ("window", "stride", "baseline")} == {"window": 32, "stride": 16, "baseline": "mean"}
+    assert {k: d["occlusion"][k] for k in ("window", "stride", "baseline")} == {
+        "window": 32, "stride": 16, "baseline": "mean"}
     for n in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam"):
         assert d[n]["sigma"] == 0.0 and fv.get_method(n).uses_layer
     for n in ("saliency", "integrated_gradients", "smoothgrad", "occlusion"):
@@ -203,7 +204,8 @@ def test_the_new_defaults_are_in_the_registry():
 
 def test_a_model_with_its_own_preprocessing_gets_its_own_black():
     """The baseline comes from the bundle's own preprocessing (here: a transform)."""
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
     bundle = fv.load_model(net, input_size=8, class_names=["a", "b"])
     bundle.transform = lambda images: images * 2 - 1  # black is -1 here
     seen = []

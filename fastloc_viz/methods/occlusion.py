@@ -36,7 +36,9 @@ class Occlusion(Method):
             check_int("window", self.window, 1)
             check_int("stride", self.stride, 1)
             if self.stride > self.window:
-                raise ValueError(f"stride={self.stride} must be at most window={self.window} (else pixels go unoccluded)")
+                raise ValueError(
+                    f"stride={self.stride} must be at most window={self.window} (else pixels go unoccluded)"
+                )
             check_choice("baseline", self.baseline, BASELINES)
 
     def attribute(self, ctx, x, targets, params):
