@@ -20,6 +20,7 @@ from the cached peak-component curve, which is the box ``explain`` gives at that
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,11 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from paired_bootstrap import differences, load, per_query  # noqa: E402
+from paired_bootstrap import differences, per_query  # noqa: E402
 
+from fastloc_viz.core.files import read_json_lines  # noqa: E402
+from fastloc_viz.evaluation.base import MethodSpec  # noqa: E402
 from fastloc_viz.evaluation.boxfree import per_query as boxfree_rows  # noqa: E402
+from fastloc_viz.evaluation.metrics import QueryResult  # noqa: E402
 from fastloc_viz.methods import METHODS  # noqa: E402
 
+BOX_FREE_DIRS = ("faithfulness", "sanity")
 LOCALIZATION = (("MaxBoxAcc@0.5", "MaxBoxAcc@0.5"), ("GT-known loc", "GT-known"), ("pointing", "pointing"))
 BOX_FREE = (("faithfulness", "deletion_auc", "deletion AUC ↓"), ("faithfulness", "insertion_auc", "insertion AUC ↑"),
             ("sanity", "similarity", "randomization similarity ↓"))
@@ -44,6 +49,25 @@ def _cell(value: float, diff: tuple[float, float, float] | None) -> str:
         return f"{value:.3f}"
     d, lo, hi = diff
     return f"{value:.3f}<br><sub>{d:+.3f} [{lo:+.3f}, {hi:+.3f}]</sub>"
+
+
+def load(cache: Path) -> dict[str, dict]:
+    """label -> ``{"results": {row: QueryResult}}`` for every localization configuration under
+    ``cache`` (``cache/localization/<hash>``, and the flat ``cache/<hash>`` of caches written
+    before the evaluation runner); where a method has several, the one with the most rows."""
+    out: dict[str, dict] = {}
+    for spec_path in sorted(Path(cache).glob("**/spec.json")):
+        spec = json.loads(spec_path.read_text())
+        if spec.get("metric", "localization") != "localization" or spec_path.parent.parent.name in BOX_FREE_DIRS:
+            continue
+        rows = {}
+        for d in read_json_lines(spec_path.parent, "part-*.jsonl"):
+            if "iou_largest" in d:
+                rows[int(d["row"])] = QueryResult.from_dict(d)
+        label = MethodSpec(spec["method"], spec["kwargs"]).label
+        if len(rows) > len(out.get(label, {}).get("results", {})):
+            out[label] = {"results": rows}
+    return out
 
 
 def _queries(results: dict, rows: list[int], label: str) -> dict[str, np.ndarray]:

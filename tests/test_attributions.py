@@ -216,7 +216,8 @@ def test_the_new_defaults_are_in_the_registry():
 
 def test_a_model_with_its_own_preprocessing_gets_its_own_black():
     """The baseline comes from the bundle's own preprocessing (here: a transform)."""
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
     bundle = fv.load_model(net, input_size=8, class_names=["a", "b"])
     bundle.transform = lambda images: images * 2 - 1  # black is -1 here
     seen = []

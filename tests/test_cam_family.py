@@ -271,14 +271,15 @@ def test_score_cam_batches_do_not_change_the_map():
         many = cams.score_cam(net, x, net.conv3, t, name="conv3", batch_size=7)
         every = cams.score_cam(net, x, net.conv3, t, name="conv3", batch_size=24)
     assert torch.allclose(one, many, atol=1e-12) and torch.allclose(one, every, atol=1e-12)
-    # by hand for image 0: the softmax of the logit gains of the 8 masked inputs
+    # by hand, image by image: the softmax of the logit gains of its 8 masked inputs
     with torch.no_grad():
-        acts = net.conv3(net._act(2, net.conv2(net._act(1, net.conv1(x)))))[:1]
-        lo, hi = acts.amin(dim=(2, 3), keepdim=True), acts.amax(dim=(2, 3), keepdim=True)
-        masks = F.interpolate(((acts - lo) / (hi - lo + 1e-8)).transpose(0, 1), size=(8, 8), mode="bilinear")
-        gains = net(masks * x[:1])[:, 0] - net(x[:1])[0, 0]
-        want = (torch.softmax(gains, 0)[:, None, None] * acts[0]).sum(0).clamp(min=0)
-    assert torch.allclose(one[0], want, atol=1e-12)
+        for i in range(3):
+            acts = net.conv3(net._act(2, net.conv2(net._act(1, net.conv1(x[i : i + 1])))))
+            lo, hi = acts.amin(dim=(2, 3), keepdim=True), acts.amax(dim=(2, 3), keepdim=True)
+            masks = F.interpolate(((acts - lo) / (hi - lo + 1e-8)).transpose(0, 1), size=(8, 8), mode="bilinear")
+            gains = net(masks * x[i : i + 1])[:, t[i]] - net(x[i : i + 1])[0, t[i]]
+            want = (torch.softmax(gains, 0)[:, None, None] * acts[0]).sum(0).clamp(min=0)
+            assert torch.allclose(one[i], want, atol=1e-12), i
 
 
 def test_cam_methods_refuse_a_layer_without_a_map():

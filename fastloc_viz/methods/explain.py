@@ -46,7 +46,10 @@ def explain(
             :mod:`fastloc_viz.imaging.batch`), or a list / 4-D batch of them.
         method: a name in :data:`fastloc_viz.METHODS` (built in: ``"fastloc"``,
             ``"fastloc_rescored"``, ``"gradcam"``, ``"guided_backprop"``,
-            ``"guided_gradcam"``; more with :func:`fastloc_viz.register_method`).
+            ``"guided_gradcam"``; the CAM family ``"gradcam_pp"``, ``"xgradcam"``,
+            ``"layercam"``, ``"scorecam"``, ``"eigencam"``; the pixel attributions
+            ``"saliency"``, ``"integrated_gradients"``, ``"smoothgrad"``, ``"occlusion"``
+            (their parameters: docs/api.md); more with :func:`fastloc_viz.register_method`).
         target: class index, name or widget label (see :mod:`fastloc_viz.model.classes`), ``None``
             for the top-1 prediction (a single-logit model: its class; ``"not <name>"``
             explains the negated logit); for a batch, one value for all or one per image.

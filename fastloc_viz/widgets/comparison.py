@@ -251,10 +251,11 @@ class MethodComparison(WidgetBase):
             value=list(self._methods), allowed_tags=list(METHODS), allow_duplicates=False,
             layout=W.Layout(width="auto", flex="1 1 360px"),
         )
-        self.method_box.observe(
-            lambda c: None if self._muted else self._guarded(lambda: self._want_methods(c["new"]), "choosing the methods"),
-            "value",
-        )
+        def on_change(change: dict) -> None:
+            if not self._muted:
+                self._guarded(lambda: self._want_methods(change["new"]), "choosing the methods")
+
+        self.method_box.observe(on_change, "value")
         buttons = []
         for text, choice in (("default", None), ("all", "all")):
             b = W.Button(description=text, layout=W.Layout(width="70px"), tooltip=f"show the {text} methods")
