@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import maps as M
 from ..core.files import (
     check_writable,
     make_dir,
@@ -60,6 +61,9 @@ IMAGE_EXTENSIONS = frozenset(
     ".jp2 .j2k .tga .ico".split()
 )
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
+ROW_FORMAT = 2
+"""The rows' format, kept in the run's ``spec.json``: 2 adds each box's ``score`` and ``kind``, so
+parts written before cannot be resumed into a run that needs them."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ def _read_parts(parts: Path) -> list[dict]:
 
 
 def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool) -> dict:
-    return {"model": bundle.name, "input_size": list(bundle.input_size), "method": method,
+    return {"rows": ROW_FORMAT, "model": bundle.name, "input_size": list(bundle.input_size), "method": method,
             "params": {k: v for k, v in sorted(params.items())}, "layout": layout,
             "source": str(source.resolve()), "masks": masks}
 
@@ -262,10 +266,11 @@ def _row(item: Item, e, masks: bool) -> dict:
     d = {"key": item.key, "index": item.index, "file": item.file, "status": "ok",
          "width": e.photo_size[0], "height": e.photo_size[1], "target": e.target, "target_name": e.target_name,
          "given": item.label is not None, "probability": _probability(e), "box": list(e.box),
-         "box_original": list(e.box_original),
+         "box_original": list(e.box_original), "score": e.box_score, "kind": e.box_kind,
          "params": {k: v for k, v in e.to_dict()["params"].items() if k != "image"}}
-    if e.boxes is not None:  # components="all": every component, scored
-        d["boxes"] = e.to_dict()["boxes"]
+    if e.boxes is not None:  # components="all": every component, with its own box score and kind
+        d["boxes"] = [dict(b, box_score=M.box_score(e.saliency, b["box"]), kind=M.box_kind(e.saliency, b["box"]))
+                      for b in e.to_dict()["boxes"]]
     if masks:
         d["rle"] = mask_rle(_mask_original(e))
     return d
@@ -279,8 +284,6 @@ def _probability(e) -> float:
 
 def _mask_original(e) -> np.ndarray:
     """The thresholded map (the pixels the box came from) in the photo's pixels, nearest."""
-    from ..core import maps as M
-
     p = e.params
     mask = M.select_components(M.threshold_mask(e.saliency, float(p.get("threshold", 0.3))),
                                p.get("components", "peak"), e.saliency)
@@ -354,7 +357,9 @@ def run_boxes(
         info = {"description": f"fastloc-viz boxes: {method} on {Path(source).name}", "model": bundle.name,
                 "method": method, "params": spec["params"], "layout": used, "source": str(source),
                 "date_created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "category_ids": "the model's class indices (0-based); score: the target's probability"}
+                "category_ids": "the model's class indices (0-based)",
+                "score": "the share of the map's mass inside the box (core.maps.box_score); "
+                         "probability: the target's probability; kind: object, whole or diffuse (core.maps.box_kind)"}
 
         def write_outputs() -> None:
             rows = unique_rows(_read_parts(parts))
@@ -422,6 +427,7 @@ def run_boxes(
             rows = unique_rows(_read_parts(parts))
             summary = {"out": str(out), "csv": str(csv_out), "parts": str(parts), "images": len(items),
                        "boxed": sum(r["status"] == "ok" for r in rows),
+                       "kinds": {k: sum(r.get("kind") == k for r in rows if r["status"] == "ok") for k in M.BOX_KINDS},
                        "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
                        "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
                        "steady_images_per_s": steady,

@@ -31,8 +31,11 @@ SORTS = ("score", "-score", "file", "class")
 @dataclass(frozen=True)
 class Proposal:
     """One proposed box: the image (``file`` relative to the source, ``path`` to read),
-    its size, the class, the score (the class's probability) and the box in the photo's
-    pixels; ``decision`` is the saved decision (``None``: not reviewed yet)."""
+    its size, the class, the score (the COCO ``score``: the box's own,
+    :func:`fastloc_viz.core.maps.box_score`, in files written since it exists; the class's
+    probability before) and the box in the photo's pixels; ``decision`` is the saved decision
+    (``None``: not reviewed yet); ``kind`` (``"object"``, ``"whole"``, ``"diffuse"``) and
+    ``probability`` (the class's) when the file has them."""
 
     file: str
     path: str
@@ -44,6 +47,8 @@ class Proposal:
     box: tuple[int, int, int, int]
     params: dict
     decision: dict | None = None
+    kind: str | None = None
+    probability: float | None = None
 
     @property
     def status(self) -> str | None:
@@ -89,7 +94,8 @@ class ReviewStore:
             self._proposals.setdefault(f, Proposal(
                 f, path, int(im["width"]), int(im["height"]), int(a["category_id"]),
                 self.categories.get(int(a["category_id"]), str(a["category_id"])), float(a.get("score", 0.0)),
-                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {}))))
+                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {})), kind=a.get("kind"),
+                probability=a.get("probability")))
         self._decisions: dict[str, dict] = self._load()
 
     def _root(self, info: dict) -> Path:

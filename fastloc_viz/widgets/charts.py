@@ -58,7 +58,7 @@ def morph(fw: go.FigureWidget, new: go.Figure) -> None:
 def overlay_title(e: Explanation, enabled: Sequence[int]) -> str:
     k = len(e.neurons)
     used = "all" if len(enabled) == k else f"{len(enabled)}/{k}: #" + ",#".join(map(str, enabled))
-    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · neurons {used}"
+    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · neurons {used} · {plots.box_caption(e)}"
 
 
 def overlay_figure(e: Explanation, enabled: Sequence[int], opacity: float, colorscale: str) -> go.Figure:

@@ -20,7 +20,7 @@ from ..core.checks import check_choice, check_threshold
 from ..core.results import Explanation
 from ..engine.neuron_passes import RANK_GRADS
 from ..methods import get_method
-from ..methods.combine import cam_rules
+from ..methods.combine import cam_rules, neuron_shares
 from ..model.bundle import ModelBundle
 from ..views import plots
 from ..views.cards import check_atlas, similarity_note
@@ -46,8 +46,11 @@ def default_rule(method: str) -> str:
 class NeuronExplorer(WidgetBase):
     """Explore a FastLoc explanation neuron by neuron.
 
-    Layout: the image with the combined map and box; one card per neuron (its guided-backprop
-    map beside where its channel fires, rank, score, activation, gradient, the probability
+    Layout: the image with the combined map and box (the title gives the box's score, and says
+    when it covers the whole image or comes from a diffuse map); one card per neuron (its
+    guided-backprop map beside where its channel fires, rank, score, activation, gradient, how
+    much of the box it drew (:func:`~fastloc_viz.methods.combine.neuron_shares`; the class map's
+    card says how much the class map drew), the probability
     drop when its channel is zeroed, with ``atlas`` its channel's top patches, and a
     checkbox; the cards can be sorted by rank or by drop); under the cards, what the model
     predicts without the unticked neurons; the rank-score bar chart; the top-5 predictions.
@@ -434,6 +437,7 @@ class NeuronExplorer(WidgetBase):
             return
         t0 = time.perf_counter()
         charts.update_light(self.overlay_fig, self.bars_fig, self.explanation, self.enabled)
+        self.cards.show_shares(self.explanation, neuron_shares(self.explanation))
         self._sync_controls()
         base = self.state.base
         a = self.effects.for_base(base)
