@@ -85,40 +85,48 @@ def cam_rules() -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Parts:
-    """A combined map in additive parts: ``base + sum_i scale * post * smooth(terms[i], sigma)``.
+    """A combined map in additive parts: ``base + sum_i post * smooth(terms[i], sigma) / norm``.
 
     ``base`` (``H x W``) is what the class map alone gives (zeros for the rules without it), and
     the ``i``-th term is the ``i``-th neuron's weighted map before smoothing; ``post`` (``H x W``
-    or a number) weights the smoothed terms, ``scale`` is the rule's normalization.
+    or a number) weights the smoothed terms; ``norm`` is the rule's normalization, ``None`` for
+    the maximum of ``smooth(terms.sum(0))`` (computed only when it is needed).
     """
 
     base: np.ndarray
     terms: np.ndarray
     post: np.ndarray | float
-    scale: float
     sigma: float
+    norm: float | None = None
+
+    def _norm(self) -> float:
+        top = self.norm if self.norm is not None else float(M.smooth(self.terms.sum(axis=0), self.sigma).max())
+        return top if top > 0 else np.inf
 
     def maps(self) -> np.ndarray:
         """The ``k x H x W`` part each neuron adds (``base + maps().sum(0)`` is the rule's map)."""
-        return np.stack([self.scale * self.post * M.smooth(t, self.sigma) for t in self.terms]).astype(np.float32)
+        return np.stack([self.post * M.smooth(t, self.sigma) / self._norm() for t in self.terms]).astype(np.float32)
 
-    def box_masses(self, box) -> tuple[float, np.ndarray]:
-        """``(base's mass, each part's mass)`` inside ``box``. One smoothing whatever k: the
-        Gaussian (zero outside the image) is symmetric, so the mass of ``post * smooth(t)`` in
-        the box is the sum of ``t * smooth(post * box)``."""
+    def box_masses(self, box, mass: float | None = None) -> tuple[float, np.ndarray]:
+        """``(base's mass, each part's mass)`` inside ``box``, with one smoothing whatever k: the
+        Gaussian (zero outside the image) is symmetric, so the mass of ``post * smooth(t)`` in the
+        box is the sum of ``t * smooth(post * box)``. ``mass``, the rule's map's own mass in the
+        box, spares computing ``norm``: the parts then share ``mass - base's mass``."""
         x0, y0, x1, y1 = box
         window = np.zeros(self.base.shape, dtype=np.float32)
         window[y0:y1, x0:x1] = 1.0
         seen = M.smooth(window * self.post, self.sigma).astype(np.float64)
         base = float(self.base[y0:y1, x0:x1].sum(dtype=np.float64))
-        return base, self.scale * np.tensordot(self.terms.astype(np.float64), seen, axes=2)
+        raw = np.tensordot(self.terms.astype(np.float64), seen, axes=2)
+        if mass is None or self.norm is not None:
+            return base, raw / self._norm()
+        total = float(raw.sum())
+        return base, raw * (max(mass - base, 0.0) / total) if total > 0 else raw
 
 
-def _linear_parts(terms: np.ndarray, sigma: float, post=1.0, base=None, scale: float = 1.0) -> Parts:
-    """The parts of ``base + scale * post * normalize(smooth(terms.sum(0)))``."""
-    top = float(M.smooth(terms.sum(axis=0), sigma).max())
-    base = np.zeros(terms.shape[1:], dtype=np.float32) if base is None else base
-    return Parts(base, terms, post, scale / top if top > 0 else 0.0, sigma)
+def _linear_parts(terms: np.ndarray, sigma: float, post=1.0, base=None) -> Parts:
+    """The parts of ``base + post * normalize(smooth(terms.sum(0)))``."""
+    return Parts(np.zeros(terms.shape[1:], dtype=np.float32) if base is None else base, terms, post, sigma)
 
 
 def _cam_combine(maps: np.ndarray, sigma: float, class_map: np.ndarray) -> np.ndarray:
@@ -131,7 +139,7 @@ def _cam_combine_parts(maps: np.ndarray, sigma: float, class_map: np.ndarray) ->
     top = float(inner.max())
     inner = inner / top if top > 0 else inner
     outer = float((inner + class_map).max()) or 1.0
-    return Parts(class_map / outer, terms, 1.0, 1.0 / (top * outer) if top > 0 else 0.0, sigma)
+    return Parts(class_map / outer, terms, 1.0, sigma, top * outer)
 
 
 def _refine_parts(maps, *, sigma, class_map, **_) -> Parts:
@@ -203,7 +211,7 @@ def weighted(maps, *, sigma, scores, **_):
 def _union_parts(maps, *, blob_percentile, **_) -> Parts:
     # not smoothed; a pixel inside several blobs is shared equally among them
     blobs = np.stack([M.blob_mask(m, blob_percentile) for m in maps]).astype(np.float32)
-    return Parts(np.zeros(maps.shape[1:], dtype=np.float32), blobs / np.maximum(blobs.sum(axis=0), 1.0), 1.0, 1.0, 0.0)
+    return Parts(np.zeros(maps.shape[1:], dtype=np.float32), blobs / np.maximum(blobs.sum(axis=0), 1.0), 1.0, 0.0, 1.0)
 
 
 @register_rule("union", parts=_union_parts)
@@ -257,7 +265,7 @@ def combine_parts(
         return None
     if maps.shape[0] == 0:
         base = cam if cam is not None else np.zeros(maps.shape[-2:], dtype=np.float32)
-        return Parts(base, maps, 1.0, 0.0, s)
+        return Parts(base, maps, 1.0, s, 1.0)
     return r.parts(maps, sigma=s, scores=scores, class_map=cam, blob_percentile=blob_percentile)
 
 
@@ -297,7 +305,8 @@ def neuron_shares(explanation: Explanation) -> dict[str, Any] | None:
                           sigma=e.params.get("sigma"), class_map=e.class_map)
     if split is None:
         return None
-    base, drawn = split.box_masses(e.box)
+    x0, y0, x1, y1 = e.box
+    base, drawn = split.box_masses(e.box, float(e.saliency[y0:y1, x0:x1].sum(dtype=np.float64)))
     total = base + float(drawn.sum())
     if total <= 0:
         return None
