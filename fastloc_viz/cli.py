@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
-    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, or a CSV (image,label)")
+    b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, a CSV "
+                   "(image,label) or one image file")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
     b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
@@ -139,23 +140,35 @@ def _image_arg(text: str):
     return Path(text)
 
 
-def _image_args(texts: Sequence[str]) -> list[tuple[str, object]]:
-    """``(name, image)`` for every argument; a folder gives each image file under it."""
-    from .collection.boxes import IMAGE_EXTENSIONS, _image_files
+def _image_args(texts: Sequence[str]) -> list[tuple[str, object, bool]]:
+    """``(name, image, from a folder)`` for every argument; a folder gives each image file
+    under it (the one folder walker, :func:`fastloc_viz.imaging.sources.image_files`)."""
+    from .imaging.sources import image_files, no_images
 
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, object, bool]] = []
     for text in texts:
         path = Path(text)
         if not text.startswith("sample:") and path.is_dir():
-            files = _image_files(path)
+            files = image_files(path)
             if not files:
-                raise IsADirectoryError(
-                    f"{text!r} is a directory with no image files under it ({', '.join(sorted(IMAGE_EXTENSIONS)[:6])}, ...)"
-                )
-            out += [(str(f), f) for f in files]
+                raise IsADirectoryError(no_images(path))
+            out += [(str(f), f, True) for f in files]
         else:
-            out.append((text, _image_arg(text)))
+            out.append((text, _image_arg(text), False))
     return out
+
+
+def _read_arg(image, args, size):
+    """A file argument read with ``--page`` / ``--window`` / ``--stretch`` when given, else as
+    ``explain`` reads it; anything else as it is."""
+    from .imaging.batch import read_for_model
+    from .imaging.readers import parse_window, read_image
+
+    if not isinstance(image, Path):
+        return image
+    if args.page is not None or args.window or args.stretch:  # issue 14
+        return read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
+    return read_for_model(image, size)
 
 
 def _target_arg(text: str | None):
@@ -222,12 +235,18 @@ def _cmd_explain(args) -> int:
         check_writable(out)  # before the slow part
     images = _image_args(args.image)
     bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
-    pages = {}
-    for name, image in images:
-        if isinstance(image, Path) and (args.page is not None or args.window or args.stretch):  # issue 14
-            from .imaging.readers import parse_window, read_image
+    pages, skipped = {}, []
+    for name, image, listed in images:
+        try:
+            image = _read_arg(image, args, bundle.input_size)
+        except Exception as e:  # a file found in a folder that cannot be read: listed, the run goes on
+            if not listed:
+                raise
+            from .imaging.batch import unreadable_reason
 
-            image = read_image(image, page=args.page, window=parse_window(args.window), stretch=args.stretch or "linear")
+            skipped.append(name)
+            print(f"fastloc-viz: skipped {name}: {unreadable_reason(e)}", file=sys.stderr)
+            continue
         pages[name] = _run_all(
             bundle,
             image,
@@ -238,11 +257,13 @@ def _cmd_explain(args) -> int:
             k=args.k,
             threshold=args.threshold,
         )
+    if not pages:
+        raise ValueError(f"none of the {len(skipped)} image files could be read (see the reasons above)")
     if out is None and not args.json:
         out = Path(tempfile.mkdtemp(prefix="fastloc-")) / "report.html"
     report = None
     if out is not None:
-        title = f"fastloc_viz: {Path(images[0][0]).name}" if len(images) == 1 else f"fastloc_viz: {len(images)} images"
+        title = f"fastloc_viz: {Path(next(iter(pages))).name}" if len(pages) == 1 else f"fastloc_viz: {len(pages)} images"
         report = write_pages(out, pages, title=title, **_neuron_extras(bundle, pages, args.atlas))
     if args.json:
         docs = [_as_json(name, results, report) for name, results in pages.items()]
@@ -339,9 +360,13 @@ def _cmd_atlas(args) -> int:
         bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial"
     )
     path = atlas.save(out)
+    for d in atlas.skipped:
+        print(f"fastloc-viz: skipped {d['image']}: {d['reason']}", file=sys.stderr)
+    read = len(atlas.images) - len(atlas.skipped)
     print(
         f"atlas of {bundle.name} at {atlas.layer}: {atlas.channels} channels x top {atlas.top_n} over "
-        f"{len(atlas.images)} images in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
+        f"{read} images" + (f" ({len(atlas.skipped)} files skipped: cannot be read)" if atlas.skipped else "")
+        + f" in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
     )
     return 0
 
@@ -368,8 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .evaluation import boxfree as evaluate_boxfree
 
             return evaluate_boxfree.run(args)
-    except KeyboardInterrupt:
-        print("fastloc-viz: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a run that can resume says how (collection.boxes.Interrupted)
+        print(f"fastloc-viz: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
     except Exception as e:  # one readable line, no traceback, unless --debug
         if args.debug or os.environ.get("FASTLOC_DEBUG"):

@@ -84,7 +84,7 @@ def test_evaluate_box_free_caches_and_resumes(tiny_bundle, folder, tmp_path):
     assert any(abs(r["deletion_auc"] - curves["deletion"].auc) < 1e-9 for r in rows)
     summary = json_summary({"n": 3, "model": "tiny", "methods": full})
     for m in summary["methods"].values():
-        assert set(m) == {"deletion_auc", "insertion_auc", "sanity_similarity", "sanity_curve"}
+        assert set(m) == {"deletion_auc", "insertion_auc", "sanity_similarity", "sanity_curve", "sanity_constant"}
 
 
 def test_cli_json_on_a_folder(folder, monkeypatch, capsys, tiny_bundle):

@@ -235,3 +235,61 @@ def test_torchrun_two_ranks_merge_to_the_single_process_result(shared_data, tmp_
     for x, y in zip(a["annotations"], b["annotations"], strict=True):
         assert x["bbox"] == y["bbox"] and x["category_id"] == y["category_id"]
         assert x["score"] == pytest.approx(y["score"], abs=1e-5)
+
+
+# ------------------------------------------------------------------ one image path (issue 19)
+def test_a_mixed_folder_reaches_every_consumer_the_same_way(tmp_path, monkeypatch, capsys):
+    """evaluate (box-free, on a folder), boxes, atlas and explain FOLDER see the same files in
+    the same order, list the unreadable one with its reason and go on, and give the model the
+    pixels explain gives it (a 12-bit TIFF is windowed, not 94 % white: the same class)."""
+    import fastloc_viz as fv
+    from fastloc_viz import cli
+    from fastloc_viz.evaluation.boxfree import per_query
+    from fastloc_viz.imaging.batch import load_batch
+    from fastloc_viz.imaging.dataset import LocalizationDataset
+    from fastloc_viz.neurons.atlas import NeuronAtlas
+    from test_image_formats import MIXED_BROKEN, MIXED_READABLE, bright_bundle, mixed_folder
+
+    root = mixed_folder(tmp_path / "mixed")
+    bundle = bright_bundle()
+    listed = sorted(MIXED_READABLE + [MIXED_BROKEN], key=lambda n: n.split("/"))
+    ref = {f: fv.explain(bundle, root / f, method="gradcam") for f in MIXED_READABLE}
+    assert {e.target for e in ref.values()} == {0, 1}  # both classes among the references
+    with Image.open(root / "t12.tif") as im:  # what PIL's convert gave the model: nearly white
+        white = fv.explain(bundle, im.convert("RGB"), method="gradcam")
+    assert white.image.mean() > 0.9 and white.target != ref["t12.tif"].target  # the test can tell
+    data = LocalizationDataset(root, boxes=False)
+    q = next(q for q in data if q.image.name == "t12.tif")
+    seen = load_batch(data.read(q, bundle.input_size), bundle.input_size)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(seen, ref["t12.tif"].image)
+
+    s = run_boxes(root, tmp_path / "boxes.json", bundle, method="gradcam", batch_size=3, workers=0, progress=False)
+    doc = json.loads((tmp_path / "boxes.json").read_text())
+    assert [im["file_name"] for im in doc["images"]] == MIXED_READABLE and s["boxed"] == len(MIXED_READABLE)
+    assert [d["file"] for d in doc["skipped"]] == [MIXED_BROKEN] and "is not an image file" in doc["skipped"][0]["reason"]
+    names = {im["id"]: im["file_name"] for im in doc["images"]}
+    assert {names[a["image_id"]]: a["category_id"] for a in doc["annotations"]} == {f: e.target for f, e in ref.items()}
+
+    atlas = NeuronAtlas.build(bundle, root, "features", top=3, batch_size=3, progress=False)
+    assert atlas.images == listed
+    assert [d["image"] for d in atlas.skipped] == [MIXED_BROKEN] and "is not an image file" in atlas.skipped[0]["reason"]
+    assert {u.image for c in range(atlas.channels) for u in atlas.top(c)} <= set(MIXED_READABLE)
+
+    monkeypatch.setattr(fv, "load_model", lambda *a, **k: bundle)
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(root), "--metrics", "faithfulness", "--methods", "gradcam", "--steps", "4",
+                     "--out", str(out), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n"] == len(MIXED_READABLE) and summary["methods"]["gradcam"]["deletion_auc"] >= 0
+    assert [(d["row"], d["image"]) for d in summary["skipped"]] == [(listed.index(MIXED_BROKEN), MIXED_BROKEN)]
+    rows = per_query(out / "cache", "faithfulness")["gradcam"]
+    assert [rows[r]["image"] for r in sorted(rows)] == MIXED_READABLE
+    assert {d["image"]: d["target"] for d in rows.values()} == {f: e.target for f, e in ref.items()}
+    assert MIXED_BROKEN in (out / "results.md").read_text()
+
+    assert cli.main(["explain", str(root), "--method", "gradcam", "--no-baselines", "--json"]) == 0
+    captured = capsys.readouterr()
+    docs = json.loads(captured.out)
+    assert [Path(d["image"]).relative_to(root).as_posix() for d in docs] == MIXED_READABLE
+    assert [d["target"]["index"] for d in docs] == [ref[f].target for f in MIXED_READABLE]
+    assert f"skipped {root / MIXED_BROKEN}: ValueError" in captured.err

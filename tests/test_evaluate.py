@@ -185,7 +185,7 @@ def test_outputs_are_written(stub_data, tmp_path):
     assert "| `gradcam` | - | 0.750 | 0.750 | 0.750 | 0.01 | 0.750 | 0.750 | 0.500 | 1.000 | 0.750 |" in (
         paths[1].read_text()
     )
-    assert set(ev.json_summary(r)) == {"n", "model", "methods"}
+    assert set(ev.json_summary(r)) == {"n", "model", "methods", "skipped"}
 
 
 # ------------------------------------------------------------------ the real model

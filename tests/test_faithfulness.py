@@ -150,7 +150,7 @@ def test_map_similarity_identity_and_constant():
     a = rng.random((32, 32))
     s = map_similarity(a, a)
     assert s["spearman"] == pytest.approx(1) and s["ssim"] == pytest.approx(1) and s["hog"] == pytest.approx(1)
-    assert map_similarity(a, np.zeros_like(a))["spearman"] == 0.0
+    assert np.isnan(map_similarity(a, np.zeros_like(a))["spearman"])  # no ranks: undefined, not 0
     assert map_similarity(a, 1 - a)["spearman"] == pytest.approx(-1)
 
 
@@ -195,4 +195,8 @@ def test_guided_backprop_survives_randomization_gradcam_does_not(lite0, shared_d
         out = sanity_check(lite0, q.load_image(), methods=list(sims), target=q.label, depths=[])
         for m in sims:
             sims[m].append(out[m].similarity)
-    assert np.mean(sims["guided_backprop"]) > np.mean(sims["gradcam"]) + 0.1, sims
+    guided, gradcam = np.array(sims["guided_backprop"]), np.array(sims["gradcam"])
+    assert np.isfinite(guided).all(), sims
+    # Grad-CAM's map of a fully random model is often constant (NaN: no rank correlation)
+    rest = gradcam[np.isfinite(gradcam)]
+    assert guided.mean() > (rest.mean() if rest.size else 0.0) + 0.1, sims

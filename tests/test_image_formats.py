@@ -435,3 +435,131 @@ def test_over_the_decode_limit_names_mode_and_size(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "MAX_DECODE_BYTES", 10_000_000)
     with pytest.raises(ValueError, match=r"3000 x 2000 pixels: decoding it needs .*mode I;16"):
         fv.read_image(path)
+
+
+# --- FITS BZERO / BSCALE / BLANK (issue 19) ---------------------------------------------------
+
+
+def _fits_scaled(path: Path, compressed: bool = False) -> np.ndarray:
+    """A 40 x 50 int16 FITS image with BSCALE 0.5, BZERO 100 and BLANK -32768 on 3 pixels
+    (compressed: a tile-compressed HDU after an empty primary HDU); returns the physical
+    values (NaN at the BLANK pixels), rows as stored."""
+    from astropy.io import fits
+
+    raw = (_ramp(50, 40, 3000) - 1000).astype(np.int16)
+    raw[5, 7] = raw[20, 30] = raw[39, 0] = -32768
+    hdu = fits.CompImageHDU(raw) if compressed else fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"], hdu.header["BZERO"], hdu.header["BLANK"] = 0.5, 100.0, -32768
+    (fits.HDUList([fits.PrimaryHDU(), hdu]) if compressed else fits.HDUList([hdu])).writeto(path)
+    physical = raw * 0.5 + 100.0
+    physical[raw == -32768] = np.nan
+    return physical
+
+
+def _fits_unsigned(path: Path) -> np.ndarray:
+    """Unsigned 16-bit data as cameras store it: int16 with BZERO 32768 (astropy's own way)."""
+    from astropy.io import fits
+
+    values = _ramp(50, 40, 60000).astype(np.uint16)
+    fits.PrimaryHDU(values).writeto(path)
+    assert fits.getheader(path)["BZERO"] == 32768
+    return values.astype(np.float64)
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["image", "compressed"])
+def test_fits_bzero_bscale_blank_are_applied(compressed, tmp_path, bundle):
+    pytest.importorskip("astropy")
+    physical = _fits_scaled(tmp_path / "s.fits", compressed)
+    im = fv.read_image(tmp_path / "s.fits", window="minmax")
+    finite = physical[np.isfinite(physical)]
+    assert im.info.window == pytest.approx((finite.min(), finite.max())) == (-400.0, 1100.0)
+    assert im.info.masked == 3 and "BLANK -32768: 3 pixel(s) masked" in im.info.rule
+    expect = np.clip((physical - finite.min()) / (finite.max() - finite.min()), 0, 1)[::-1]
+    expect[~np.isfinite(expect)] = 0  # BLANK: masked like NaN, shown as 0
+    np.testing.assert_allclose(im.pixels[..., 0], expect, atol=1e-6)
+    given = fv.read_image(tmp_path / "s.fits", window=(100.0, 300.0))  # windows in physical units
+    np.testing.assert_allclose(given.pixels[..., 0], np.nan_to_num(np.clip((physical - 100) / 200, 0, 1))[::-1],
+                               atol=1e-6)
+    e = fv.explain(bundle, tmp_path / "s.fits", k=2)
+    assert e.params["image"]["format"] == "FITS" and e.params["image"]["masked"] == 3
+
+    values = _fits_unsigned(tmp_path / "u.fits")
+    u = fv.read_image(tmp_path / "u.fits", window="minmax")
+    assert u.info.window == (0.0, 60000.0) and u.info.masked == 0
+    np.testing.assert_allclose(u.pixels[..., 0], (values / 60000)[::-1], atol=1e-6)
+
+
+# --- a mixed-format folder, for every consumer (issue 19) -------------------------------------
+
+
+class Bright(nn.Module):
+    """Class "bright" when the mean brightness is over 0.6, else "dark"; both maps are
+    non-zero on ordinary images (channel 0 is the brightness, channel 1 the darkness)."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU())
+        self.fc = nn.Linear(2, 2)
+        with torch.no_grad():
+            self.features[0].weight.copy_(torch.tensor([[1 / 3] * 3, [-1 / 3] * 3]).view(2, 3, 1, 1))
+            self.features[0].bias.copy_(torch.tensor([0.0, 1.0]))
+            self.fc.weight.copy_(torch.eye(2) * 10)
+            self.fc.bias.copy_(torch.tensor([0.0, 2.0]))
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def bright_bundle():
+    return fv.load_model(Bright().eval(), class_names=["bright", "dark"], input_size=16, layer="features",
+                         mean=(0, 0, 0), std=(1, 1, 1))
+
+
+def _blob(w: int, h: int, top: float, seed: int = 0) -> np.ndarray:
+    """A ramp with a bright disc and noise, ``0..top``: structure to see on a card."""
+    y, x = np.mgrid[0:h, 0:w]
+    disc = ((x - w * 0.6) ** 2 + (y - h * 0.4) ** 2) < (min(w, h) * 0.25) ** 2
+    v = 0.5 * x / (w - 1) + 0.5 * disc + 0.05 * np.random.default_rng(seed).random((h, w))
+    return v / v.max() * top
+
+
+MIXED_READABLE = ["a.jpg", "b.png", "comp.fits", "scan.dcm", "sky.fits", "sub/c.jpg", "t12.tif", "t16.tif"]
+MIXED_BROKEN = "broken.jpg"
+
+
+def mixed_folder(root: Path) -> Path:
+    """JPEG, PNG, 16-bit and 12-bit TIFF, DICOM, FITS with BZERO / BSCALE / BLANK, a
+    compressed FITS HDU, a hidden ``._x.jpg`` and a hidden folder (both valid images: left
+    out by the walker, not by a failure), a non-image suffix, and a file that cannot be read.
+    The readable files are :data:`MIXED_READABLE` (sorted), the broken one :data:`MIXED_BROKEN`."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("astropy")
+    (root / "sub").mkdir(parents=True)
+    (root / ".cache").mkdir()
+    rgb = (np.stack([_blob(40, 30, 255, s) for s in range(3)], axis=-1)).astype(np.uint8)
+    Image.fromarray(rgb).save(root / "a.jpg")
+    Image.fromarray(255 - rgb[::-1]).save(root / "b.png")  # a bright one
+    Image.fromarray(rgb[:, ::-1]).save(root / "sub" / "c.jpg")
+    Image.fromarray(rgb).save(root / "._x.jpg")
+    Image.fromarray(rgb).save(root / ".cache" / "d.png")
+    tifffile.imwrite(root / "t16.tif", _blob(48, 32, 65535).astype(np.uint16), photometric="minisblack")
+    tifffile.imwrite(root / "t12.tif", _blob(48, 32, 4095, 1).astype(np.uint16), photometric="minisblack")
+    import shutil
+
+    shutil.copy(_dicom("CT_small.dcm"), root / "scan.dcm")
+    _fits_scaled(root / "sky.fits")
+    _fits_scaled(root / "comp.fits", compressed=True)
+    (root / MIXED_BROKEN).write_text("not an image at all\n")
+    (root / "notes.txt").write_text("not an image suffix: not listed\n")
+    return root
+
+
+def test_the_walker_lists_the_mixed_folder_once_in_order(tmp_path):
+    from fastloc_viz.imaging.dataset import LocalizationDataset
+    from fastloc_viz.imaging.sources import image_files, sources
+
+    root = mixed_folder(tmp_path / "mixed")
+    expect = sorted(MIXED_READABLE + [MIXED_BROKEN], key=lambda n: n.split("/"))
+    assert [p.relative_to(root).as_posix() for p in image_files(root)] == expect
+    assert sources(root).names == expect
+    assert [q.image.relative_to(root.resolve()).as_posix() for q in LocalizationDataset(root, boxes=False)] == expect

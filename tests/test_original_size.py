@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastloc_viz.core.raster import to_uint8
 from fastloc_viz.core.results import box_to_original
 from fastloc_viz.evaluation.metrics import iou
 
@@ -64,7 +65,7 @@ def test_non_square_photos_map_back_onto_their_ground_truth(lite0, shared_data, 
     assert len(rows) == 8
     paths, gts = [], []
     for q in rows:
-        photo = q.load_image().resize((q.orig_width, q.orig_height), Image.BICUBIC)
+        photo = Image.fromarray(to_uint8(q.load_image().pixels)).resize((q.orig_width, q.orig_height), Image.BICUBIC)
         path = tmp_path / f"{q.image.stem}.png"
         photo.save(path)
         paths.append(path)

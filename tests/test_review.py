@@ -103,3 +103,43 @@ def test_box_review_gallery_decides_and_a_new_gallery_finds_the_decisions(tmp_pa
     assert again.store["a.jpg"].final_box[0] == 10 + round(10 / g._edit_scale)
     doc = json.loads(again.export(tmp_path / "acc.json").read_text())
     assert [im["file_name"] for im in doc["images"]] == ["a.jpg"]
+
+
+def test_box_review_opened_from_another_folder_shows_every_scan(tmp_path, monkeypatch):
+    """A boxes run with relative paths, reviewed from another working directory: every card
+    is the photo, read by the one reader (DICOM, FITS, a compressed FITS HDU and a 12-bit
+    TIFF windowed: neither the grey 'cannot read' card nor white), at its own aspect."""
+    import csv
+    import os
+
+    import numpy as np
+
+    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.widgets import BoxReview
+    from test_image_formats import MIXED_BROKEN, MIXED_READABLE, bright_bundle, mixed_folder
+
+    work = tmp_path / "work"
+    mixed_folder(work / "mixed")
+    monkeypatch.chdir(work)
+    run_boxes("mixed", "out/boxes.json", bright_bundle(), method="gradcam", workers=0, progress=False)
+    monkeypatch.chdir(tmp_path / "work" / "mixed" / "sub")  # anywhere else
+    g = BoxReview(os.path.relpath(work / "out" / "boxes.json"), page_size=20, thumb=96)
+    cards = {p.file: Image.open(io.BytesIO(c.children[0].value)).convert("L") for p, c in zip(g.current, g.cards)}
+    assert sorted(cards) == MIXED_READABLE and [s["file"] for s in g.store.skipped] == [MIXED_BROKEN]
+    for f, card in cards.items():
+        a = np.asarray(card, dtype=np.float64)
+        p = g.store[f]
+        assert max(card.size) == 96 and abs(card.size[0] / card.size[1] - p.width / p.height) < 0.05, (f, card.size)
+        assert a.std() > 20 and (a > 250).mean() < 0.5 and (np.abs(a - 200) < 2).mean() < 0.5, f
+    assert "cannot be read" not in "".join(c.children[1].value for c in g.cards)
+    big = Image.open(io.BytesIO(g.cards[[p.file for p in g.current].index("comp.fits")].children[0].value))
+    assert big.size == (96, 77)  # the compressed HDU's 50 x 40 image, not its table
+    g.edit("t12.tif")  # the editor reads the same way
+    shown = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(g.bbox_widget.image.split(",", 1)[1])))
+                       .convert("L"), dtype=np.float64)
+    assert shown.shape == (341, 512) and shown.std() > 20 and (shown > 250).mean() < 0.5
+    g.accept("scan.dcm")
+    assert json.loads((work / "out" / "boxes.review.json").read_text())["boxes"] == str(work / "out" / "boxes.json")
+    with open(work / "out" / "boxes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["file"]: r["path"] for r in rows} == {n: str(work / "mixed" / n) for n in MIXED_READABLE + [MIXED_BROKEN]}

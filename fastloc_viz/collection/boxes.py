@@ -2,15 +2,17 @@
 
 Sources (:func:`collect_items`):
 
-* a folder of images, searched recursively (files whose extension is an image format's,
-  :data:`IMAGE_EXTENSIONS`; hidden files and folders are left out): the target is the top-1
-  class;
+* a folder of images, searched recursively by the one folder walker
+  (:func:`fastloc_viz.imaging.sources.image_files`: the suffixes of
+  :data:`~fastloc_viz.imaging.sources.IMAGE_SUFFIXES`, hidden files and folders left out,
+  sorted by path): the target is the top-1 class;
 * an ImageFolder tree: every sub-folder of SOURCE is named by a class (a name, words or an
   index the model's class lookup resolves, :mod:`fastloc_viz.model.classes`) and gives the target of
   the images under it (``--layout imagefolder``; ``auto`` takes a folder as one when every
   sub-folder resolves and no image lies at its top);
 * a CSV in the ``evaluate`` format: ``image`` (relative to the CSV's folder) and ``label``
-  columns; other columns (``boxes`` ...) are ignored here.
+  columns; other columns (``boxes`` ...) are ignored here;
+* one image file (a suffix of ``IMAGE_SUFFIXES``): that image, its top-1 class.
 
 How it runs (:func:`run_boxes`): a ``torch.utils.data.DataLoader`` with worker processes
 decodes each image to the model's grid (keeping the photo's own size) while the model works;
@@ -18,9 +20,17 @@ decodes each image to the model's grid (keeping the photo's own size) while the 
 ``FILE.parts/rank-<r>.jsonl`` (flushed at once), so a killed run loses at most the batch in
 flight; a rerun reads every part, skips the images done, and never writes one twice. The
 output (COCO JSON in FILE, and a CSV beside it, :mod:`fastloc_viz.collection.coco`) is replaced
-atomically at checkpoints and at the end. Under ``torchrun`` each rank takes every
-``world_size``-th image; rank 0 merges the parts. A file that cannot be used (corrupt, not an
-image, unreadable, too small) becomes a ``skipped`` row with its reason; the run goes on.
+atomically after the first batch, at checkpoints, at the end, and when the run is interrupted
+(Ctrl-C: :class:`Interrupted` says how to resume). Under ``torchrun`` each rank takes every
+``world_size``-th image; rank 0 merges the parts. Images are read by
+:func:`fastloc_viz.imaging.batch.try_read`, exactly as ``explain`` reads a file; a file that
+cannot be used (corrupt, not an image, unreadable, too small) becomes a ``skipped`` row with
+its reason; the run goes on.
+
+Paths: each row's ``file`` is relative to the source's folder (the CSV's folder for a CSV);
+that folder is recorded, absolute, as ``info.root`` in FILE (``info.source``: the source,
+absolute), and the CSV's ``path`` column holds each file's absolute path, so the outputs
+resolve from any working directory.
 
 ``FILE.lock`` (the process id, the host and the start time) refuses a second run on the same
 output; a lock whose process no longer runs on this host is stale and taken over with a
@@ -52,18 +62,19 @@ from ..core.files import (
     write_text_atomic,
 )
 from ..core.parallel import Dist, barrier, init_distributed, machine_info
+from ..imaging.sources import IMAGE_SUFFIXES, image_files, no_images
 from .coco import coco_document, csv_text, mask_rle, unique_rows
 
 log = logging.getLogger("fastloc_viz")
 
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .dcm .dicom .fits .fit .fts .fz "
-    ".jp2 .j2k .tga .ico".split()
-)
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
 ROW_FORMAT = 2
 """The rows' format, kept in the run's ``spec.json``: 2 adds each box's ``score`` and ``kind``, so
 parts written before cannot be resumed into a run that needs them."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the images done are kept, and the message says how to resume."""
 
 
 @dataclass(frozen=True)
@@ -82,18 +93,9 @@ class Item:
 
 
 # ------------------------------------------------------------------------------ sources
-def _image_files(root: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                out.append(Path(dirpath) / name)
-    return out
-
-
 def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") -> tuple[list[Item], str]:
-    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``).
+    """The images of ``source`` and the layout used (``"folder"``, ``"imagefolder"``, ``"csv"``,
+    or ``"file"`` for one image file); each item's ``path`` is absolute.
 
     Raises:
         FileNotFoundError: no such source; ValueError: a CSV without ``image`` / ``label``, an
@@ -104,29 +106,37 @@ def collect_items(source: str | os.PathLike, bundle: Any, layout: str = "auto") 
     src = Path(source).expanduser()
     if not src.exists():
         raise FileNotFoundError(f"source {str(src)!r} does not exist (give a folder of images or a CSV)")
-    if src.is_file() or layout == "csv":
-        items = _csv_items(src, bundle)
-        used = "csv"
+    src = src.resolve()
+    if src.is_file() and layout != "csv" and src.suffix.lower() in IMAGE_SUFFIXES:
+        items, used = [Item(0, src.name, str(src), None)], "file"
+    elif src.is_file() or layout == "csv":
+        items, used = _csv_items(src, bundle), "csv"
     else:
+        files = image_files(src)
         subdirs = sorted(d for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
-        top_images = [p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
         used = layout
         if layout == "auto":
-            used = "imagefolder" if subdirs and not top_images and all(_folder_class(bundle, d.name) is not None
-                                                                       for d in subdirs) else "folder"
+            used = "imagefolder" if subdirs and all(p.parent != src for p in files) and all(
+                _folder_class(bundle, d.name) is not None for d in subdirs) else "folder"
+        labels: list[int | None] = [None] * len(files)
         if used == "imagefolder":
-            items = []
-            for d in subdirs:
-                label = _folder_class(bundle, d.name)
-                if label is None:
-                    raise ValueError(f"ImageFolder sub-folder {d.name!r} names no class of the model")
-                items += [(p, label) for p in _image_files(d)]
-            items = [Item(i, p.relative_to(src).as_posix(), str(p), lab) for i, (p, lab) in enumerate(items)]
-        else:
-            items = [Item(i, p.relative_to(src).as_posix(), str(p), None) for i, p in enumerate(_image_files(src))]
+            classes = {d.name: _folder_class(bundle, d.name) for d in subdirs}
+            bad = next((n for n, c in classes.items() if c is None), None)
+            if bad is not None:
+                raise ValueError(f"ImageFolder sub-folder {bad!r} names no class of the model")
+            files = [p for p in files if p.parent != src]
+            labels = [classes[p.relative_to(src).parts[0]] for p in files]
+        items = [Item(i, p.relative_to(src).as_posix(), str(p), lab) for i, (p, lab) in enumerate(zip(files, labels))]
     if not items:
-        raise ValueError(f"no images found in {str(src)!r} (looked for {', '.join(sorted(IMAGE_EXTENSIONS)[:8])}, ...)")
+        raise ValueError(f"no images found in {str(src)!r}" if used == "csv" else no_images(src))
     return items, used
+
+
+def source_root(source: str | os.PathLike) -> Path:
+    """The absolute folder a source's ``file`` names are relative to: the folder itself, or
+    a CSV's folder."""
+    src = Path(source).expanduser().resolve()
+    return src.parent if src.is_file() else src
 
 
 def _folder_class(bundle: Any, name: str) -> int | None:
@@ -140,7 +150,14 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
     root = path.parent
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if not {"image", "label"} <= set(reader.fieldnames or ()):
+        try:
+            fields = set(reader.fieldnames or ())
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{str(path)!r} is not a text CSV, nor an image file with a known suffix "
+                f"({', '.join(sorted(IMAGE_SUFFIXES)[:8])}, ...); give an image, a folder or a CSV"
+            ) from None
+        if not {"image", "label"} <= fields:
             raise ValueError(f"{str(path)!r} needs the columns 'image' and 'label' (the evaluate format)")
         items = []
         for i, rec in enumerate(reader):
@@ -164,15 +181,15 @@ class _Decoded:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from ..imaging.batch import load_batch_sizes
+        from ..imaging.batch import load_batch_sizes, try_read
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                t, _, sizes = load_batch_sizes(Path(self.items[i].path), self.size, self.interpolation)
-            return i, t[0], sizes[0], ""
-        except Exception as e:  # noqa: BLE001 - any bad file becomes a skipped row
-            return i, None, None, f"{type(e).__name__}: {' '.join(str(e).split())}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image, reason = try_read(self.items[i].path, self.size)
+            if image is None:
+                return i, None, None, reason
+            t, _, sizes = load_batch_sizes(image, self.size, self.interpolation)
+        return i, t[0], sizes[0], ""
 
 
 def _collate(batch):
@@ -244,15 +261,34 @@ def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, mas
             "source": str(source.resolve()), "masks": masks}
 
 
+_UNSET = object()
+
+
+def _spec_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["threshold: 0.3 before, 0.5 now", ...]``: every setting (the method's parameters one
+    by one) that differs; a parameter not given reads "the default"."""
+    def text(v: Any) -> str:
+        return "the default" if v is _UNSET else repr(v)
+
+    out = []
+    for k in sorted(set(old) | set(new), key=str):
+        a, b = old.get(k, _UNSET), new.get(k, _UNSET)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _spec_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{f'{prefix}{k}'.removeprefix('params.')}: {text(a)} before, {text(b)} now")
+    return out
+
+
 def _check_spec(parts: Path, spec: dict) -> None:
     path = parts / "spec.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(spec, default=str)):
-            diff = sorted(k for k in set(old) | set(spec) if old.get(k) != json.loads(json.dumps(spec, default=str)).get(k))
+        new = json.loads(json.dumps(spec, default=str))
+        if old != new:
             raise ValueError(
-                f"{str(parts)!r} holds a run with other settings ({', '.join(diff)} differ); rerun with the same "
-                "settings to resume, or pass --restart to start over"
+                f"{str(parts)!r} holds a run with other settings ({'; '.join(_spec_differences(old, new))}); "
+                "rerun with the same settings to resume, or pass --restart to start over"
             )
     else:
         write_text_atomic(path, json.dumps(spec, indent=1, default=str), what="run settings")
@@ -315,10 +351,7 @@ def run_boxes(
 
     ``params`` go to :func:`fastloc_viz.explain` (``threshold``, ``k``, ``layer`` ...).
     """
-    import torch
-
     from ..methods import get_method
-    from ..methods.explain import explain
 
     dist = dist or init_distributed()
     m = get_method(method)
@@ -326,8 +359,34 @@ def run_boxes(
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out {str(out)!r} must be a .json file (COCO); the CSV is written beside it")
     check_writable(out, "the boxes")
-    csv_out = out.with_suffix(".csv")
-    parts = out.with_name(out.name + ".parts")
+    lock = _lock(out, dist)
+    t_start = time.perf_counter()
+    try:
+        items, used = collect_items(source, bundle, layout)
+        # a bad parameter fails before any work (the probe layer is explain's, not the method's)
+        m.make_params({k: v for k, v in params.items() if k != "layer"})
+        run = _Run(out, bundle, method, masks, _spec(bundle, method, params, used, Path(source).expanduser(), masks), items)
+        run.prepare(restart, dist)
+        new, steady = _localize(run, params, batch_size, workers, checkpoint_s, progress, dist)
+        barrier()
+        if not dist.is_main:
+            return {"rank": dist.rank, "new_this_run": new}
+        run.write_outputs()
+        elapsed = time.perf_counter() - t_start
+        rows = unique_rows(_read_parts(run.parts))
+        return {"out": str(out), "csv": str(run.csv_out), "parts": str(run.parts), "images": len(items),
+                "boxed": sum(r["status"] == "ok" for r in rows),
+                "kinds": {k: sum(r.get("kind") == k for r in rows if r["status"] == "ok") for k in M.BOX_KINDS},
+                "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
+                "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
+                "steady_images_per_s": steady, "machine": machine_info(bundle.device), "world_size": dist.world_size}
+    finally:
+        if dist.is_main:
+            lock.release()
+
+
+def _lock(out: Path, dist: Dist) -> OutputLock:
+    """``out``'s lock, taken by rank 0; every rank raises when it is held by another run."""
     lock = OutputLock(out)
     ok = 1
     if dist.is_main:
@@ -337,106 +396,122 @@ def run_boxes(
             ok = 0
             if dist.world_size == 1:
                 raise
-    ok = _all_min(ok, dist)
-    if not ok:
+    if not _all_min(ok, dist):
         raise RuntimeError(f"another fastloc-viz boxes run is writing {str(out)!r} (see {str(lock.path)!r})")
-    t_start = time.perf_counter()
-    try:
-        items, used = collect_items(source, bundle, layout)
-        m.make_params(dict(params))  # a bad parameter fails before any work
-        spec = _spec(bundle, method, params, used, Path(source), masks)
+    return lock
+
+
+class _Run:
+    """One run's outputs, parts and images: what the loop and the checkpoints share."""
+
+    def __init__(self, out: Path, bundle: Any, method: str, masks: bool, spec: dict, items: list[Item]) -> None:
+        self.out, self.csv_out, self.parts = out, out.with_suffix(".csv"), out.with_name(out.name + ".parts")
+        self.bundle, self.method, self.masks, self.spec, self.items = bundle, method, masks, spec, items
+        source = Path(spec["source"])
+        self.root = source_root(source)
+        self.info = {"description": f"fastloc-viz boxes: {method} on {source.name}", "model": bundle.name,
+                     "method": method, "params": spec["params"], "layout": spec["layout"], "source": str(source),
+                     "root": str(self.root), "date_created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                     "category_ids": "the model's class indices (0-based)",
+                     "score": "the share of the map's mass inside the box (core.maps.box_score); probability: the "
+                              "target's probability; kind: object, whole or diffuse (core.maps.box_kind)"}
+        self.done: set[str] = set()
+        self.mine: list[Item] = []
+
+    def prepare(self, restart: bool, dist: Dist) -> None:
+        """The parts folder (emptied with ``restart``; its settings checked), then this rank's
+        images still to do."""
         if dist.is_main:
-            if restart and parts.exists():
-                for p in parts.iterdir():
+            if restart and self.parts.exists():
+                for p in self.parts.iterdir():
                     p.unlink()
-            make_dir(parts, "the run's parts folder")
-            _check_spec(parts, spec)
+            make_dir(self.parts, "the run's parts folder")
+            _check_spec(self.parts, self.spec)
         barrier()
-        done = {r["key"] for r in _read_parts(parts)}
-        mine = [it for it in items if it.index % dist.world_size == dist.rank and it.key not in done]
-        info = {"description": f"fastloc-viz boxes: {method} on {Path(source).name}", "model": bundle.name,
-                "method": method, "params": spec["params"], "layout": used, "source": str(source),
-                "date_created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "category_ids": "the model's class indices (0-based)",
-                "score": "the share of the map's mass inside the box (core.maps.box_score); "
-                         "probability: the target's probability; kind: object, whole or diffuse (core.maps.box_kind)"}
+        self.done = {r["key"] for r in _read_parts(self.parts)}
+        self.mine = [it for it in self.items if it.index % dist.world_size == dist.rank and it.key not in self.done]
 
-        def write_outputs() -> None:
-            rows = unique_rows(_read_parts(parts))
-            first = next((r for r in rows if r["status"] == "ok"), None)
-            if first is not None:  # the method's full parameters, defaults included
-                info["params"] = first["params"]
-            write_text_atomic(out, json.dumps(coco_document(rows, bundle.class_names, info)), what="the boxes")
-            write_text_atomic(csv_out, csv_text(rows), what="the boxes CSV")
+    def write_outputs(self) -> None:
+        """FILE and its CSV from every part so far, atomically."""
+        rows = unique_rows(_read_parts(self.parts))
+        first = next((r for r in rows if r["status"] == "ok"), None)
+        if first is not None:  # the method's full parameters, defaults included
+            self.info["params"] = first["params"]
+        doc = coco_document(rows, self.bundle.class_names, self.info)
+        write_text_atomic(self.out, json.dumps(doc), what="the boxes")
+        write_text_atomic(self.csv_out, csv_text(rows, self.root), what="the boxes CSV")
 
-        loader = torch.utils.data.DataLoader(
-            _Decoded(mine, bundle.input_size, bundle.interpolation), batch_size=batch_size, shuffle=False, num_workers=workers,
-            collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers else None)
-        bar = None
-        if progress and dist.is_main:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(items), initial=len(done), unit="img", desc=f"boxes {method}",
-                       dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-        part = open_json_lines(parts / f"rank-{dist.rank}.jsonl")
-        delay = float(os.environ.get("FASTLOC_BOXES_DELAY", "0") or 0)  # tests: slow a run down to kill it
-        last = time.monotonic()
-        new, first_batch = 0, None  # steady rate: from the end of the first batch (workers up, model warm)
-        try:
-            for batch in loader:
-                lines = []
-                good = [(mine[i], t, s) for i, t, s, reason in batch if t is not None]
-                for i, t, s, reason in batch:
-                    if t is None:
-                        lines.append({"key": mine[i].key, "index": mine[i].index, "file": mine[i].file,
-                                      "status": "skipped", "reason": reason})
-                if good:
-                    x = torch.stack([t for _, t, _ in good])
-                    targets = [it.label for it, _, _ in good]
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        results = explain(bundle, x, method=method, target=targets, batch_size=len(good),
-                                          progress=False, **params)
-                    for (it, _, s), e in zip(good, results):
-                        lines.append(_row(it, e.replace(original_size=tuple(s)), masks))
-                lines.sort(key=lambda r: r["index"])
-                part.write("".join(json.dumps(r) + "\n" for r in lines))
-                part.flush()
-                os.fsync(part.fileno())
-                new += len(lines)
-                if first_batch is None:
-                    first_batch = (time.perf_counter(), new)
-                if bar is not None:
-                    bar.update(len(lines) * dist.world_size)
-                if delay:
-                    time.sleep(delay)
-                if dist.is_main and time.monotonic() - last > checkpoint_s:
-                    write_outputs()
-                    last = time.monotonic()
-        finally:
-            part.close()
+def _localize(run: _Run, params: dict, batch_size: int, workers: int, checkpoint_s: float, progress: bool,
+              dist: Dist) -> tuple[int, float]:
+    """Box this rank's images, a batch at a time, each batch's rows appended to its part;
+    returns ``(rows written, steady images/s over all ranks)``."""
+    import torch
+
+    loader = torch.utils.data.DataLoader(
+        _Decoded(run.mine, run.bundle.input_size, run.bundle.interpolation), batch_size=batch_size, shuffle=False,
+        num_workers=workers, collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers else None)
+    bar = None
+    if progress and dist.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(run.items), initial=len(run.done), unit="img", desc=f"boxes {run.method}",
+                   dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    part = open_json_lines(run.parts / f"rank-{dist.rank}.jsonl")
+    delay = float(os.environ.get("FASTLOC_BOXES_DELAY", "0") or 0)  # tests: slow a run down to kill it
+    last = time.monotonic()
+    new, first_batch = 0, None  # steady rate: from the end of the first batch (workers up, model warm)
+    try:
+        for batch in loader:
+            lines = _batch_rows(run, batch, params)
+            part.write("".join(json.dumps(r) + "\n" for r in lines))
+            part.flush()
+            os.fsync(part.fileno())
+            new += len(lines)
+            if first_batch is None:
+                first_batch = (time.perf_counter(), new)
             if bar is not None:
-                bar.close()
-        t_end = time.perf_counter()
-        steady = (new - first_batch[1]) / (t_end - first_batch[0]) if first_batch and new > first_batch[1] else None
-        steady = _all_sum(steady or 0.0, dist)
-        barrier()
-        elapsed = time.perf_counter() - t_start
-        if dist.is_main:
-            write_outputs()
-            rows = unique_rows(_read_parts(parts))
-            summary = {"out": str(out), "csv": str(csv_out), "parts": str(parts), "images": len(items),
-                       "boxed": sum(r["status"] == "ok" for r in rows),
-                       "kinds": {k: sum(r.get("kind") == k for r in rows if r["status"] == "ok") for k in M.BOX_KINDS},
-                       "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
-                       "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
-                       "steady_images_per_s": steady,
-                       "machine": machine_info(bundle.device), "world_size": dist.world_size}
-            return summary
-        return {"rank": dist.rank, "new_this_run": new}
+                bar.update(len(lines) * dist.world_size)
+            if delay:
+                time.sleep(delay)
+            if dist.is_main and (new == first_batch[1] or time.monotonic() - last > checkpoint_s):
+                run.write_outputs()  # after the first batch, then every checkpoint_s
+                last = time.monotonic()
+    except KeyboardInterrupt:
+        if dist.is_main and (run.done or new):
+            run.write_outputs()
+        raise Interrupted(
+            f"{len(run.done) + new * dist.world_size} of {len(run.items)} images are done and kept in "
+            f"{str(run.parts)!r} ({str(run.out)!r} holds them); rerun the same command (without --restart) to resume"
+        ) from None
     finally:
-        if dist.is_main:
-            lock.release()
+        part.close()
+        if bar is not None:
+            bar.close()
+    t_end = time.perf_counter()
+    steady = (new - first_batch[1]) / (t_end - first_batch[0]) if first_batch and new > first_batch[1] else None
+    return new, _all_sum(steady or 0.0, dist)
+
+
+def _batch_rows(run: _Run, batch: list, params: dict) -> list[dict]:
+    """One decoded batch -> its rows, by index: skipped files with their reason, then one
+    ``explain`` call on the images that were read."""
+    import torch
+
+    from ..methods.explain import explain
+
+    lines = [{"key": run.mine[i].key, "index": run.mine[i].index, "file": run.mine[i].file, "status": "skipped",
+              "reason": reason} for i, t, _, reason in batch if t is None]
+    good = [(run.mine[i], t, s) for i, t, s, _ in batch if t is not None]
+    if good:
+        x = torch.stack([t for _, t, _ in good])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = explain(run.bundle, x, method=run.method, target=[it.label for it, _, _ in good],
+                              batch_size=len(good), progress=False, **params)
+        for (it, _, s), e in zip(good, results):
+            lines.append(_row(it, e.replace(original_size=tuple(s)), run.masks))
+    return sorted(lines, key=lambda r: r["index"])
 
 
 def _all_min(value: int, dist: Dist) -> int:

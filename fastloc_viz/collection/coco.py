@@ -33,14 +33,16 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 CSV_COLUMNS = (
     "file", "status", "reason", "width", "height", "target", "target_name", "given", "probability",
-    "score", "kind", "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1",
+    "score", "kind", "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1", "path",
 )
 
 
@@ -141,19 +143,21 @@ def coco_document(
     }
 
 
-def csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+def csv_text(rows: Iterable[Mapping[str, Any]], root: str | os.PathLike | None = None) -> str:
     """The rows as CSV (:data:`CSV_COLUMNS`; ``score`` and ``kind`` are the box's, see the module's
-    docstring; boxes in the photo's pixels, then on the grid)."""
+    docstring; boxes in the photo's pixels, then on the grid; ``path``: the file's absolute path,
+    ``root / file``, empty without ``root``)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in unique_rows(rows):
+        path = "" if root is None else str(Path(root) / r["file"])
         if r["status"] != "ok":
-            w.writerow([r["file"], r["status"], r.get("reason", "")] + [""] * (len(CSV_COLUMNS) - 3))
+            w.writerow([r["file"], r["status"], r.get("reason", "")] + [""] * (len(CSV_COLUMNS) - 4) + [path])
             continue
         w.writerow([r["file"], "ok", "", r["width"], r["height"], r["target"], r["target_name"],
                     int(bool(r.get("given"))), f"{float(r['probability']):.6g}", f"{float(r['score']):.6g}", r["kind"],
-                    *r["box_original"], *r["box"]])
+                    *r["box_original"], *r["box"], path])
     return out.getvalue()
 
 

@@ -8,6 +8,12 @@ back when a store is opened again, so decisions survive a kernel restart.
 :meth:`ReviewStore.export_coco` writes the accepted boxes as COCO.
 
 Boxes here are ``(x0, y0, x1, y1)`` in the photo's own pixels, like ``box_original``.
+
+Paths resolve from any working directory: an image's ``file`` is relative to the boxes
+file's ``info.root`` (absolute, recorded by ``fastloc-viz boxes``; for a file without it, the
+recorded ``source`` folder, or a CSV's folder); a relative root is taken relative to the
+boxes file's folder, never to the current directory. The decisions file records the boxes
+file's absolute path, and the export records the absolute root.
 """
 
 from __future__ import annotations
@@ -67,20 +73,20 @@ class ReviewStore:
 
     Args:
         boxes: the COCO JSON written by ``fastloc-viz boxes``.
-        root: the folder image paths are relative to (default: the ``source`` recorded in
-            the file's ``info``, its folder for a CSV; else the boxes file's folder).
+        root: the folder image paths are relative to (default: see the module's docstring;
+            else the boxes file's folder).
         decisions: where decisions are saved (default ``<boxes>.review.json``).
     """
 
     def __init__(self, boxes: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  decisions: str | os.PathLike | None = None) -> None:
-        self.boxes_path = Path(boxes)
+        self.boxes_path = Path(boxes).expanduser().resolve()
         doc = json.loads(self.boxes_path.read_text())
         for key in ("images", "annotations", "categories"):
             if key not in doc:
                 raise ValueError(f"{str(self.boxes_path)!r} is not a COCO boxes file: it has no {key!r}")
         self.info = doc.get("info", {})
-        self.root = Path(root) if root is not None else self._root(self.info)
+        self.root = self._where(Path(root)) if root is not None else self._root(self.info)
         self.decisions_path = Path(decisions) if decisions else self.boxes_path.with_suffix(".review.json")
         self.skipped = list(doc.get("skipped", []))
         self.categories = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
@@ -98,10 +104,17 @@ class ReviewStore:
                 probability=a.get("probability")))
         self._decisions: dict[str, dict] = self._load()
 
+    def _where(self, path: Path) -> Path:
+        """``path`` as recorded: absolute as it is, relative from the boxes file's folder."""
+        path = path.expanduser()
+        return path if path.is_absolute() else (self.boxes_path.parent / path).resolve()
+
     def _root(self, info: dict) -> Path:
+        if info.get("root"):
+            return self._where(Path(info["root"]))
         src = info.get("source")
         if src:
-            p = Path(src)
+            p = self._where(Path(src))
             if p.is_dir():
                 return p
             if p.is_file():
@@ -207,7 +220,8 @@ class ReviewStore:
                                 "bbox": xyxy_to_xywh(p.final_box), "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                                 "score": p.score, "adjusted": bool(p.decision and "box" in p.decision)})
         used = sorted({a["category_id"] for a in annotations})
-        return {"info": {**self.info, "reviewed": True, "from": str(self.boxes_path)}, "images": images,
+        return {"info": {**self.info, "root": str(self.root), "reviewed": True, "from": str(self.boxes_path)},
+                "images": images,
                 "annotations": annotations,
                 "categories": [{"id": c, "name": self.categories.get(c, str(c))} for c in used]}
 

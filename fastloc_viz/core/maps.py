@@ -26,6 +26,10 @@ the map's peak, ``"largest"`` the component with the most pixels (WSOL-evaluatio
 ``"merged"`` one box around every component together."""
 
 
+class EmptyMapWarning(UserWarning):
+    """A map is all zero, so it has no box (:func:`box_fields`). Filter it by this class."""
+
+
 def normalize(saliency: np.ndarray) -> np.ndarray:
     """Clip at 0 and scale so the maximum is 1 (an all-zero map stays zero). Returns float32."""
     m = np.clip(np.asarray(saliency, dtype=np.float32), 0, None)
@@ -246,6 +250,7 @@ def box_fields(saliency: np.ndarray, threshold: float, components: Components, w
         warnings.warn(
             f"{what} is all zero: no box (nothing in the image raised the class score along this "
             "method's path; try another layer, method or class)",
+            EmptyMapWarning,
             stacklevel=3,
         )
     boxes = tuple(scored_boxes(saliency, threshold)) if components == "all" else None

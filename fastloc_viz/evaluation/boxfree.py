@@ -116,7 +116,9 @@ def evaluate_box_free(
         ``{label: {"deletion_auc", "insertion_auc", "deletion_curve", "insertion_curve",
         "fractions", "n_faithfulness", "sec_per_image_faithfulness", "sanity_similarity",
         "sanity_curve", "sanity_ssim", "sanity_hog", "sanity_depths", "sanity_groups",
-        "n_sanity", "sec_per_image_sanity"}}`` (the keys of the metrics asked for).
+        "sanity_constant", "n_sanity", "sec_per_image_sanity"}}`` (the keys of the metrics asked
+        for). A constant map has no rank correlation: ``sanity_constant`` counts them per depth,
+        and the curves average each depth over the other images only (``None``: no image left).
     """
     from .faithfulness import faithfulness, step_counts
     from .localization import MethodSpec, _explain_function
@@ -160,7 +162,11 @@ def evaluate_box_free(
         for n, q in enumerate(todo):
             if max_queries is not None and n >= max_queries:
                 break
-            image = q.load_image()
+            image = dataset.read(q, bundle.input_size)  # the one reader, as explain reads the file
+            if image is None:  # listed in dataset.skipped() with its reason
+                if bar is not None:
+                    bar.update(1)
+                continue
             for spec in specs:
                 kwargs = dict(spec.kwargs)
                 if layer is not None and "layer" not in kwargs:
@@ -215,12 +221,25 @@ def _summary(label: str, metrics: Sequence[str], done: dict, fractions: list[flo
         out["n_sanity"] = len(rows)
         for k in ("spearman", "ssim", "hog"):
             name = "sanity_curve" if k == "spearman" else f"sanity_{k}"
-            out[name] = np.mean([d[k] for d in rows], axis=0).tolist() if rows else []
-        out["sanity_similarity"] = out["sanity_curve"][-1] if rows else float("nan")
+            out[name] = _mean_defined([d[k] for d in rows]) if rows else []
+        # a constant map has no rank correlation: counted here, left out of the means above
+        out["sanity_constant"] = np.sum([d.get("constant", [False] * len(d["spearman"])) for d in rows],
+                                        axis=0).astype(int).tolist() if rows else []
+        last = out["sanity_curve"][-1] if rows else None
+        out["sanity_similarity"] = float("nan") if last is None else last
         out["sanity_depths"] = rows[0]["depths"] if rows else []
         out["sanity_groups"] = rows[0]["groups"] if rows else []
         out["sec_per_image_sanity"] = float(np.mean([d["time_s"] for d in rows])) if rows else float("nan")
     return out
+
+
+def _mean_defined(curves: list[list[float | None]]) -> list[float | None]:
+    """The mean curve over the rows, each depth over the rows where it is defined (a
+    constant map's ``None`` / NaN left out); ``None`` where no row has a value."""
+    a = np.array([[np.nan if v is None else v for v in c] for c in curves], dtype=float)
+    n = np.isfinite(a).sum(axis=0)
+    sums = np.where(np.isfinite(a), a, 0.0).sum(axis=0)
+    return [float(s / k) if k else None for s, k in zip(sums, n)]
 
 
 def per_query(cache_dir: str | Path, metric: str) -> dict[str, dict[int, dict]]:
@@ -289,6 +308,10 @@ def run(args: Any) -> int:
         for label, d in extra.items():
             results["methods"][label].update(d)
     results["metrics"] = list(metrics)
+    seen = {d["row"]: d for d in [*results.get("skipped", []), *dataset.skipped()]}  # every rank's, with localization
+    results["skipped"] = [seen[r] for r in sorted(seen)]
+    if "localization" not in metrics:
+        results["n"] = len(dataset) - len(results["skipped"])
     table = (ev.markdown_table(results) + "\n" if "localization" in metrics else "")
     table += markdown_table(results) if set(metrics) - {"localization"} else ""
     return ev.finish(results, args, dist, table)
@@ -308,14 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 def markdown_table(results: dict[str, Any]) -> str:
     """A markdown table of the box-free metrics, one row per method."""
     lines = ["| method | deletion AUC (lower is better) | insertion AUC (higher) | randomization "
-             "similarity (Spearman, lower is better) | s/image faithfulness | s/image sanity |",
-             "|---|---|---|---|---|---|"]
+             "similarity (Spearman, lower is better) | constant maps (no correlation, left out) "
+             "| s/image faithfulness | s/image sanity |",
+             "|---|---|---|---|---|---|---|"]
     for label, m in results["methods"].items():
         def f(key: str, fmt: str = ".3f") -> str:
             return format(m[key], fmt) if key in m else "-"
 
+        constant = f"{m['sanity_constant'][-1]} of {m['n_sanity']}" if m.get("sanity_constant") else "-"
         lines.append(f"| `{label}` | {f('deletion_auc')} | {f('insertion_auc')} | {f('sanity_similarity')} "
-                     f"| {f('sec_per_image_faithfulness', '.2f')} | {f('sec_per_image_sanity', '.2f')} |")
+                     f"| {constant} | {f('sec_per_image_faithfulness', '.2f')} | {f('sec_per_image_sanity', '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -270,7 +270,9 @@ def evaluate(
                 continue
             if max_queries is not None and computed >= max_queries:
                 break
-            image = q.load_image()
+            image = dataset.read(q, input_size)  # the one reader, as explain reads the file
+            if image is None:  # listed in dataset.skipped() with its reason
+                continue
             gt = q.boxes_at(input_size)
             for spec in missing:
                 kwargs = dict(spec.kwargs)
@@ -316,8 +318,9 @@ def evaluate(
             kwargs = dict(spec.kwargs)
             if layer is not None and "layer" not in kwargs:
                 kwargs["layer"] = layer
-            summary["layer"] = explain_fn(bundle, dataset[0].load_image(), method=spec.method,
-                                          target=dataset[0].label, **kwargs).layer
+            q0 = dataset[0]
+            summary["layer"] = explain_fn(bundle, q0.load_image(input_size), method=spec.method,
+                                          target=q0.label, **kwargs).layer
         summary["params"] = dict(spec.kwargs)
         out_methods[spec.label] = summary
         n_total = max(n_total, counts.n)
@@ -332,7 +335,21 @@ def evaluate(
         "world_size": dist.world_size,
         "machine": machine_info(device),
         "methods": out_methods,
+        "skipped": _all_skipped(dataset, dist),
     }
+
+
+def _all_skipped(dataset: LocalizationDataset, dist: Dist) -> list[dict]:
+    """Every rank's unreadable files (each rank reads only its shard), by row."""
+    import torch.distributed as td
+
+    skipped = dataset.skipped()
+    if dist.world_size == 1 or not (td.is_available() and td.is_initialized()):
+        return skipped
+
+    parts: list[Any] = [None] * dist.world_size
+    td.all_gather_object(parts, skipped)
+    return sorted((d for part in parts for d in part), key=lambda d: d["row"])
 
 
 def _mib(value: float) -> str:
@@ -356,21 +373,33 @@ def _reset_peak(device: Any) -> None:
 
 # ----------------------------------------------------------------------------- outputs
 def json_summary(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}}``, plus
+    """The ``--json`` object: ``{"n", "model", "methods": {label: {JSON_KEYS...}}, "skipped":
+    [{"row", "image", "reason"}, ...]}`` (the files that cannot be read, left out), plus
     ``deletion_auc``, ``insertion_auc``, ``sanity_similarity`` (numbers) and ``sanity_curve``
     (a list) where the box-free metrics were computed; a key is there when its metric ran."""
 
     def keys(m: Mapping[str, Any]) -> dict[str, Any]:
         d = {k: float(m[k]) for k in (*JSON_KEYS, *BOX_FREE_KEYS) if k in m}
-        if "sanity_curve" in m:
-            d["sanity_curve"] = [float(v) for v in m["sanity_curve"]]
+        if "sanity_curve" in m:  # None: every map was constant at that depth
+            d["sanity_curve"] = [None if v is None else float(v) for v in m["sanity_curve"]]
+            d["sanity_constant"] = [int(v) for v in m.get("sanity_constant", [])]
         return d
 
     return {
         "n": int(results["n"]),
         "model": results["model"],
         "methods": {label: keys(m) for label, m in results["methods"].items()},
+        "skipped": list(results.get("skipped", [])),
     }
+
+
+def skipped_text(skipped: Sequence[Mapping[str, Any]]) -> str:
+    """The files left out because they cannot be read, one line each (markdown), or ``""``."""
+    if not skipped:
+        return ""
+    lines = [f"\n{len(skipped)} image file(s) left out: they cannot be read.\n"]
+    lines += [f"- row {d['row']}, `{d['image']}`: {d['reason']}" for d in skipped]
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(results: Mapping[str, Any]) -> str:
@@ -524,6 +553,7 @@ def setup(args: argparse.Namespace, boxes: bool = True) -> tuple[Dist, list[Meth
 def finish(results: dict[str, Any], args: argparse.Namespace, dist: Dist, table: str) -> int:
     """Write the outputs (rank 0) and print the JSON or the markdown ``table``."""
     results["command"] = " ".join(sys.argv)
+    table += skipped_text(results.get("skipped", []))
     if dist.is_main:
         if args.out:
             for path in write_outputs(results, args.out, table):

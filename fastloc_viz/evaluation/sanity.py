@@ -31,14 +31,23 @@ Similarities between the trained model's map and each randomized one (both ``H x
   orientations, 16 x 16 px cells (half the map's side if it is under 32 px),
   2 x 2 blocks), Adebayo et al.'s "HOG similarity".
 
-A constant map (all zeros, which Grad-CAM gives when every gradient is negative) has no
-ranks: its correlations are reported as 0.
+A constant map (all zeros, which Grad-CAM gives when every gradient is negative, as it often
+does on a fully randomized copy) has no ranks: its Spearman and HOG correlations are undefined
+(NaN), not 0 (which would read as the best score). Such depths are flagged in
+``SanityResult.constant``, counted apart and left out of every mean (``evaluate``'s curves,
+:func:`fastloc_viz.evaluation.boxfree.evaluate_box_free`); the figures say "constant map"
+there. SSIM stays defined and is kept.
+
+The "map is all zero" warnings of the randomized copies' explanations
+(:class:`~fastloc_viz.core.maps.EmptyMapWarning`) concern the copy, not the user's model: they
+are not shown.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.maps import EmptyMapWarning
 from ..model.bundle import ModelBundle, bundle_of
 from ..model.state import preserved
 
@@ -75,8 +85,11 @@ class SanityResult:
         depths: the depths computed (number of groups randomized, ``1 .. len(groups)``).
         groups: the name of the last group randomized at each depth (``"_fc"``, ...).
         maps: the map at each depth, ``len(depths) x H x W``.
-        spearman, ssim, hog: the similarity to ``original`` at each depth.
+        spearman, ssim, hog: the similarity to ``original`` at each depth (``spearman`` and
+            ``hog`` are NaN where ``constant``).
         n_groups: how many groups the model has (``depths[-1] == n_groups``: fully random).
+        constant: per depth, whether the map (or the trained model's) is constant, so that
+            it has no rank correlation.
     """
 
     method: str
@@ -89,19 +102,32 @@ class SanityResult:
     ssim: np.ndarray
     hog: np.ndarray
     n_groups: int
+    constant: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
 
     @property
     def similarity(self) -> float:
-        """Spearman correlation at the deepest depth computed (full randomization by default)."""
+        """Spearman correlation at the deepest depth computed (full randomization by default);
+        NaN when the map there is constant."""
         return float(self.spearman[-1])
 
+    @property
+    def constant_groups(self) -> tuple[str, ...]:
+        """The depths' group names (``"_fc"`` ...) where the map is constant."""
+        return tuple(g for g, c in zip(self.groups, self.constant) if c)
+
     def to_dict(self, maps: bool = False) -> dict[str, Any]:
+        """JSON-ready; an undefined similarity (a constant map) is ``None``."""
         d = {"method": self.method, "target": self.target, "depths": list(self.depths),
-             "groups": list(self.groups), "n_groups": self.n_groups, "similarity": self.similarity,
-             **{k: getattr(self, k).tolist() for k in SIMILARITIES}}
+             "groups": list(self.groups), "n_groups": self.n_groups,
+             "similarity": _json_number(self.similarity), "constant": [bool(c) for c in self.constant],
+             **{k: [_json_number(v) for v in getattr(self, k)] for k in SIMILARITIES}}
         if maps:
             d["original"], d["maps"] = self.original.tolist(), self.maps.tolist()
         return d
+
+
+def _json_number(v: float) -> float | None:
+    return None if np.isnan(v) else float(v)
 
 
 def randomization_groups(model: nn.Module, level: str = "blocks") -> list[tuple[str, list[str]]]:
@@ -155,7 +181,8 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def map_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Spearman, SSIM and HOG similarity of two ``H x W`` maps (see the module's docstring)."""
+    """Spearman, SSIM and HOG similarity of two ``H x W`` maps (see the module's docstring);
+    Spearman and HOG are NaN when either map is constant (no ranks)."""
     from scipy.stats import pearsonr, spearmanr
     from skimage.feature import hog
     from skimage.metrics import structural_similarity
@@ -164,12 +191,12 @@ def map_similarity(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     if a.shape != b.shape:
         raise ValueError(f"maps of different shapes {a.shape} and {b.shape}")
     const = np.ptp(a) == 0 or np.ptp(b) == 0
-    rho = 0.0 if const else float(spearmanr(a.ravel(), b.ravel()).statistic)
+    rho = np.nan if const else float(spearmanr(a.ravel(), b.ravel()).statistic)
     ssim = float(structural_similarity(a, b, data_range=1.0))
     cell = max(1, min(16, min(a.shape) // 2))  # 16 px, smaller for maps under 32 px
     ha = hog(a, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
     hb = hog(b, orientations=9, pixels_per_cell=(cell, cell), cells_per_block=(2, 2))
-    h = 0.0 if np.ptp(ha) == 0 or np.ptp(hb) == 0 else float(pearsonr(ha, hb).statistic)
+    h = np.nan if const or np.ptp(ha) == 0 or np.ptp(hb) == 0 else float(pearsonr(ha, hb).statistic)
     return {"spearman": rho, "ssim": ssim, "hog": h}
 
 
@@ -241,7 +268,9 @@ def sanity_check(
     for _, twin in steps:
         for m, orig in originals.items():
             rb = dataclasses.replace(bundle, model=twin, default_layer=orig.layer or bundle.default_layer)
-            e = explain(rb, image, method=m, target=tgt, layer=orig.layer, **kw)
+            with warnings.catch_warnings():  # an empty map of the copy is counted, not warned about
+                warnings.simplefilter("ignore", EmptyMapWarning)
+                e = explain(rb, image, method=m, target=tgt, layer=orig.layer, **kw)
             maps[m].append(e.saliency)
     out = {}
     for m, orig in originals.items():
@@ -250,5 +279,6 @@ def sanity_check(
             method=m, target=tgt, original=orig.saliency, depths=ds,
             groups=tuple(groups[d - 1][0] for d in ds), maps=np.stack(maps[m]),
             **{k: np.array([s[k] for s in sims]) for k in SIMILARITIES}, n_groups=len(groups),
+            constant=np.array([np.ptp(orig.saliency) == 0 or np.ptp(s) == 0 for s in maps[m]], dtype=bool),
         )
     return out

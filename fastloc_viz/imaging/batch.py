@@ -126,6 +126,32 @@ def _to_tensor_info(image, size: tuple[int, int] | None = None):
     )
 
 
+def read_for_model(source, size: tuple[int, int] | None) -> readers.LoadedImage:
+    """A file (or PIL image) read exactly as :func:`fastloc_viz.explain` reads it for a model
+    of input ``size`` (``(H, W)``; ``None``: at full size): the same reader, window and
+    page rule, and the same reduced-scale decoding of large photos. ``explain`` given the
+    result sees the same pixels as given the path, and records the same ``ImageInfo`` and
+    photo size. Not resized yet (each consumer resizes with the model's interpolation)."""
+    t, info = readers.load(source, size)
+    return readers.LoadedImage(decode.to_numpy_image(t[0]), info)
+
+
+def unreadable_reason(error: BaseException) -> str:
+    """Why a file could not be used, on one line: ``"ValueError: <message>"``."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def try_read(source, size: tuple[int, int] | None) -> tuple[readers.LoadedImage | None, str]:
+    """:func:`read_for_model`, or ``(None, reason)`` for a file that cannot be used (missing,
+    corrupt, not an image, unreadable, too small, its reader not installed): every
+    collection run (``boxes``, ``atlas``, ``evaluate``, ``explain FOLDER``) lists such a file
+    with this reason and goes on."""
+    try:
+        return read_for_model(source, size), ""
+    except Exception as e:  # noqa: BLE001 - any file that cannot be read becomes a listed reason
+        return None, unreadable_reason(e)
+
+
 def sample_image(name: str = "chelsea") -> np.ndarray:
     """A real photograph bundled with scikit-image (``chelsea``, ``coffee``, ``astronaut``,
     ``rocket``, ``motorcycle_left``, ...) as an ``H x W x 3`` uint8 array."""

@@ -15,8 +15,12 @@ Format (``annotations.csv`` in the data directory, paths relative to that direct
 Without boxes (for the box-free metrics, ``evaluate --metrics faithfulness,sanity``), only the
 ``image`` column is required: ``label`` may be missing or empty (the target is then the
 model's top-1 class), and so may the size and ``boxes`` columns. A directory without
-``annotations.csv`` is read as a plain folder of images (every file with an image suffix,
-sorted by name, recursively), one top-1 query each.
+``annotations.csv`` is read as a plain folder of images (the files
+:func:`fastloc_viz.imaging.sources.image_files` lists, in its order), one top-1 query each.
+
+Images are read by :mod:`fastloc_viz.imaging.readers`, as :func:`fastloc_viz.explain` reads a
+file (:meth:`LocalizationDataset.read`); a file that cannot be read is recorded in
+:attr:`LocalizationDataset.unreadable` with its reason, and its query is left out.
 
 The same image may appear on several rows with different labels (one per object class to
 localize, e.g. collages). Images are resized (stretched, never cropped) to the model's input
@@ -26,17 +30,21 @@ size, and :meth:`Query.boxes_at` scales the boxes with them.
 from __future__ import annotations
 
 import csv
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from .batch import read_for_model, try_read
+from .readers import LoadedImage
+from .sources import image_files, no_images
+
+log = logging.getLogger("fastloc_viz")
 
 COLUMNS = ("image", "label", "wnid", "width", "height", "orig_width", "orig_height", "boxes")
 ANNOTATIONS = "annotations.csv"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".dcm", ".fits", ".fit")
-"""The files a plain folder of images is read from (case-insensitive)."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +78,10 @@ class Query:
         scale = np.array([w / self.width, h / self.height, w / self.width, h / self.height])
         return self.boxes * scale
 
-    def load_image(self) -> Image.Image:
-        """The stored image as an RGB PIL image (at its stored size)."""
-        with Image.open(self.image) as im:
-            return im.convert("RGB")
+    def load_image(self, size: tuple[int, int] | None = None) -> LoadedImage:
+        """The stored image, read as :func:`fastloc_viz.explain` reads it for a model of input
+        ``size`` (``None``: at full size); see :func:`fastloc_viz.imaging.batch.read_for_model`."""
+        return read_for_model(self.image, size)
 
 
 def parse_boxes(text: str) -> np.ndarray:
@@ -121,6 +129,8 @@ class LocalizationDataset:
             raise ValueError(f"limit={limit!r} must be >= 0 or None")
         self.queries: list[Query] = []
         self.boxes = boxes
+        self.unreadable: dict[int, str] = {}
+        """Row -> why its image could not be read (filled by :meth:`read`)."""
         if not csv_path.is_file() and path.is_dir() and not boxes:
             self._read_folder(path, limit)
             return
@@ -168,11 +178,30 @@ class LocalizationDataset:
     def _read_folder(self, path: Path, limit: int | None) -> None:
         self.root = path.resolve()
         self.csv_path = self.root  # identifies the data (caches, reports)
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(self.root)
         if not files:
-            raise FileNotFoundError(f"no {ANNOTATIONS} and no image ({', '.join(IMAGE_SUFFIXES)}) in {path}")
+            raise FileNotFoundError(f"no {ANNOTATIONS} in {str(path)!r}, and {no_images(path)}")
         for i, p in enumerate(files[:limit]):
             self.queries.append(Query(i, p, None, "", 0, 0, 0, 0, np.zeros((0, 4))))
+
+    def read(self, q: Query, size: tuple[int, int] | None) -> LoadedImage | None:
+        """``q``'s image (:meth:`Query.load_image`), or ``None`` when it cannot be read: the
+        reason is then kept in :attr:`unreadable` (and logged once); runs leave the query out."""
+        image, reason = try_read(q.image, size)
+        if image is None and q.row not in self.unreadable:
+            log.warning("fastloc_viz: row %d, %s cannot be read; left out: %s", q.row, q.image, reason)
+            self.unreadable[q.row] = reason
+        return image
+
+    def skipped(self) -> list[dict]:
+        """The queries left out so far: ``{"row", "image", "reason"}`` each, by row."""
+        by_row = {q.row: q for q in self.queries}
+        return [{"row": r, "image": self.image_name(by_row[r]), "reason": why}
+                for r, why in sorted(self.unreadable.items()) if r in by_row]
+
+    def image_name(self, q: Query) -> str:
+        """``q``'s image relative to the data's folder (the path itself when outside it)."""
+        return q.image.relative_to(self.root).as_posix() if q.image.is_relative_to(self.root) else str(q.image)
 
     def __len__(self) -> int:
         return len(self.queries)

@@ -128,6 +128,7 @@ def read_dicom(path: Path, index, opts):
     if photometric.startswith("MONOCHROME"):
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        nominal = _stored_range(ds, arr.dtype, slope, intercept)
         if slope != 1 or intercept != 0:
             arr = arr.astype(np.float64) * slope + intercept
             notes += (f"rescaled: value * {_g(slope)} {'-' if intercept < 0 else '+'} {_g(abs(intercept))}",)
@@ -136,7 +137,6 @@ def read_dicom(path: Path, index, opts):
             # DICOM PS3.3 C.11.2.1.2.1, linear: the window's ends
             file_window = (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2)
             notes += (f"file window centre {_g(center)}, width {_g(width)}",)
-        nominal = "dtype" if arr.dtype.kind in "ui" else None
     else:
         nominal = "dtype"
         if photometric.startswith("YBR"):
@@ -146,6 +146,19 @@ def read_dicom(path: Path, index, opts):
         np.asarray(arr), "DICOM", mode, i if count > 1 else None, count, opts, size=(w, h),
         nominal=nominal, file_window=file_window, invert=photometric == "MONOCHROME1", notes=notes,
     )
+
+
+def _stored_range(ds, dtype: np.dtype, slope: float, intercept: float) -> tuple[float, float] | str | None:
+    """What a monochrome DICOM's stored bits allow (``BitsStored``, signed when
+    ``PixelRepresentation`` is 1), in the file's units after the rescale; the type's range
+    when the file does not say."""
+    bits = int(ds.get("BitsStored", 0) or 0)
+    if dtype.kind not in "ui" or not 1 <= bits <= 8 * dtype.itemsize:
+        return "dtype" if dtype.kind in "ui" and slope == 1 and intercept == 0 else None
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    ends = sorted((lo * slope + intercept, hi * slope + intercept))
+    return float(ends[0]), float(ends[1])
 
 
 def _first(value) -> float | None:
@@ -168,8 +181,8 @@ def read_fits(path: Path, index, opts):
         from astropy.io import fits
     except ImportError:
         raise missing_reader("FITS") from None
-    try:
-        hdul = fits.open(path, memmap=True)
+    try:  # raw values (memory-mapped where astropy can); BZERO / BSCALE / BLANK applied below
+        hdul = fits.open(path, memmap=True, do_not_scale_image_data=True)
     except Exception as e:
         raise ValueError(f"{str(path)!r} is not a FITS file astropy can read: {e}") from None
     with hdul:
@@ -203,11 +216,36 @@ def read_fits(path: Path, index, opts):
         if hdu.name and hdu.name != "PRIMARY":
             notes += (f"HDU {j} {hdu.name}",)
         mode = f"{np.asarray(data[:1, :1]).dtype.name} BITPIX {hdu.header.get('BITPIX')}"
-        values = np.asarray(data)[::-1]  # FITS rows run bottom to top: shown as DS9 shows them
-        notes += ("rows flipped (FITS origin at the bottom)",)
-        if values.dtype.byteorder not in ("=", "|"):
-            values = values.astype(values.dtype.newbyteorder("="))
+        values, scaled = _physical(np.asarray(data)[::-1], hdu.header)  # rows bottom to top: as DS9 shows them
+        notes += scaled + ("rows flipped (FITS origin at the bottom)",)
     h, w = values.shape
     return from_values(
         values, "FITS", mode, j if count > 1 else None, count, opts, size=(w, h), nominal=None, notes=notes
     )
+
+
+def _physical(raw: np.ndarray, header) -> tuple[np.ndarray, tuple[str, ...]]:
+    """FITS values in physical units (FITS 4.0, section 5.3): ``BZERO + BSCALE * raw``, with
+    the integer pixels equal to ``BLANK`` set to NaN (masked like a float image's NaN); the
+    notes saying what was applied. ``BZERO = 32768`` with ``BSCALE = 1`` is the usual way of
+    storing unsigned 16-bit data."""
+    bzero, bscale = float(header.get("BZERO", 0) or 0), float(header.get("BSCALE", 1) or 1)
+    blank = header.get("BLANK") if raw.dtype.kind in "iu" else None
+    notes: tuple[str, ...] = ()
+    if bzero == 0 and bscale == 1 and blank is None:
+        values = raw
+    else:
+        values = raw.astype(np.float64)
+        if blank is not None:
+            hole = raw == int(blank)
+            values[hole] = np.nan
+            notes += (f"BLANK {int(blank)}: {int(hole.sum())} pixel(s) masked",)
+        if bscale != 1:
+            values *= bscale
+        if bzero != 0:
+            values += bzero
+        if bzero or bscale != 1:
+            notes += (f"scaled: BZERO {_g(bzero)} + BSCALE {_g(bscale)} * value",)
+    if values.dtype.byteorder not in ("=", "|"):
+        values = values.astype(values.dtype.newbyteorder("="))
+    return values, notes

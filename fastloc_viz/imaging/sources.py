@@ -1,5 +1,15 @@
-"""Collections of images to scan (the neuron atlas): a folder searched recursively, a CSV or
-data directory in the ``evaluate`` format (labels known), a
+"""Which files are images, and the one folder walker; collections of images to scan.
+
+:data:`IMAGE_SUFFIXES` and :func:`image_files` are the only suffix list and folder walker:
+``fastloc-viz boxes``, ``atlas``, ``evaluate`` on a folder without annotations and
+``fastloc-viz explain FOLDER`` all see the same files in the same order. The rule: every file
+under the folder, recursively, whose suffix (any case) is in :data:`IMAGE_SUFFIXES`; hidden
+files and folders (a name starting with ``.``, such as macOS's ``._x.jpg``) are left out,
+symbolic links to folders are not followed (a link to a file is listed, and reported as
+unreadable when it leads nowhere); sorted by the path relative to the folder, part by part.
+
+:func:`sources` gives the collections the neuron atlas scans: a folder, a CSV or data
+directory in the ``evaluate`` format (labels known), a
 :class:`~fastloc_viz.imaging.dataset.LocalizationDataset`, or a list of paths / images; each with
 names, labels and a fingerprint that says whether two builds saw the same images."""
 
@@ -14,10 +24,30 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_SUFFIXES", "Source", "sources"]
+__all__ = ["IMAGE_SUFFIXES", "Source", "image_files", "no_images", "sources"]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-"""The file suffixes (lower case) a folder scan reads."""
+IMAGE_SUFFIXES = frozenset(
+    ".jpg .jpeg .jpe .png .bmp .gif .tif .tiff .webp .ppm .pgm .pbm .pnm .dcm .dicom .fits .fit .fts .fz "
+    ".jp2 .j2k .tga .ico".split()
+)
+"""The file suffixes (lower case) a folder scan reads: PIL's formats, TIFF, DICOM and FITS."""
+
+
+def image_files(root: str | os.PathLike) -> list[Path]:
+    """Every image file under the folder ``root`` (see the module's docstring for the rule),
+    sorted by its path relative to ``root``; ``[]`` when there is none."""
+    root = Path(root)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out += [Path(dirpath) / n for n in filenames if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(out, key=lambda p: p.relative_to(root).parts)
+
+
+def no_images(root: str | os.PathLike) -> str:
+    """The message for a folder without image files."""
+    return (f"no image files under {str(root)!r} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}; "
+            "hidden files and folders are left out)")
 
 
 class Source:
@@ -40,9 +70,9 @@ def sources(images: Any) -> Source:
         if path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and (path / ANNOTATIONS).is_file():
             images = LocalizationDataset(path)
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = image_files(path)
             if not files:
-                raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {str(path)!r}")
+                raise ValueError(no_images(path))
             names = [p.relative_to(path).as_posix() for p in files]
             return Source(names, files, [[] for _ in files], _digest(["folder", str(path.resolve()), *names]))
         else:

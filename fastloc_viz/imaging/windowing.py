@@ -9,7 +9,9 @@ The window rule (``window=``), see ``docs/scientific-images.md``:
   in ``[0, 1]``), in which case the nominal range is used (nothing to gain, nothing clipped).
   A 12-bit image stored in 16 bits (values ``0..4095``) is therefore stretched to ``[0, 1]``.
 * ``"percentile"``: always the percentiles; ``"minmax"``: the finite minimum and maximum;
-  ``"full"``: the type's nominal range (the old behaviour); ``"file"``: the DICOM window;
+  ``"full"``: the type's nominal range (the old behaviour): what the type allows, a signed
+  16-bit type ``-32768..32767``, and for DICOM what its stored bits allow (12 unsigned bits:
+  ``0..4095``; signed: ``-2048..2047``), rescaled to the file's units; ``"file"``: the DICOM window;
   ``(low, high)``: explicit values, in the file's units (Hounsfield units after a DICOM
   rescale, physical units after a FITS ``BSCALE`` / ``BZERO``).
 
@@ -122,8 +124,9 @@ def check_options(window, percentiles, stretch) -> None:
 
 def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] | None:
     """The range a type's values are meant to fill: ``0..255`` for 8-bit, ``0..65535`` for
-    16-bit, ``0..1`` for floats in ``[0, 1]``; ``None`` when there is none (signed data,
-    floats beyond ``[0, 255]``, 32-bit integers beyond 16 bits)."""
+    16-bit, the type's own range for signed 8- and 16-bit values beyond ``0..255``
+    (``-32768..32767``), ``0..1`` for floats in ``[0, 1]``; ``None`` when there is none
+    (other signed data, floats beyond ``[0, 255]``, 32-bit integers beyond 16 bits)."""
     dtype = np.dtype(dtype)
     if dtype == np.bool_:
         return (0.0, 1.0)
@@ -131,6 +134,8 @@ def nominal_range(dtype: np.dtype, lo: float, hi: float) -> tuple[float, float] 
         return (0.0, 255.0)
     if dtype == np.uint16:
         return (0.0, 65535.0)
+    if dtype in (np.int8, np.int16) and (lo < 0 or hi > 255):
+        return float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
     if lo < 0:
         return None
     if dtype.kind == "f" and hi <= 1:

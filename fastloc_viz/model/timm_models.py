@@ -5,14 +5,22 @@ a timm model is asked for by name. A timm ``nn.Module`` is recognized by its
 ``pretrained_cfg`` attribute, without importing anything. From the cfg come the input size,
 mean, std and resize interpolation; class names come from timm's offline ImageNet label
 tables (``timm.data.ImageNetInfo``) when the model's class count matches one of them.
+
+Pretrained weights not in the cache are downloaded by timm, which retries for about a minute
+when there is no network. So before that, a missing download is refused at once with what to
+do when the hub is off: ``HF_HUB_OFFLINE`` is set, or a 3 s connection probe to the weights'
+host fails (skipped behind a proxy).
 """
 
 from __future__ import annotations
 
 import difflib
 import os
+import socket
 import sys
+import threading
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -46,7 +54,7 @@ def create(name: str, pretrained: bool, download: bool = True, num_classes: int 
         ImportError: timm is not installed.
         LookupError: timm has no model ``name`` (the closest names are suggested).
         FileNotFoundError: pretrained weights not on this machine and ``download=False``.
-        RuntimeError: the download failed.
+        RuntimeError: the download failed, or cannot start (no network, ``HF_HUB_OFFLINE``).
     """
     timm = _timm()
     if not timm.is_model(name):
@@ -58,15 +66,19 @@ def create(name: str, pretrained: bool, download: bool = True, num_classes: int 
     arch = name.split(".")[0]
     if "." in name and name not in timm.list_pretrained(arch + ".*"):
         raise LookupError(f"timm has no pretrained tag {name!r}; choose one of {timm.list_pretrained(arch + '.*')}")
-    if pretrained and not download and not _cached(timm, name):
-        raise FileNotFoundError(_weights_help(name))
+    if pretrained and not _cached(timm, name):
+        if not download:
+            raise FileNotFoundError(_weights_help(name, "download=False forbids fetching them"))
+        offline = _offline(timm, name)
+        if offline:  # fail now, not after timm's minute of retries
+            raise RuntimeError(_weights_help(name, offline))
     extra = {} if num_classes is None else {"num_classes": num_classes}
     try:
         return timm.create_model(name, pretrained=pretrained, **extra).eval()
     except (OSError, RuntimeError) as e:  # no network, a failed download
         if not pretrained:
             raise
-        raise RuntimeError(_weights_help(name) + f" (download failed: {str(e).splitlines()[0][:200]})") from e
+        raise RuntimeError(_weights_help(name, f"the download failed: {str(e).splitlines()[0][:200]}")) from e
 
 
 def _cached(timm, name: str) -> bool:
@@ -90,12 +102,61 @@ def _cached(timm, name: str) -> bool:
     return False
 
 
-def _weights_help(name: str) -> str:
+def _offline(timm, name: str) -> str | None:
+    """Why the weights of ``name`` cannot be downloaded now, or ``None`` (try it)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        return "HF_HUB_OFFLINE is set"
+    cfg = timm.models.get_pretrained_cfg(name)
+    if getattr(cfg, "hf_hub_id", None):
+        try:
+            from huggingface_hub import constants
+        except ImportError:
+            return None
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        url = constants.ENDPOINT
+    else:
+        url = getattr(cfg, "url", None)
+    import urllib.request
+
+    if not url or urllib.request.getproxies():  # behind a proxy a direct probe proves nothing
+        return None
+    return _unreachable(url)
+
+
+def _unreachable(url: str, timeout: float = 3.0) -> str | None:
+    """``None`` when a TCP connection to ``url``'s host opens within ``timeout`` seconds, else
+    why not (the probe runs on a thread, so a name lookup that hangs cannot hold us longer)."""
+    u = urlparse(url)
+    host, port = u.hostname, u.port or (80 if u.scheme == "http" else 443)
+    result: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as e:
+            result["error"] = e
+
+    t = threading.Thread(target=probe, name="fastloc-viz-hub-probe", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if result.get("ok"):
+        return None
+    return f"{host} cannot be reached ({result.get('error') or f'no answer in {timeout:.0f} s'})"
+
+
+def _weights_help(name: str, why: str) -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE as cache
+    except ImportError:
+        cache = "~/.cache/huggingface/hub"
     return (
-        f"pretrained timm weights for {name!r} are not on this machine. On a connected machine run "
-        f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy the Hugging "
-        "Face cache (~/.cache/huggingface/hub) here, pass download=True, or pass weights=None to "
-        "build the architecture untrained"
+        f"pretrained timm weights for {name!r} are not on this machine, and {why}. Either copy them "
+        f"here: on a connected machine run `python -c \"import timm; timm.create_model('{name}', "
+        f"pretrained=True)\"` and copy its Hugging Face cache (~/.cache/huggingface/hub) to {cache} on this "
+        "machine; or pass weights=None to build the architecture untrained (and weights='file.pt' for "
+        "a state dict of your own)"
     )
 
 

@@ -42,13 +42,13 @@ from PIL import Image
 from ..core.checks import check_int
 from ..core.files import write_bytes_atomic
 from ..core.raster import encode, to_uint8
-from ..imaging.batch import load_batch
-from ..imaging.sources import IMAGE_SUFFIXES, Source, sources
+from ..imaging.batch import load_batch, unreadable_reason
+from ..imaging.sources import Source, sources
 from ..model.bundle import ModelBundle, bundle_of
 from ..model.state import forward_hook, preserved, require_called, require_spatial
 from ..model.tokens import as_map
 
-__all__ = ["AtlasUnit", "NeuronAtlas", "IMAGE_SUFFIXES"]
+__all__ = ["AtlasUnit", "NeuronAtlas"]
 
 log = logging.getLogger("fastloc_viz")
 
@@ -137,7 +137,8 @@ class NeuronAtlas:
     (index -> name for those labels), ``top_n``, ``signs`` (``(1,)`` or ``(1, -1)``),
     ``patch_cells``, ``patch_px``; the tables ``activation`` (``S x C x top`` float32, one
     slice per sign, ``nan`` where fewer images than ``top``), ``image_index`` (``-1`` there),
-    ``y``, ``x``.
+    ``y``, ``x``; ``skipped``: ``{"image", "reason"}`` of every file that could not be read
+    (left out of the build, which went on).
     """
 
     def __init__(
@@ -160,6 +161,7 @@ class NeuronAtlas:
         x: np.ndarray,
         patch_bytes: np.ndarray,
         patch_offsets: np.ndarray,
+        skipped: Sequence[dict] = (),
     ) -> None:
         self.model, self.layer = model, layer
         self.layer_shape = tuple(int(v) for v in layer_shape)
@@ -167,6 +169,7 @@ class NeuronAtlas:
         self.images, self.labels, self.class_names = list(images), [list(v) for v in labels], dict(class_names)
         self.top_n, self.patch_cells, self.patch_px = int(top), int(patch_cells), int(patch_px)
         self.signs = tuple(int(v) for v in signs)
+        self.skipped = [{"image": str(d["image"]), "reason": str(d["reason"])} for d in skipped]
         if self.signs not in ((1,), (1, -1)):
             raise ValueError(f"atlas signs {self.signs} must be (1,) or (1, -1)")
         self.activation = np.asarray(activation, dtype=np.float32)
@@ -279,6 +282,7 @@ class NeuronAtlas:
             "signs": list(self.signs),
             "patch_cells": self.patch_cells,
             "patch_px": self.patch_px,
+            "skipped": self.skipped,
         }
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -347,9 +351,11 @@ class NeuronAtlas:
 
         Args:
             model: a :class:`~fastloc_viz.ModelBundle` (or module).
-            images: a folder (searched recursively for :data:`IMAGE_SUFFIXES`), a CSV file or
-                data directory in the ``evaluate`` format (labels known), a
-                :class:`~fastloc_viz.imaging.dataset.LocalizationDataset`, or a list of paths / images.
+            images: a folder (the files :func:`fastloc_viz.imaging.sources.image_files` lists),
+                a CSV file or data directory in the ``evaluate`` format (labels known), a
+                :class:`~fastloc_viz.imaging.dataset.LocalizationDataset`, or a list of paths /
+                images. Files are read as :func:`fastloc_viz.explain` reads them; one that
+                cannot be read is left out and listed in :attr:`skipped` with its reason.
             layer: the probe layer (``None``: the same default as :func:`fastloc_viz.explain`).
             top: units kept per channel (at most one per image).
             batch_size: images per forward pass.
@@ -371,8 +377,8 @@ class NeuronAtlas:
         src = sources(images)
         n = len(src)
         size = tuple(bundle.input_size)
-        first = load_batch(src.items[0], size, bundle.interpolation)
-        name, module = _layer(bundle, layer, first)
+        skipped: dict[int, str] = {}
+        name, module = _layer(bundle, layer, _first_readable(src, size, bundle.interpolation))
         signs = (1, -1) if negative else (1,)
         vals = idx = pos = None  # S x C x top, made once the layer's shape is seen
         shape = None
@@ -390,6 +396,7 @@ class NeuronAtlas:
             state = _read_checkpoint(ck)
             if state is not None and state["key"] == key:
                 vals, idx, pos, shape, start = state["vals"], state["idx"], state["pos"], state["shape"], state["next"]
+                skipped = state["skipped"]
                 log.info("fastloc_viz: atlas build resumes at image %d of %d from %s", start, n, ck)
             else:
                 log.warning("fastloc_viz: checkpoint %s is for another build; starting over", ck)
@@ -402,23 +409,23 @@ class NeuronAtlas:
             bar = tqdm(total=n, initial=start, desc=f"atlas {name}", unit="img")
         try:
             for b, s in enumerate(batches):
-                chunk = src.items[s : s + batch_size]
-                x = first if s == 0 and len(chunk) == 1 else load_batch(list(chunk), size, bundle.interpolation)
-                found, shape = _scan(bundle, (name, module), x)
-                if idx is None:
-                    full = (len(signs), shape[0], top)
-                    vals = np.full(full, -np.inf, dtype=np.float32)
-                    idx = np.full(full, -1, dtype=np.int64)
-                    pos = np.full(full, -1, dtype=np.int64)
-                img = np.arange(s, s + len(chunk), dtype=np.int64)[None, :].repeat(shape[0], 0)
-                for k, (v, w) in enumerate(found[: len(signs)]):
-                    new = (v.numpy().T, img, w.numpy().T.astype(np.int64))
-                    vals[k], idx[k], pos[k] = _merge(vals[k], idx[k], pos[k], *new, top)
+                stop = min(n, s + batch_size)
+                x, kept = _read_chunk(src, range(s, stop), size, bundle.interpolation, skipped)
+                if x is not None:
+                    found, shape = _scan(bundle, (name, module), x)
+                    if idx is None:
+                        full = (len(signs), shape[0], top)
+                        vals = np.full(full, -np.inf, dtype=np.float32)
+                        idx = np.full(full, -1, dtype=np.int64)
+                        pos = np.full(full, -1, dtype=np.int64)
+                    img = np.asarray(kept, dtype=np.int64)[None, :].repeat(shape[0], 0)
+                    for k, (v, w) in enumerate(found[: len(signs)]):
+                        new = (v.numpy().T, img, w.numpy().T.astype(np.int64))
+                        vals[k], idx[k], pos[k] = _merge(vals[k], idx[k], pos[k], *new, top)
                 if bar is not None:
-                    bar.update(len(chunk))
-                done = s + len(chunk)
-                if ck is not None and ((b + 1) % checkpoint_every == 0) and done < n:
-                    _write_checkpoint(ck, key, vals, idx, pos, shape, done)
+                    bar.update(stop - s)
+                if ck is not None and idx is not None and (b + 1) % checkpoint_every == 0 and stop < n:
+                    _write_checkpoint(ck, key, vals, idx, pos, shape, stop, skipped)
         finally:
             if bar is not None:
                 bar.close()
@@ -426,7 +433,7 @@ class NeuronAtlas:
         ys = np.where(idx >= 0, pos // w, -1)
         xs = np.where(idx >= 0, pos % w, -1)
         activation = np.where(idx >= 0, vals * np.array(signs, dtype=np.float32)[:, None, None], np.nan)
-        blobs = _cut_patches(src, size, idx, ys, xs, (h, w), patch_cells, patch_px, show)
+        blobs = _cut_patches(src, size, bundle.interpolation, idx, ys, xs, (h, w), patch_cells, patch_px, show)
         offsets = np.zeros(idx.size + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(bt) for bt in blobs])
         data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if offsets[-1] else np.zeros(0, dtype=np.uint8)
@@ -449,13 +456,43 @@ class NeuronAtlas:
             x=xs,
             patch_bytes=data.copy(),
             patch_offsets=offsets,
+            skipped=[{"image": src.names[i], "reason": why} for i, why in sorted(skipped.items())],
         )
         if ck is not None and ck.exists():
             ck.unlink()
         return atlas
 
 
-def _cut_patches(src: Source, size, idx, ys, xs, grid, cells: int, px: int, show: bool) -> list[bytes]:
+def _read_chunk(src: Source, rows: range, size, interpolation: str, skipped: dict[int, str]):
+    """Images ``rows`` of ``src`` at the model's size, the ones that can be read: ``(N x 3 x H
+    x W tensor or None, their indices)``; a file that cannot be read goes to ``skipped``
+    (index -> reason). An in-memory image that cannot be used raises, as ``explain`` does."""
+    ts, kept = [], []
+    for i in rows:
+        try:
+            ts.append(load_batch(src.items[i], size, interpolation))
+        except Exception as e:  # noqa: BLE001 - a file that cannot be read is listed, the build goes on
+            if not isinstance(src.items[i], (str, os.PathLike)):
+                raise
+            skipped[i] = unreadable_reason(e)
+            log.warning("fastloc_viz: atlas leaves out %s: %s", src.names[i], skipped[i])
+            continue
+        kept.append(i)
+    return (torch.cat(ts) if ts else None), kept
+
+
+def _first_readable(src: Source, size, interpolation: str) -> torch.Tensor:
+    """The first image of ``src`` that can be read (for the dry run that finds the layer)."""
+    reasons: dict[int, str] = {}
+    for i in range(len(src)):
+        x, _ = _read_chunk(src, range(i, i + 1), size, interpolation, reasons)
+        if x is not None:
+            return x
+    raise ValueError(f"none of the {len(src)} images can be read; the first: {src.names[0]}: {reasons.get(0)}")
+
+
+def _cut_patches(src: Source, size, interpolation: str, idx, ys, xs, grid, cells: int, px: int,
+                 show: bool) -> list[bytes]:
     """The JPEG patch of every kept unit, in table order (``b""`` for empty slots); each
     image is loaded once."""
     ys, xs = ys.ravel(), xs.ravel()
@@ -470,16 +507,16 @@ def _cut_patches(src: Source, size, idx, ys, xs, grid, cells: int, px: int, show
 
         items = tqdm(items, desc="atlas patches", unit="img")
     for i, slots in items:
-        t = load_batch(src.items[i], size)[0]
+        t = load_batch(src.items[i], size, interpolation)[0]
         rgb = Image.fromarray(to_uint8(t.permute(1, 2, 0).numpy()))
         for j in slots:
             blobs[j] = _patch_jpeg(rgb, int(ys[j]), int(xs[j]), grid, cells, px)
     return blobs
 
 
-def _write_checkpoint(path: Path, key: dict, vals, idx, pos, shape, done: int) -> None:
+def _write_checkpoint(path: Path, key: dict, vals, idx, pos, shape, done: int, skipped: dict[int, str]) -> None:
     buf = io.BytesIO()
-    meta = {"key": key, "shape": list(shape), "next": int(done)}
+    meta = {"key": key, "shape": list(shape), "next": int(done), "skipped": [[i, r] for i, r in skipped.items()]}
     np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), vals=vals, idx=idx, pos=pos)
     write_bytes_atomic(path, buf.getvalue(), what="atlas checkpoint")
 
@@ -492,6 +529,7 @@ def _read_checkpoint(path: Path) -> dict | None:
                 "key": meta["key"],
                 "shape": tuple(meta["shape"]),
                 "next": int(meta["next"]),
+                "skipped": {int(i): str(r) for i, r in meta.get("skipped", [])},
                 "vals": z["vals"],
                 "idx": z["idx"],
                 "pos": z["pos"],

@@ -20,7 +20,7 @@ from ..engine.activations import mean_pairwise_correlation
 # duck-typed (``Any`` below), so this module sits below both and below the report
 # (docs/architecture.md).
 
-__all__ = ["atlas_sign", "cards_html", "check_atlas", "similarity_note"]
+__all__ = ["atlas_sign", "cards_html", "check_atlas", "drop_points", "logit_change", "similarity_note"]
 
 
 def check_atlas(atlas: Any, explanation: Explanation) -> None:
@@ -55,16 +55,27 @@ def _img(rgb: np.ndarray, title: str, css: str = "") -> str:
     return f"<img src='{raster.image_uri(rgb)}' title='{html.escape(title)}' alt='{html.escape(title)}' style='{css}'>"
 
 
+def drop_points(base_p: float, off_p: float) -> str:
+    """The probability drop in points, one decimal, never ``"-0.0"`` (a rise is negative)."""
+    return f"{round(100 * (base_p - off_p), 1) + 0.0:.1f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def logit_change(base_logit: float, off_logit: float) -> str:
+    """``"logit -3.21 → -4.05 (-0.84)"``: what a probability near 0 or 1 hides."""
+    d = round(off_logit - base_logit, 2) + 0.0
+    return f"logit {base_logit:.2f} → {off_logit:.2f} ({d:+.2f})"
+
+
 def _drop_text(ablation: Any, i: int) -> str:
     if ablation is None:
         return ""
-    base = ablation.base.probability
+    base = ablation.base
     off = ablation.channel_off[i]
     unit = ablation.unit_off[i]
-    drop = 100 * (base - off.probability)
     return (
-        f"<div class='drop' data-drop='{drop / 100:.6f}'>channel off: p {base:.1%} → {off.probability:.1%} "
-        f"(drop <b>{drop:.1f}</b> points); its unit alone off: {unit.probability:.1%}</div>"
+        f"<div class='drop' data-drop='{base.probability - off.probability:.6f}'>channel off: p "
+        f"{base.probability:.1%} → {off.probability:.1%} (drop <b>{drop_points(base.probability, off.probability)}"
+        f"</b> points), {logit_change(base.logit, off.logit)}; its unit alone off: {unit.probability:.1%}</div>"
     )
 
 

@@ -20,14 +20,17 @@ from plotly.subplots import make_subplots
 from ..methods import METHODS
 from .plots import (
     DEFAULT_COLORSCALE,
+    MODEBAR_PX,
     _image_axes,
     _photo_trace,
     fading_colorscale,
     heatmap_trace,
     method_label,
+    title_height,
 )
 
-__all__ = ["PALETTE", "curves_of", "faithfulness_figure", "method_color", "sanity_curve_figure", "sanity_strip"]
+__all__ = ["PALETTE", "constant_note", "curves_of", "faithfulness_figure", "method_color", "sanity_curve_figure",
+           "sanity_strip"]
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#7f7f7f")
@@ -69,7 +72,8 @@ def curves_of(source: Mapping[str, Any]) -> dict[str, dict[str, tuple[np.ndarray
     return {k: v for k, v in out.items() if v}
 
 
-def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, height: int = 360) -> go.Figure:
+def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, height: int = 380,
+                        width: int = 820) -> go.Figure:
     """Deletion (left) and insertion (right) curves, one line per method, AUC in the legend.
 
     ``source``: see :func:`curves_of` (one image's curves, or evaluate's mean curves).
@@ -77,9 +81,8 @@ def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, 
     curves = curves_of(source)
     if not curves:
         raise ValueError("no deletion or insertion curve to plot")
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.09, subplot_titles=(
-        "Deletion: top pixels removed first (lower area is better)",
-        "Insertion: top pixels added first (higher area is better)"))
+    titles = ("<b>Deletion</b><br>lower area is better", "<b>Insertion</b><br>higher area is better")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.09, subplot_titles=titles)
     for label, kinds in curves.items():
         color = method_color(label)
         for col, kind in enumerate(("deletion", "insertion"), start=1):
@@ -91,14 +94,16 @@ def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, 
                 name=f"{_name(label)} · {kind[:3]}. AUC {area:.3f}", legendgroup=label,
                 hovertemplate=f"{_name(label)}<br>%{{x:.0%}} of pixels<br>p = %{{y:.3f}}<extra></extra>",
             ), row=1, col=col)
-    for col in (1, 2):
-        fig.update_xaxes(title_text="fraction of pixels changed", tickformat=".0%", range=[0, 1], row=1, col=col)
+    for col, what in ((1, "removed"), (2, "added")):  # top-ranked first (the notes beside say so)
+        fig.update_xaxes(title={"text": f"share of pixels {what}", "font": {"size": 12}}, tickformat=".0%",
+                         range=[0, 1], row=1, col=col)
         fig.update_yaxes(title_text="probability of the target class" if col == 1 else None, rangemode="tozero",
                          row=1, col=col)
     for ann in fig.layout.annotations:
         ann.font = {"size": 12}
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 50, "r": 10, "t": 60, "b": 40},
-                      legend={"font": {"size": 11}}, title=title)
+    top = MODEBAR_PX + title_height(titles, 12) + (30 if title else 0)
+    fig.update_layout(template="plotly_white", height=height, width=width,
+                      margin={"l": 50, "r": 10, "t": top, "b": 40}, legend={"font": {"size": 11}}, title=title)
     return fig
 
 
@@ -173,9 +178,13 @@ def sanity_strip(results: Mapping[str, Any], *, image: np.ndarray | None = None,
     for label in labels:
         r = results[label]
         titles.append(f"<b>{_name(label)}</b><br>trained")
-        titles += [f"{d}: {g}<br>ρ = {s:.2f}" for d, g, s in zip(r.depths, r.groups, r.spearman)]
-    fig = make_subplots(rows=len(labels), cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
-                        vertical_spacing=0.14 / len(labels))
+        titles += [f"{d}: {g}<br>" + ("constant map" if np.isnan(s) else f"ρ = {s:.2f}")
+                   for d, g, s in zip(r.depths, r.groups, r.spearman)]
+    rows = len(labels)
+    gap = title_height(titles, 10.5) + 4  # each row's titles in the gap above it, none under the toolbar
+    plot_px = rows * cell + (rows - 1) * gap
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.01,
+                        vertical_spacing=gap / plot_px if rows > 1 else 0.0)
     h, w = first.original.shape
     for i, label in enumerate(labels):
         r = results[label]
@@ -191,7 +200,18 @@ def sanity_strip(results: Mapping[str, Any], *, image: np.ndarray | None = None,
     fig.update_layout(
         coloraxis={"colorscale": fading_colorscale(colorscale) if image is not None else colorscale,
                    "cmin": 0, "cmax": 1, "showscale": False},
-        width=max(400, cell * cols), height=int(cell * 1.2 * len(labels)) + 30,
-        margin={"l": 5, "r": 5, "t": 45, "b": 5}, template="plotly_white", showlegend=False,
+        width=max(400, cell * cols), height=plot_px + MODEBAR_PX + gap + 5,
+        margin={"l": 5, "r": 5, "t": MODEBAR_PX + gap, "b": 5}, template="plotly_white", showlegend=False,
     )
     return fig
+
+
+def constant_note(results: Mapping[str, Any]) -> str:
+    """One sentence naming where a method's randomized map was constant (no rank correlation,
+    left out of the means), or ``""``: ``{method: SanityResult}``."""
+    where = [f"{_name(label)} at {', '.join(r.constant_groups)}" for label, r in results.items()
+             if getattr(r, "constant_groups", ())]
+    if not where:
+        return ""
+    return ("Constant maps (all zero: no rank correlation, so left out of the curves' means, not counted "
+            "as 0): " + "; ".join(where) + ".")

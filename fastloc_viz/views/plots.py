@@ -62,6 +62,8 @@ __all__ = [
     "rank_scores",
     "method_grid",
     "method_label",
+    "title_height",
+    "MODEBAR_PX",
 ]
 
 BOX_COLOR = "#00e5ff"
@@ -72,6 +74,18 @@ ENABLED_COLOR = "#3b6fd4"
 DISABLED_COLOR = "#c9ced6"
 
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif")
+
+MODEBAR_PX = 32
+"""The height of plotly's toolbar (the mode bar, top right): a figure's top margin keeps
+titles below it."""
+
+
+def title_height(titles: Sequence[str], size: float) -> int:
+    """Pixels the tallest of ``titles`` (``<br>`` breaks lines) takes at font ``size`` px,
+    with the gap plotly leaves under a subplot title: what a row of panels must leave free
+    above it so that its titles do not cover the row above."""
+    lines = max((t.count("<br>") + 1 for t in titles), default=1)
+    return math.ceil(lines * size * 1.3 + 6)
 
 def method_label(method: str) -> str:
     """A readable name for a method id (``"gradcam"`` -> ``"Grad-CAM"``), from the registry."""
@@ -490,16 +504,19 @@ def method_grid(
     cols = cols or min(n, 3 if n > 4 else n)
     rows = math.ceil(n / cols)
     titles = [method_title(name, explanations[name], gt_box, show_time) for name in names]
-    two_lines = show_time or gt_box is not None
+    first = explanations[names[0]]
+    h, w = first.input_size
+    # each row's titles sit in the gap above it, which is as tall as they are (in pixels)
+    gap = title_height(titles, 11.5) + 4
+    row_px = round(cell * h / w * photo_aspect(first))
+    plot_px = rows * row_px + (rows - 1) * gap
     fig = make_subplots(
         rows=rows,
         cols=cols,
         subplot_titles=titles,
         horizontal_spacing=0.025,
-        vertical_spacing=(0.16 if two_lines else 0.08) / rows,
+        vertical_spacing=gap / plot_px if rows > 1 else 0.0,
     )
-    first = explanations[names[0]]
-    h, w = first.input_size
     for i, name in enumerate(names):
         e = explanations[name]
         r, c = i // cols + 1, i % cols + 1
@@ -526,8 +543,8 @@ def method_grid(
             colorbar=dict(thickness=10, len=0.7, tickvals=[0, 0.5, 1], outlinewidth=0),
         ),
         width=cols * cell + 70,
-        height=rows * round(cell * h / w * photo_aspect(first) + (62 if two_lines else 44)) + 20,
-        margin=dict(l=4, r=4, t=62 if two_lines else 44, b=4),
+        height=plot_px + MODEBAR_PX + gap + 4,
+        margin=dict(l=4, r=4, t=MODEBAR_PX + gap, b=4),
         font=_FONT,
         plot_bgcolor="white",
         paper_bgcolor="white",

@@ -347,7 +347,9 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "(Adebayo et al. 2018); ρ is the Spearman correlation with the trained model's map. "
             "A map that barely changes while the model is destroyed does not explain the model.</p>"
             + (fig(pf.sanity_strip(objects, image=lead.image)) if objects else "")
-            + fig(pf.sanity_curve_figure(sanity)) + "</section>"
+            + fig(pf.sanity_curve_figure(sanity))
+            + (f"<p class='muted'>{html.escape(pf.constant_note(objects))}</p>" if pf.constant_note(objects) else "")
+            + "</section>"
         )
     return parts
 

@@ -53,7 +53,8 @@ class ChecksPanel:
         self.progress = W.FloatProgress(value=0, min=0, max=1, bar_style="info",
                                         layout=W.Layout(width="160px", visibility="hidden"))
         self.status = W.HTML(layout=W.Layout(margin="0 0 0 8px"))
-        self.buttons = {s: W.Button(description="compute", icon="play", layout=W.Layout(width="110px"))
+        # width "auto": the button fits "recompute" (a fixed 110 px cut it to "recomp…")
+        self.buttons = {s: W.Button(description="compute", icon="play", layout=W.Layout(width="auto"))
                         for s in SECTIONS}
         self.notes = {
             "faithfulness": W.HTML(
@@ -165,7 +166,9 @@ class ChecksPanel:
             figs = [go.FigureWidget(pf.faithfulness_figure(self.faithfulness))]
         else:
             image = next(iter(self.owner._base.values())).image
+            note = pf.constant_note(self.sanity)
             figs = [go.FigureWidget(pf.sanity_strip(self.sanity, image=image)),
-                    go.FigureWidget(pf.sanity_curve_figure(self.sanity))]
+                    go.FigureWidget(pf.sanity_curve_figure(self.sanity)),
+                    *([W.HTML(f"<span class='flv-stat flv-constant'>{html.escape(note)}</span>")] if note else [])]
         self.boxes[section].children = (self.boxes[section].children[0], *figs)
         self.buttons[section].description = "recompute"

@@ -15,7 +15,7 @@ import numpy as np
 from ..core.raster import encode, photo_aspect, to_photo_aspect
 from ..core.results import Explanation
 from ..views import plots
-from ..views.cards import atlas_sign
+from ..views.cards import atlas_sign, drop_points, logit_change
 
 ON_BORDER, OFF_BORDER, CAM_BORDER = "2px solid #3b6fd4", "2px solid #d5d9e0", "2px solid #e8850c"
 
@@ -55,13 +55,16 @@ def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card
     return card
 
 
-def drop_html(base_p: float, off_p: float, unit_p: float) -> str:
-    """A card's drop line: the class's probability with the channel (and the unit) zeroed."""
-    d = base_p - off_p
+def drop_html(base, off, unit) -> str:
+    """A card's drop line: the class's probability and logit with the channel zeroed (and,
+    in the tooltip, with only the unit zeroed); ``base``, ``off``, ``unit``: ablation
+    ``Outcome`` objects. The logit shows the change a probability near 0 or 1 hides."""
+    d = base.probability - off.probability
     return (
         f"<div class='flv-neuron flv-drop' data-drop='{d:.6f}' title='p of the explained class with this "
-        f"channel zeroed at the probe layer ({unit_p:.1%} with only its unit zeroed)'>channel off: "
-        f"{base_p:.1%} → {off_p:.1%} (<b>drop {100 * d:.1f} pts</b>)</div>"
+        f"channel zeroed at the probe layer ({unit.probability:.1%} with only its unit zeroed)'>channel off: "
+        f"{base.probability:.1%} → {off.probability:.1%} (<b>drop {drop_points(base.probability, off.probability)} "
+        f"pts</b>)<br><span class='flv-logit'>{logit_change(base.logit, off.logit)}</span></div>"
     )
 
 
@@ -153,7 +156,7 @@ class Cards:
     def show_drops(self, e: Explanation, ablation) -> None:
         """Each card's drop line from ``ablation`` (:func:`fastloc_viz.ablate` of ``e``)."""
         for card, co, uo in zip(self.cards, ablation.channel_off, ablation.unit_off):
-            card["drop"].value = drop_html(ablation.base.probability, co.probability, uo.probability)
+            card["drop"].value = drop_html(ablation.base, co, uo)
 
     def order(self, e: Explanation, ablation=None) -> None:
         """The row in rank order, or by drop (largest first) with an ``ablation``."""

@@ -15,7 +15,9 @@ boxes as COCO.
 
 from __future__ import annotations
 
+import html
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,33 @@ KIND_NOTE = {"whole": " <span class='fastloc-review-kind' style='color:#c62828'>
              "diffuse": " <span class='fastloc-review-kind' style='color:#c62828'>diffuse map</span>"}
 
 
-def _thumbnail(path: str, box, status, size: int, photo: tuple[int, int]) -> bytes:
-    """The photo shrunk to ``size`` on its longer side (its own aspect), with the box."""
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (size, size))
-            img = im.convert("RGB")
-    except Exception:  # noqa: BLE001 - a file gone since the run: a grey card says so
-        img = Image.new("RGB", (size, size), (200, 200, 200))
-    return _draw(img, box, status, size, photo)
+def _photo(path: str, side: int) -> Image.Image:
+    """The file as ``explain`` reads it (the one reader: TIFF, DICOM and FITS windowed, the
+    same page / frame / HDU), decoded at no less than ``side`` where the format allows."""
+    from ..core.raster import to_uint8
+    from ..imaging.batch import read_for_model
+
+    return Image.fromarray(to_uint8(read_for_model(path, (side, side)).pixels))
+
+
+def _thumbnail(path: str, box, status, size: int, photo: tuple[int, int]) -> tuple[bytes, str]:
+    """The photo shrunk to ``size`` on its longer side (its own aspect), with the box; and
+    ``""``, or why the file cannot be read (a grey card then says so)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            img, reason = _photo(path, size), ""
+        except Exception as e:  # noqa: BLE001 - a file gone or broken since the run: a grey card
+            from ..imaging.batch import unreadable_reason
+
+            img, reason = Image.new("RGB", _fit_size(photo, size), (200, 200, 200)), unreadable_reason(e)
+    return _draw(img, box, status, size, photo), reason
+
+
+def _fit_size(photo: tuple[int, int], side: int) -> tuple[int, int]:
+    """``(w, h)`` of ``photo`` shrunk to ``side`` on its longer side."""
+    f = side / max(photo)
+    return (max(1, round(photo[0] * f)), max(1, round(photo[1] * f)))
 
 
 def _draw(img: Image.Image, box, status, size: int, photo: tuple[int, int] | None = None) -> bytes:
@@ -82,7 +102,8 @@ class BoxReview(W.VBox):
         self.page, self.selected = 0, 0
         self._maps: dict[str, Any] = {}
         classes = [("all classes", None)] + [(f"{n} ({c})", i) for i, n, c in self.store.classes()]
-        self.class_menu = W.Dropdown(options=classes, value=None, description="class")
+        # index=0, not value=None: a Dropdown given value None selects nothing and shows blank
+        self.class_menu = W.Dropdown(options=classes, index=0, description="class")
         self.sort_menu = W.Dropdown(options=[("score, best first", "-score"), ("score, worst first", "score"),
                                              ("file", "file"), ("class", "class")], value="-score", description="sort")
         self.status_menu = W.Dropdown(options=[("all", "any"), ("undecided", None), ("accepted", "accepted"),
@@ -139,11 +160,14 @@ class BoxReview(W.VBox):
         self.grid.children = self.cards
 
     def _card(self, i: int, p) -> W.VBox:
-        img = W.Image(value=_thumbnail(p.path, p.final_box, p.status, self.thumb, (p.width, p.height)), format="png",
-                      layout=W.Layout(max_width=f"{self.thumb}px"))
+        png, reason = _thumbnail(p.path, p.final_box, p.status, self.thumb, (p.width, p.height))
+        img = W.Image(value=png, format="png", layout=W.Layout(max_width=f"{self.thumb}px"))
+        why = f"<br><span style='color:#b71c1c' title='{html.escape(reason, quote=True)}'>cannot be read</span>" \
+            if reason else ""
         label = W.HTML(f"<div style='font-size:11px;line-height:1.25'><b>{p.category}</b> "
                        f"<span title='{SCORE_TIP}'>{p.score:.2f}</span>{KIND_NOTE.get(p.kind, '')}<br>"
-                       f"<span title='{p.file}'>{Path(p.file).name[:24]}</span><br>{p.status or 'undecided'}</div>")
+                       f"<span title='{html.escape(p.path, quote=True)}'>{html.escape(Path(p.file).name[:24])}</span>"
+                       f"<br>{p.status or 'undecided'}{why}</div>")
         buttons = []
         for text, tip, action in (("✓", "accept (a)", self.accept), ("✗", "reject (r)", self.reject),
                                   ("✎", "adjust (e)", self.edit), ("🔍", "open in the explorer", self.explore)):
@@ -199,11 +223,8 @@ class BoxReview(W.VBox):
         except ImportError:
             raise ImportError("dragging boxes needs jupyter-bbox-widget: pip install 'fastloc-viz[review]'") from None
 
-        with Image.open(p.path) as im:
-            im.draft("RGB", (512, 512))
-            img = im.convert("RGB")
-        f_disp = 512 / max(p.width, p.height)
-        shown = img.resize((max(1, round(p.width * f_disp)), max(1, round(p.height * f_disp))))
+        f_disp = 512 / max(p.width, p.height)  # the box is in the photo's pixels
+        shown = _photo(p.path, 512).resize(_fit_size((p.width, p.height), 512))
         x0, y0, x1, y1 = p.final_box
         bbox = BBoxWidget(image=image_uri(np.asarray(shown)),
                           classes=[p.category], hide_buttons=True,
