@@ -6,7 +6,7 @@ Each part runs in its own fresh process, so that its peak RSS (``VmHWM``) is its
   every method, on EfficientNet-Lite0.
 * ``huge``: a 12000 x 9000 JPEG (108 megapixels): decoded at a reduced scale, then explained.
 * ``run``: the first 300 rows of ``../shared/data/imagenet-val-wsol`` through
-  ``fastloc_viz.evaluation.localization.evaluate`` (the real pipeline: loading, explaining, scoring), with
+  ``fastloc_viz.evaluation.runner.evaluate`` (the real pipeline: loading, explaining, scoring), with
   the resident set size sampled after every image; reported every 50 images, with the slope
   of a line fitted over images 50..300 (a leak shows as a steady climb).
 
@@ -133,7 +133,7 @@ def part_run(n: int, methods: list[str]) -> dict:
     import torch
 
     import fastloc_viz as fv
-    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.evaluation import runner as ev
     from fastloc_viz.imaging.dataset import LocalizationDataset
 
     torch.set_num_threads(int(os.environ.get("FASTLOC_BENCH_THREADS", "2")))
@@ -217,7 +217,7 @@ def main() -> int:
     if (DATA / "annotations.csv").exists():
         doc["run"] = child("run")
         r = doc["run"]
-        print(f"\n{r['n']} images in a row through fastloc_viz.evaluation.localization ({', '.join(r['methods'])}), "
+        print(f"\n{r['n']} images in a row through fastloc_viz.evaluation.runner ({', '.join(r['methods'])}), "
               f"{r['time_s']:.0f} s: RSS before {r['before_rss_mib']:.0f} MiB, after image 1 "
               f"{r['first_image_rss_mib']:.0f} MiB, peak {r['peak_rss_mib']:.0f} MiB")
         print("  " + "  ".join(f"@{k}: {v:.0f}" for k, v in r["rss_every_50_mib"].items()) + "  (MiB)")

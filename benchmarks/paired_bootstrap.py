@@ -25,19 +25,21 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastloc_viz.evaluation.localization import MethodSpec, ResultCache  # noqa: E402
-from fastloc_viz.evaluation.metrics import IOU_LEVELS  # noqa: E402
+from fastloc_viz.evaluation.base import MethodSpec, RowCache  # noqa: E402
+from fastloc_viz.evaluation.metrics import IOU_LEVELS, QueryResult  # noqa: E402
 from fastloc_viz.imaging.dataset import LocalizationDataset  # noqa: E402
 
 
 def load(cache_root: Path) -> dict[str, dict]:
-    """label -> {"data": csv path, "results": {row: QueryResult}} for every cached config."""
+    """label -> {"data": csv path, "results": {row: QueryResult}} for every cached localization
+    config (``cache_root/localization/<hash>``)."""
     out = {}
-    for spec_path in sorted(cache_root.glob("*/spec.json")):
+    for spec_path in sorted((cache_root / "localization").glob("*/spec.json")):
         spec = json.loads(spec_path.read_text())
         dataset = LocalizationDataset(Path(spec["data"]).parent)
         label = MethodSpec(spec["method"], spec["kwargs"]).label
-        out[label] = {"data": spec["data"], "results": ResultCache(cache_root, spec).load(dataset)}
+        rows = RowCache(cache_root / "localization", spec).load(dataset)
+        out[label] = {"data": spec["data"], "results": {r: QueryResult.from_dict(d) for r, d in rows.items()}}
     return out
 
 

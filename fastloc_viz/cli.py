@@ -81,10 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--top", type=int, default=8, help="units kept per channel (default 8)")
     a.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
 
-    from .evaluation import boxfree as evaluate_boxfree
+    from .evaluation import command as evaluate_command
 
     ev = sub.add_parser("evaluate", help="localization (boxes), faithfulness and sanity metrics on a data set")
-    evaluate_boxfree.add_arguments(ev)
+    evaluate_command.add_arguments(ev)
     b = sub.add_parser("boxes", help="a box for every image of a folder, ImageFolder tree or CSV: COCO JSON + CSV")
     _box_arguments(b)
     for parser in (e, b, ev):
@@ -347,18 +347,24 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_atlas(args) -> int:
-    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas."""
+    """Build (resuming from ``OUT.partial`` after an interruption) and save an atlas; under
+    ``torchrun`` the ranks share the images and rank 0 saves."""
     from . import load_model
     from .core.files import check_writable
+    from .core.parallel import init_distributed
     from .neurons.atlas import NeuronAtlas
 
     out = Path(args.out)
     check_writable(out, what="the atlas")
     t0 = time.perf_counter()
+    dist = init_distributed()
     bundle = load_model(args.model)
     atlas = NeuronAtlas.build(
-        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial"
+        bundle, args.source, args.layer, top=args.top, batch_size=args.batch_size, checkpoint=str(out) + ".partial",
+        dist=dist,
     )
+    if not dist.is_main:
+        return 0
     path = atlas.save(out)
     for d in atlas.skipped:
         print(f"fastloc-viz: skipped {d['image']}: {d['reason']}", file=sys.stderr)
@@ -369,6 +375,15 @@ def _cmd_atlas(args) -> int:
         + f" in {time.perf_counter() - t0:.1f} s -> {path} ({path.stat().st_size / 1e6:.1f} MB)"
     )
     return 0
+
+
+def _cmd_evaluate(args) -> int:
+    """``fastloc-viz evaluate`` (also ``python -m fastloc_viz.evaluation``): the evaluation
+    runner, with the plots of :mod:`fastloc_viz.views.evaluation_plots` for ``--out``."""
+    from .evaluation import command
+    from .views.evaluation_plots import evaluation_pages
+
+    return command.run(args, pages=evaluation_pages)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -390,9 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _cmd_atlas(args)
             if args.command == "boxes":
                 return _cmd_boxes(args)
-            from .evaluation import boxfree as evaluate_boxfree
-
-            return evaluate_boxfree.run(args)
+            return _cmd_evaluate(args)
     except KeyboardInterrupt as e:  # a run that can resume says how (collection.boxes.Interrupted)
         print(f"fastloc-viz: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130

@@ -264,6 +264,7 @@ def test_a_live_explorer_shows_the_score_and_updates_the_shares_on_a_toggle():
     image = np.random.default_rng(3).random((16, 16, 3)).astype(np.float32)
     ex = NeuronExplorer(bundle, image, debounce=0.01)
     try:
+        assert ex.wait(60)  # the shares are drawn on the worker, after the display
         k = len(ex.explanation.neurons)
         caption = f"box score {ex.explanation.box_score:.2f}"
         assert caption in ex.overlay_fig.layout.title.text
@@ -271,6 +272,7 @@ def test_a_live_explorer_shows_the_score_and_updates_the_shares_on_a_toggle():
         shown = [float(c["share"].value.split("data-share='")[1].split("'")[0]) for c in ex.cards.cards[:k]]
         assert shown == pytest.approx([shares["neurons"][r] for r in range(1, k + 1)], abs=1e-6)
         ex.enabled = list(range(2, k + 1))  # neuron 1 off: it draws nothing, the caption follows the new box
+        assert ex.wait(60)
         assert "data-share='0.000000'" in ex.cards.cards[0]["share"].value
         assert f"box score {ex.explanation.box_score:.2f}" in ex.overlay_fig.layout.title.text
     finally:

@@ -12,9 +12,11 @@ from conftest import TinyNet
 from PIL import Image
 
 from fastloc_viz import ModelBundle, explain
-from fastloc_viz.evaluation.boxfree import evaluate_box_free, parse_metrics
+from fastloc_viz.evaluation.base import MethodSpec
+from fastloc_viz.evaluation.boxfree import Faithfulness, Sanity
+from fastloc_viz.evaluation.command import json_summary
 from fastloc_viz.evaluation.faithfulness import faithfulness_of
-from fastloc_viz.evaluation.localization import MethodSpec, json_summary
+from fastloc_viz.evaluation.runner import evaluate, parse_metrics
 from fastloc_viz.evaluation.sanity import sanity_check
 from fastloc_viz.imaging.dataset import LocalizationDataset
 from fastloc_viz.views.faithfulness_plots import (
@@ -63,11 +65,11 @@ def test_folder_and_label_less_csv(folder):
 def test_evaluate_box_free_caches_and_resumes(tiny_bundle, folder, tmp_path):
     data = LocalizationDataset(folder, boxes=False)
     specs = [MethodSpec("gradcam", {"layer": "conv3"}), MethodSpec("guided_backprop")]
-    kw = dict(metrics=("faithfulness", "sanity"), steps=4, sanity_depths=[1], cache_dir=tmp_path / "cache")
-    part = evaluate_box_free(tiny_bundle, data, specs, max_queries=1, **kw)
+    kw = dict(metrics=[Faithfulness(steps=4), Sanity(depths=[1])], cache_dir=tmp_path / "cache")
+    part = evaluate(tiny_bundle, data, specs, max_queries=1, **kw)["methods"]
     assert part["guided_backprop"]["n_faithfulness"] == 1
-    full = evaluate_box_free(tiny_bundle, data, specs, **kw)
-    again = evaluate_box_free(tiny_bundle, data, specs, **kw)  # all from the cache
+    full = evaluate(tiny_bundle, data, specs, **kw)["methods"]
+    again = evaluate(tiny_bundle, data, specs, **kw)["methods"]  # all from the cache
     for label, m in full.items():
         assert m["n_faithfulness"] == m["n_sanity"] == 3
         assert 0 <= m["deletion_auc"] <= 1 and 0 <= m["insertion_auc"] <= 1
@@ -80,7 +82,7 @@ def test_evaluate_box_free_caches_and_resumes(tiny_bundle, folder, tmp_path):
     curves = faithfulness_of(tiny_bundle, e, steps=4)
     spec = next(p for p in (tmp_path / "cache" / "faithfulness").glob("*/spec.json")
                 if json.loads(p.read_text())["method"] == "guided_backprop")
-    rows = [json.loads(line) for line in (spec.parent / "rows.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (spec.parent / "part-0.jsonl").read_text().splitlines()]
     assert any(abs(r["deletion_auc"] - curves["deletion"].auc) < 1e-9 for r in rows)
     summary = json_summary({"n": 3, "model": "tiny", "methods": full})
     for m in summary["methods"].values():
@@ -122,21 +124,34 @@ def test_figures_and_report(tiny_bundle, tmp_path):
     assert data["sanity"]["guided_backprop"]["depths"] == [1, 2, 4]
 
 
-def test_cli_localization_and_faithfulness_together(folder, monkeypatch, capsys, tiny_bundle, tmp_path):
+def test_cli_every_metric_family_together_and_its_plot(folder, monkeypatch, capsys, tiny_bundle, tmp_path):
+    """All three families in one run, one explanation per image and method shared by them;
+    with --out, each family's plot is written (docs/evaluation.md)."""
     import fastloc_viz
     from fastloc_viz.cli import main
+    from fastloc_viz.evaluation import runner
     from fastloc_viz.evaluation.localization import JSON_KEYS
 
     (folder / "annotations.csv").write_text(
         "image,label,wnid,width,height,orig_width,orig_height,boxes\n"
         "a.jpg,1,n0,24,20,24,20,2 2 20 18\nb.png,3,n0,24,21,24,21,0 0 10 10\n")
     monkeypatch.setattr(fastloc_viz, "load_model", lambda name, device=None: tiny_bundle)
+    calls = []
+    monkeypatch.setattr(runner, "_explain_function", lambda: lambda *a, **k: calls.append(k) or explain(*a, **k))
     out = tmp_path / "out"
-    rc = main(["evaluate", str(folder), "--metrics", "localization,faithfulness", "--methods", "gradcam[layer=conv3]",
-               "--steps", "4", "--out", str(out), "--no-progress", "--json"])
+    rc = main(["evaluate", str(folder), "--metrics", "localization,faithfulness,sanity", "--methods", "gradcam[layer=conv3]",
+               "--steps", "4", "--sanity-depths", "1", "--out", str(out), "--no-progress", "--json"])
     assert rc == 0
+    assert [c["target"] for c in calls] == [1, 3]  # the runner explains each query once for all three
     m = json.loads(capsys.readouterr().out)["methods"]["gradcam[layer=conv3]"]
-    assert set(m) == {*JSON_KEYS, "deletion_auc", "insertion_auc"}
+    assert set(m) == {*JSON_KEYS, "deletion_auc", "insertion_auc", "sanity_similarity", "sanity_curve"}
     table = (out / "results.md").read_text()
     assert "MaxBoxAcc@0.3" in table and "deletion AUC" in table
-    assert (out / "accuracy_vs_threshold.html").exists() and (out / "cache" / "faithfulness").is_dir()
+    assert {p.name for p in (out / "cache").iterdir()} == {"localization", "faithfulness", "sanity"}
+    pages = {name: (out / name).read_text() for name in
+             ("accuracy_vs_threshold.html", "faithfulness_curves.html", "sanity_similarity.html")}
+    assert '"name":"gradcam[layer=conv3]"' in pages["accuracy_vs_threshold.html"]
+    assert "Deletion: top pixels removed first" in pages["faithfulness_curves.html"]
+    assert "Grad-CAM [layer=conv3] \\u00b7 del. AUC" in pages["faithfulness_curves.html"]
+    assert "similarity to the trained model" in pages["sanity_similarity.html"]
+    assert "Grad-CAM [layer=conv3] \\u00b7 spearman" in pages["sanity_similarity.html"]

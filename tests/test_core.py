@@ -476,3 +476,82 @@ def test_cli_demo_summary(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "Egyptian cat" in text and "neuron 5" in text and "report:" in text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-chelsea.html", "demo-coffee.html"]
+
+
+# --- one pass at a time on a model ---------------------------------------------------------
+
+
+def _entry_points(bundle, img):
+    """Every kind of pass the toolkit runs on a model, each a callable."""
+    from fastloc_viz.evaluation.faithfulness import faithfulness
+    from fastloc_viz.evaluation.sanity import sanity_check
+
+    e = fv.explain(bundle, img, k=2)
+    return {
+        "explain": lambda: fv.explain(bundle, img, k=2),
+        "ablate": lambda: fv.ablate(bundle, e),
+        "atlas": lambda: fv.NeuronAtlas.build(bundle, [img, img], top=1, progress=False, patch_px=8),
+        "faithfulness": lambda: faithfulness(bundle, img, e.saliency, steps=2),
+        "sanity": lambda: sanity_check(bundle, img, methods=["gradcam"], depths=[1]),
+    }
+
+
+def test_every_pass_waits_for_the_models_lock():
+    """explain, ablate, the atlas, faithfulness and sanity started on other threads wait while
+    another thread holds the model's lock, then all run."""
+    import threading
+
+    from fastloc_viz.model.state import one_pass
+
+    bundle = fv.load_model(TinyNet("relu").eval(), input_size=8, layer="conv3", class_names=list("abcd"))
+    calls = _entry_points(bundle, _input(n=1)[0].sigmoid())
+    done, errors = [], []
+
+    def run(name, fn):
+        try:
+            fn()
+            done.append(name)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append((name, err))
+
+    threads = [threading.Thread(target=run, args=item) for item in calls.items()]
+    with one_pass(bundle.model):
+        for t in threads:
+            t.start()
+        threads[0].join(1.0)  # each would take milliseconds
+        assert done == [] and errors == []
+    for t in threads:
+        t.join(60)
+    assert errors == [] and sorted(done) == sorted(calls)
+
+
+def test_a_cancelled_wait_for_the_model_raises_cancelled_and_runs_nothing(relu_net):
+    import threading
+
+    from fastloc_viz.model.state import Cancelled, cancel_with, one_pass
+
+    cancel, out = threading.Event(), []
+    forwards = []
+    relu_net.register_forward_pre_hook(lambda *_: forwards.append(1))
+
+    def job():
+        try:
+            with cancel_with(cancel):
+                fv.explain(relu_net, _input(n=1)[0].sigmoid(), layer="conv3", k=2)
+            out.append("ran")
+        except Cancelled:
+            out.append("cancelled")
+
+    t = threading.Thread(target=job)
+    with one_pass(relu_net):  # a pass of someone else's in flight
+        t.start()
+        t.join(0.5)
+        assert t.is_alive()  # waiting its turn
+        cancel.set()
+        t.join(5)
+        assert not t.is_alive()
+    assert out == ["cancelled"] and forwards == []
+    # the same thread, once its cancel is over, runs again; the lock is re-entrant
+    with one_pass(relu_net), cancel_with(threading.Event()):
+        fv.explain(relu_net, _input(n=1)[0].sigmoid(), layer="conv3", k=2)
+    assert forwards

@@ -6,7 +6,6 @@ skipped when it (or the ``lite0`` extra) is absent.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -22,7 +21,11 @@ import pytest
 
 from fastloc_viz.core.parallel import Dist
 from fastloc_viz.core.results import Explanation, Prediction
-from fastloc_viz.evaluation import localization as ev
+from fastloc_viz.evaluation import command, runner
+from fastloc_viz.evaluation.base import MethodSpec, RowCache, parse_methods
+from fastloc_viz.evaluation.runner import evaluate
+from fastloc_viz.methods import get_method
+from fastloc_viz.views.evaluation_plots import evaluation_pages
 from fastloc_viz.imaging.dataset import LocalizationDataset, parse_boxes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,7 +35,7 @@ SCHEMA = {
     "top1_loc", "pointing", "centre_in_box", "sec_per_image",
 }
 # what may differ between runs of the same queries: wall time, memory, the machine
-VOLATILE = {"sec_per_image", "peak_memory_mb"}
+VOLATILE = {"sec_per_image", "peak_memory_mb", "sec_per_image_faithfulness", "sec_per_image_sanity"}
 
 
 # ------------------------------------------------------------------ stub pipeline tests
@@ -81,13 +84,13 @@ def stub_data(tmp_path, monkeypatch):
         (1, "8 8 24 24"), (2, "0 0 8 8"), (1, "0 0 8 8;8 8 24 24"), (3, "8 8 24 24"),
     ])
     calls: list = []
-    monkeypatch.setattr(ev, "_explain_function", lambda: _stub_explain(calls))
+    monkeypatch.setattr(runner, "_explain_function", lambda: _stub_explain(calls))
     return LocalizationDataset(root), calls
 
 
 def test_evaluate_pipeline_counts_exactly(stub_data):
     data, calls = stub_data
-    r = ev.evaluate(_Bundle(), data, ["gradcam", ev.MethodSpec("fastloc", {"k": 3})], layer="L")
+    r = evaluate(_Bundle(), data, ["gradcam", MethodSpec("fastloc", {"k": 3})], layer="L")
     assert r["n"] == 4
     m = r["methods"]["gradcam"]
     assert m["gt_known_loc"] == 0.75 and m["maxboxacc_50"] == 0.75
@@ -103,8 +106,8 @@ def test_evaluate_pipeline_counts_exactly(stub_data):
 
 def test_shards_cover_every_row_once_and_merge_to_the_whole(stub_data):
     data, _ = stub_data
-    whole = ev.evaluate(_Bundle(), data, ["gradcam"])["methods"]["gradcam"]
-    parts = [ev.evaluate(_Bundle(), data, ["gradcam"], dist=Dist(rank=r, world_size=3))
+    whole = evaluate(_Bundle(), data, ["gradcam"])["methods"]["gradcam"]
+    parts = [evaluate(_Bundle(), data, ["gradcam"], dist=Dist(rank=r, world_size=3))
              for r in range(3)]
     assert [p["n"] for p in parts] == [2, 1, 1]  # rows 0,3 | 1 | 2
     hits = sum(p["methods"]["gradcam"]["gt_known_loc"] * p["n"] for p in parts)
@@ -114,49 +117,49 @@ def test_shards_cover_every_row_once_and_merge_to_the_whole(stub_data):
 def test_cache_resumes_and_ignores_a_cut_line(stub_data, tmp_path):
     data, calls = stub_data
     cache = tmp_path / "cache"
-    first = ev.evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache, max_queries=2)
+    first = evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache, max_queries=2)
     assert first["n"] == 2 and len(calls) == 2
-    (part,) = cache.glob("*/part-0.jsonl")
+    (part,) = cache.glob("localization/*/part-0.jsonl")
     with open(part, "a") as f:
         f.write('{"row": 2, "label": 1, "imag')  # a run killed mid-write
-    again = ev.evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache)
+    again = evaluate(_Bundle(), data, ["gradcam"], cache_dir=cache)
     assert [c[1] for c in calls] == [1, 2, 1, 3]  # only rows 2 and 3 were computed again
-    fresh = ev.evaluate(_Bundle(), data, ["gradcam"])
+    fresh = evaluate(_Bundle(), data, ["gradcam"])
     assert _stable(again) == _stable(fresh)
     lines = part.read_text().splitlines()
     assert len(lines) == 5 and sum(1 for ln in lines if ln.endswith("}")) == 4
     # a cached row whose label has changed in the CSV is not reused
     spec = json.loads((part.parent / "spec.json").read_text())
-    assert len(ev.ResultCache(cache, spec).load(data)) == 4
+    assert len(RowCache(cache / "localization", spec).load(data)) == 4
     csv = data.csv_path.read_text().replace("images/3.png,3,", "images/3.png,4,")
     data.csv_path.write_text(csv)
-    assert sorted(ev.ResultCache(cache, spec).load(LocalizationDataset(data.root))) == [0, 1, 2]
+    assert sorted(RowCache(cache / "localization", spec).load(LocalizationDataset(data.root))) == [0, 1, 2]
 
 
 def test_a_changed_default_does_not_reuse_cached_rows(stub_data, tmp_path, monkeypatch):
     data, calls = stub_data
     cache = tmp_path / "cache"
-    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
-    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
     assert len(calls) == 5  # the second run came from the cache (one call asks for the layer)
-    fastloc = type(ev.get_method("fastloc"))
+    fastloc = type(get_method("fastloc"))
     monkeypatch.setattr(fastloc, "Params", dataclasses.make_dataclass(
         "Params", [("combine", str, "sum")], bases=(fastloc.Params,), frozen=True))
-    ev.evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
-    assert len(calls) == 9 and len(list(cache.glob("*/spec.json"))) == 2
+    evaluate(_Bundle(), data, ["fastloc"], cache_dir=cache)
+    assert len(calls) == 9 and len(list(cache.glob("localization/*/spec.json"))) == 2
 
 
 def test_parse_methods_and_errors():
-    specs = ev.parse_methods("gradcam, fastloc[k=10,rank_grad=plain,sigma=8.5,combine=none]")
-    assert specs[0] == ev.MethodSpec("gradcam")
+    specs = parse_methods("gradcam, fastloc[k=10,rank_grad=plain,sigma=8.5,combine=none]")
+    assert specs[0] == MethodSpec("gradcam")
     assert dict(specs[1].kwargs) == {"k": 10, "rank_grad": "plain", "sigma": 8.5, "combine": None}
     assert specs[1].label == "fastloc[combine=none,k=10,rank_grad=plain,sigma=8.5]"
     with pytest.raises(ValueError, match=r"method='gradcan' is not one of \['fastloc'"):
-        ev.parse_methods("gradcan")
+        parse_methods("gradcan")
     with pytest.raises(ValueError, match="'k' in method 'fastloc\\[k\\]' is not key=value"):
-        ev.parse_methods("fastloc[k]")
+        parse_methods("fastloc[k]")
     with pytest.raises(ValueError, match="methods repeat"):
-        ev.parse_methods("gradcam,gradcam")
+        parse_methods("gradcam,gradcam")
 
 
 def test_data_reader_scales_boxes_and_names_bad_rows(tmp_path):
@@ -178,14 +181,14 @@ def test_data_reader_scales_boxes_and_names_bad_rows(tmp_path):
 
 def test_outputs_are_written(stub_data, tmp_path):
     data, _ = stub_data
-    r = ev.evaluate(_Bundle(), data, ["gradcam"])
-    paths = ev.write_outputs(r, tmp_path / "out")
+    r = evaluate(_Bundle(), data, ["gradcam"])
+    paths = command.write_outputs(r, tmp_path / "out", pages=evaluation_pages)
     assert [p.name for p in paths] == ["results.json", "results.md", "accuracy_vs_threshold.html"]
     assert json.loads(paths[0].read_text())["methods"]["gradcam"]["maxboxacc_50"] == 0.75
     assert "| `gradcam` | - | 0.750 | 0.750 | 0.750 | 0.01 | 0.750 | 0.750 | 0.500 | 1.000 | 0.750 |" in (
         paths[1].read_text()
     )
-    assert set(ev.json_summary(r)) == {"n", "model", "methods", "skipped"}
+    assert set(command.json_summary(r)) == {"n", "model", "methods", "skipped"}
 
 
 # ------------------------------------------------------------------ the real model
@@ -195,7 +198,7 @@ needs_data = pytest.mark.skipif(
 
 
 def _cli(*args: str, env: dict | None = None) -> list[str]:
-    return [sys.executable, "-m", "fastloc_viz.evaluation.localization", str(DATA), *args]
+    return [sys.executable, "-m", "fastloc_viz.evaluation", str(DATA), *args]
 
 
 def _env() -> dict:
@@ -220,17 +223,16 @@ def bundle():
 @pytest.fixture(scope="module")
 def reference20(bundle):
     """Single-process, uncached results on the first 20 images (gradcam, fastloc)."""
-    return ev.evaluate(bundle, LocalizationDataset(DATA, limit=20), ["gradcam", "fastloc"])
+    return evaluate(bundle, LocalizationDataset(DATA, limit=20), ["gradcam", "fastloc"])
 
 
 @pytest.mark.slow
 @needs_data
 def test_first_50_images_sane_numbers_and_exact_json_schema(bundle, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    ev.add_arguments(parser)
-    args = parser.parse_args([str(DATA), "--methods", "gradcam,fastloc", "--limit", "50",
-                              "--json", "--no-progress", "--out", str(tmp_path)])
-    assert ev.run(args) == 0
+    from fastloc_viz.cli import main
+
+    assert main(["evaluate", str(DATA), "--methods", "gradcam,fastloc", "--limit", "50",
+                 "--json", "--no-progress", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"n", "model", "methods"}
     assert out["n"] == 50 and out["model"] == "efficientnet_lite0"
@@ -261,13 +263,58 @@ def _free_port() -> int:
 def test_torchrun_two_processes_equal_single_process(reference20, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "fastloc_viz.evaluation.localization", str(DATA), "--methods", "gradcam,fastloc",
+           "-m", "fastloc_viz.evaluation", str(DATA), "--methods", "gradcam,fastloc",
            "--limit", "20", "--no-cache", "--no-progress", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["world_size"] == 2 and results["n"] == 20
     assert _stable(results) == _stable(reference20)
+
+
+@pytest.mark.slow
+@needs_data
+def test_torchrun_box_free_metrics_merge_to_the_single_process_result(shared_data, tmp_path):
+    """Every metric family sharded over 2 gloo ranks (``torchrun -m fastloc_viz.evaluation``):
+    each rank computes its own rows only, and the merge equals one process (``fastloc-viz
+    evaluate``) exactly."""
+    common = [str(shared_data), "--methods", "gradcam", "--metrics", "localization,faithfulness,sanity",
+              "--limit", "5", "--steps", "4", "--sanity-depths", "1", "--sanity-limit", "3", "--no-progress"]
+    env = {**_env(), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "fastloc_viz.cli", "evaluate", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "fastloc_viz.evaluation",
+                          *common, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert (a["world_size"], b["world_size"]) == (1, 2)
+    m = b["methods"]["gradcam"]
+    assert (m["n"], m["n_faithfulness"], m["n_sanity"]) == (5, 5, 3)
+    assert _stable(b) == _stable(a)
+    for metric, rows in (("localization", {0: [0, 2, 4], 1: [1, 3]}), ("faithfulness", {0: [0, 2, 4], 1: [1, 3]}),
+                         ("sanity", {0: [0, 2], 1: [1]})):
+        parts = sorted((tmp_path / "two" / "cache" / metric).glob("*/part-*.jsonl"))
+        assert [p.name for p in parts] == ["part-0.jsonl", "part-1.jsonl"]
+        assert [[json.loads(line)["row"] for line in p.read_text().splitlines()] for p in parts] == [rows[0], rows[1]]
+
+
+def test_python_m_evaluation_is_the_cli_command(monkeypatch, capsys):
+    """``python -m fastloc_viz.evaluation`` is ``fastloc-viz evaluate``: the same parser (its
+    help, byte for byte) and the same error handling."""
+    from fastloc_viz.cli import main
+
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["evaluate", "--help"]) == 0
+    cli_help = capsys.readouterr().out
+    env = {**_env(), "COLUMNS": "100"}
+    proc = subprocess.run([sys.executable, "-m", "fastloc_viz.evaluation", "--help"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == cli_help and "--sanity-limit" in cli_help
+    bad = subprocess.run([sys.executable, "-m", "fastloc_viz.evaluation", "/no/such/data", "--no-progress"], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.startswith("fastloc-viz: error: FileNotFoundError: no annotations.csv")
 
 
 @pytest.mark.slow
@@ -279,25 +326,25 @@ def test_interrupted_run_resumes_to_the_same_results(reference20, tmp_path):
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        parts = list(cache.glob("*/part-0.jsonl"))
+        parts = list(cache.glob("localization/*/part-0.jsonl"))
         if len(parts) == 2 and min(len(p.read_text().splitlines()) for p in parts) >= 4:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
-    before = {p.parent.name: len(p.read_text().splitlines()) for p in cache.glob("*/part-0.jsonl")}
+    before = {p.parent.name: len(p.read_text().splitlines()) for p in cache.glob("localization/*/part-0.jsonl")}
     assert all(4 <= n < 20 for n in before.values())
 
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout)
-    ref = ev.json_summary(reference20)
+    ref = command.json_summary(reference20)
     for label in ("gradcam", "fastloc"):
         got = {k: v for k, v in out["methods"][label].items() if k != "sec_per_image"}
         want = {k: v for k, v in ref["methods"][label].items() if k != "sec_per_image"}
         assert got == want
-    after = {p.parent.name: p.read_text().splitlines() for p in cache.glob("*/part-0.jsonl")}
+    after = {p.parent.name: p.read_text().splitlines() for p in cache.glob("localization/*/part-0.jsonl")}
     # the restart appended only the missing rows (a line cut by the kill may remain)
     for key, lines in after.items():
         rows = [json.loads(ln)["row"] for ln in lines if ln.endswith("}")]
@@ -310,7 +357,7 @@ def test_results_tables_reads_a_tree_of_runs(stub_data, tmp_path, capsys):
 
     data, _ = stub_data
     for name in ("single", "coll"):
-        ev.evaluate(_Bundle(), data, ["gradcam", ev.MethodSpec("fastloc", {"k": 3})],
+        evaluate(_Bundle(), data, ["gradcam", MethodSpec("fastloc", {"k": 3})],
                     cache_dir=tmp_path / "runs" / "stub" / name / "cache")
     path = REPO / "benchmarks" / "results_tables.py"
     sys.path.insert(0, str(path.parent))

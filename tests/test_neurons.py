@@ -430,6 +430,36 @@ def test_cli_atlas_builds_and_saves(tmp_path, capsys, shared_data):
     assert not (tmp_path / "atlas.npz.partial").exists()
 
 
+@pytest.mark.slow
+def test_torchrun_atlas_merges_to_the_single_process_atlas(tmp_path, shared_data):
+    """``fastloc-viz atlas`` over 2 gloo ranks (5 images, batches of 2: rank 0 scans images 0, 1
+    and 4, rank 1 images 2 and 3) saves the atlas of one process, byte for byte in every table
+    and patch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = _few_images(shared_data, tmp_path, 5)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    args = ["-m", "fastloc_viz.cli", "atlas", str(src), "--top", "3", "--batch-size", "2"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.npz")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args,
+                          "--out", str(tmp_path / "two.npz")], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("atlas of efficientnet_lite0") == 1  # rank 0 saves and reports
+    a, b = fv.NeuronAtlas.load(tmp_path / "one.npz"), fv.NeuronAtlas.load(tmp_path / "two.npz")
+    assert a.images == b.images and len(a.images) == 5
+    assert set(a.image_index.ravel().tolist()) == {0, 1, 2, 3, 4}  # both ranks' images are kept
+    for name in ("image_index", "y", "x", "_patch_offsets", "_patch_bytes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    assert np.array_equal(a.activation, b.activation, equal_nan=True)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
 def _few_images(shared_data, tmp_path, n):
     import shutil
 

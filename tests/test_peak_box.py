@@ -13,7 +13,7 @@ import torch
 from conftest import TinyNet
 
 import fastloc_viz as fv
-from fastloc_viz.evaluation.localization import evaluate
+from fastloc_viz.evaluation.runner import evaluate
 from fastloc_viz.imaging.dataset import LocalizationDataset
 from fastloc_viz.methods.base import Method, MethodParams, register_method, unregister_method
 

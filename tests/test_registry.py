@@ -164,7 +164,7 @@ def test_the_built_in_methods_and_their_declarations():
     assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
     assert m.defaults() == {
         "sigma": None, "threshold": 0.54, "components": "peak",
-        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": 10,
+        "k": 5, "rank_grad": "plain", "combine": "refine_cam", "passes": "auto", "kmax": None,
     }
     assert fv.get_method("gradcam").defaults()["sigma"] == 0.0
     # each method's own default box threshold, chosen on the development split (results.md)
@@ -181,7 +181,7 @@ def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_pa
         fv.get_method("gradcam++")
     with pytest.raises(ValueError, match=r"method='nope' is not one of"):
         fv.explain(_tiny(), torch.rand(3, 8, 8), method="nope")
-    from fastloc_viz.evaluation.localization import parse_methods
+    from fastloc_viz.evaluation.base import parse_methods
 
     with pytest.raises(ValueError, match=r"method='nope' is not one of \['fastloc'"):
         parse_methods("gradcam,nope")
@@ -196,6 +196,26 @@ def test_parameters_are_checked_against_the_method():
     # another method's parameter is ignored (one set of arguments serves a comparison)
     e = fv.explain(net, torch.rand(3, 8, 8), method="gradcam", k=3, kmax=9)
     assert set(e.params) == {"sigma", "threshold", "components"}
+
+
+def test_each_method_says_which_settings_need_a_pass():
+    fastloc, rescored, gradcam = (fv.get_method(n) for n in ("fastloc", "fastloc_rescored", "gradcam"))
+    assert fastloc.pass_settings() == ("k", "rank_grad", "passes")
+    assert set(fastloc.recombinable) == {"threshold", "components", "sigma", "combine"}
+    assert rescored.pass_settings() == ("k", "rank_grad", "passes", "kmax")
+    assert gradcam.pass_settings() == ("sigma",) and set(gradcam.recombinable) == {"threshold", "components"}
+    net = _tiny()
+    e = fv.explain(net, torch.rand(3, 8, 8), k=2)
+    with pytest.raises(ValueError, match="'k' of method 'fastloc' needs a new pass"):
+        fv.recombine(e, k=3)
+    img = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
+    g = fv.explain(net, img, method="gradcam")
+    high = fv.explain(net, img, method="gradcam", threshold=0.9)
+    assert gradcam.recombine(g, threshold=0.9).box == high.box != g.box  # re-boxed, no pass
+    # kmax follows k unless given: twice the neurons kept, at least 10
+    kmax = lambda **kw: rescored.candidates(rescored.Params(**kw))  # noqa: E731
+    assert (kmax(k=2), kmax(k=6), kmax(k=2, kmax=4)) == (10, 12, 4)
+    assert fv.explain(net, img, method="fastloc_rescored", k=2, kmax=3).params["kmax"] == 3
 
 
 def test_registration_errors_name_the_problem():
@@ -218,6 +238,12 @@ def test_registration_errors_name_the_problem():
         fv.register_method(Clash)
     with pytest.raises(TypeError, match="subclass of fastloc_viz.Method"):
         fv.register_method(dict)
+
+    class Stray(fv.Method):
+        name, label, recombinable = "stray", "Stray", ("threshold", "gamma")
+
+    with pytest.raises(ValueError, match=r"recombinable names \['gamma'\], not parameters"):
+        fv.register_method(Stray)
 
 
 # --- the class lookup ------------------------------------------------------------------------
@@ -296,7 +322,8 @@ def test_the_doc_example_is_one_short_file():
 
 
 def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lite0, shared_data, tmp_path, capsys):
-    from fastloc_viz.evaluation import localization as ev
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
     from fastloc_viz.widgets import MethodComparison
 
@@ -317,7 +344,7 @@ def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lit
     finally:
         mc.close()
 
-    r = ev.evaluate(lite0, LocalizationDataset(shared_data, limit=2), [ev.MethodSpec("integrated_gradients", {"n_steps": 2})])
+    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("integrated_gradients", {"n_steps": 2})])
     assert r["n"] == 2 and 0 <= r["methods"]["integrated_gradients[n_steps=2]"]["maxboxacc_50"] <= 1
 
     fv.unregister_method("integrated_gradients")  # the CLI loads it again from the file

@@ -849,14 +849,16 @@ def test_interrupted_report_write_keeps_the_old_file(cli_lite0, files, tmp_path,
 
 
 def test_evaluate_outputs_are_written_atomically(tmp_path, monkeypatch):
-    from fastloc_viz.evaluation import localization as evaluate
+    from fastloc_viz.evaluation import command
+    from fastloc_viz.evaluation.localization import JSON_KEYS
+    from fastloc_viz.views.evaluation_plots import evaluation_pages
 
     results = {
-        "n": 1, "model": "m", "data": "d", "layer": None, "thresholds": [0.5],
-        "methods": {"gradcam": {k: 0.5 for k in (*evaluate.JSON_KEYS, "best_threshold_50", "peak_memory_mb")}
+        "n": 1, "model": "m", "data": "d", "layer": None, "thresholds": [0.5], "metrics": ["localization"],
+        "methods": {"gradcam": {k: 0.5 for k in (*JSON_KEYS, "best_threshold_50", "peak_memory_mb")}
                     | {"curves": {"largest_50": [0.5], "all_50": [0.5]}}},
     }
-    paths = evaluate.write_outputs(results, tmp_path)
+    paths = command.write_outputs(results, tmp_path, pages=evaluation_pages)
     good = {p: p.read_bytes() for p in paths}
 
     def interrupted_replace(src, dst):
@@ -864,7 +866,7 @@ def test_evaluate_outputs_are_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", interrupted_replace)
     with pytest.raises(KeyboardInterrupt):
-        evaluate.write_outputs({**results, "n": 2}, tmp_path)
+        command.write_outputs({**results, "n": 2}, tmp_path, pages=evaluation_pages)
     assert {p: p.read_bytes() for p in paths} == good
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in paths)
 

@@ -464,3 +464,147 @@ def test_class_box_accepts_what_people_type(explorer, bundle):
     explorer.class_box.value = f"{names[target]} ({target})"  # a good one clears the message
     assert explorer.wait(60)
     assert explorer.class_message.layout.display == "none" and explorer.target == target
+
+
+# --- one pass at a time on a model (issue 19) ------------------------------------------------
+
+RACE_CLASSES = (281, 282, 285)  # chelsea's top classes
+
+
+def _same(a, b) -> None:
+    assert [(n.channel, n.y, n.x) for n in a.neurons] == [(n.channel, n.y, n.x) for n in b.neurons]
+    np.testing.assert_allclose(a.saliency, b.saliency, rtol=1e-5, atol=1e-6)
+    assert a.box == b.box and a.probability == pytest.approx(b.probability, rel=1e-5)
+
+
+def test_explorers_and_direct_calls_on_one_model_take_turns(bundle, photo):
+    """The race of issue 19: explorers changing class (explain, then fv.ablate on their
+    workers) while this thread calls explain and ablate on the same bundle. Before the
+    model's lock: "mat1 and mat2 shapes cannot be multiplied", "runs 2 times per forward
+    pass". Now: no error anywhere, and every result equals the single-threaded one."""
+    ref = {c: fv.explain(bundle, photo, k=1, target=c) for c in RACE_CLASSES}
+    ref_drops = {c: [o.probability for o in fv.ablate(bundle, e).channel_off] for c, e in ref.items()}
+    explorers = [NeuronExplorer(bundle, photo, explanation=ref[c], debounce=0.0) for c in RACE_CLASSES]
+    errors = []
+    try:
+        for i, ex in enumerate(explorers):  # each starts its ablation, then a new class
+            c = RACE_CLASSES[(i + 1) % len(RACE_CLASSES)]
+            ex.class_box.value = f"{bundle.class_names[c]} ({c})"
+        for c in RACE_CLASSES:
+            try:
+                e = fv.explain(bundle, photo, k=1, target=c)
+                _same(e, ref[c])
+                assert [o.probability for o in fv.ablate(bundle, e).channel_off] == pytest.approx(ref_drops[c], rel=1e-5)
+            except Exception as err:  # noqa: BLE001 - counted below
+                errors.append(repr(err))
+        for i, ex in enumerate(explorers):
+            assert ex.wait(600)
+            c = RACE_CLASSES[(i + 1) % len(RACE_CLASSES)]
+            assert ex.stats["errors"] == 0 and ex.error.layout.display == "none", ex.error.value
+            _same(ex.base_explanation, ref[c])
+            assert [o.probability for o in ex.ablation.channel_off] == pytest.approx(ref_drops[c], rel=1e-5)
+    finally:
+        for ex in explorers:
+            ex.close()
+    assert errors == []
+
+
+def test_closing_an_explorer_cancels_its_work_waiting_for_the_model(bundle, photo):
+    from fastloc_viz.model.state import one_pass
+
+    e = fv.explain(bundle, photo, k=2)
+    with one_pass(bundle.model):  # another pass in flight on the model
+        ex = NeuronExplorer(bundle, photo, explanation=e, debounce=0.0)  # this thread: re-entrant
+        calls = []
+        h = bundle.model.register_forward_pre_hook(lambda *_: calls.append(1))
+        thread = ex._debouncer._thread
+        thread.join(0.3)
+        assert thread.is_alive() and not ex.wait(0)  # its drops wait their turn
+        ex.close()
+        thread.join(5)
+        assert not thread.is_alive()  # cancelled while waiting, not after the pass
+    h.remove()
+    assert calls == [] and ex.ablation is None and ex.stats["errors"] == 0
+
+
+def test_a_script_that_leaves_widgets_alive_exits_0(tmp_path):
+    """Issue 19: a script ending with an explorer's ablation in flight aborted
+    ("terminate called without an active exception", status 134)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "leave_alive.py"
+    script.write_text(
+        "import torch\n"
+        "import fastloc_viz as fv\n"
+        "from fastloc_viz.widgets import MethodComparison, NeuronExplorer\n"
+        "torch.set_num_threads(1)\n"
+        "b = fv.load_model('efficientnet_lite0')\n"
+        "img = fv.sample_image('chelsea')\n"
+        "ex = NeuronExplorer(b, img, k=1, debounce=0.0)\n"
+        "ex.target = 282\n"  # its drops start on the worker: the script ends meanwhile
+        "mc = MethodComparison(b, img, methods=('gradcam',), faithfulness_steps=4)\n"
+        "mc.checks.start('faithfulness')\n"
+        "print('end of script', flush=True)\n"
+    )
+    root = Path(fv.__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert "end of script" in run.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "terminate called" not in run.stderr
+
+
+# --- a method registered here gets a correct explorer (issue 19: the registry's kinds) -------
+
+
+@pytest.fixture
+def gamma_method():
+    """FastLoc whose map is raised to ``gamma``, a setting of its own that only recombines."""
+    from dataclasses import dataclass
+
+    from fastloc_viz.methods.fastloc import FastLoc
+
+    class GammaFastLoc(FastLoc):
+        name = "gamma_fastloc_test"
+        label = "FastLoc, gamma"
+        recombinable = (*FastLoc.recombinable, "gamma")
+
+        @dataclass(frozen=True)
+        class Params(FastLoc.Params):
+            gamma: float = 1.0
+
+        def combined_map(self, neuron_maps, scores, class_map, params):
+            return super().combined_map(neuron_maps, scores, class_map, params) ** params.gamma
+
+    fv.register_method(GammaFastLoc)
+    yield GammaFastLoc.name
+    fv.unregister_method(GammaFastLoc.name)
+
+
+def test_a_method_registered_in_a_test_file_gets_a_correct_explorer(gamma_method, monkeypatch):
+    from conftest import TinyNet
+
+    bundle = fv.load_model(TinyNet("relu").eval(), input_size=32, layer="conv3", class_names=list("abcd"))
+    img = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ex = NeuronExplorer(bundle, img, method=gamma_method, k=3, debounce=0.0)
+    try:
+        assert ("FastLoc, gamma", gamma_method) in ex.method_buttons.options
+        assert ex.wait(60) and ex.settings["gamma"] == 1.0
+        counter = PassCounter(monkeypatch, bundle.model)
+        ex.set(gamma=2.0)  # its own recombinable setting: no pass
+        assert counter.forward == counter.backward == 0 and ex.stats["explain_calls"] == 1
+        shown, box = ex.explanation.saliency, ex.explanation.box
+        ex.set(k=2)  # a setting that needs a pass: one explain call
+        assert counter.backward > 0 and ex.stats["explain_calls"] == 2
+        assert ex.settings["gamma"] == 2.0 and len(ex.explanation.neurons) == 2
+        assert ex.wait(60)
+        counter.close()
+        want = fv.explain(bundle, img, method=gamma_method, k=3, gamma=2.0)
+        np.testing.assert_allclose(shown, want.saliency, rtol=1e-6, atol=1e-7)
+        assert box == want.box
+        assert not np.allclose(shown, fv.explain(bundle, img, method=gamma_method, k=3).saliency)
+        assert ex.k_slider.disabled is False  # it has k; the controls follow its parameters
+    finally:
+        ex.close()

@@ -47,6 +47,18 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` outside a
+    ``torchrun`` job (no process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def peak_memory_mb(device: Any) -> float:
     import torch
 

@@ -81,7 +81,8 @@ def neuron_pass(
 ) -> NeuronPass:
     """Forward once, rank the probe layer's units, guided-backprop from the top ``k``.
 
-    The model must already be in eval mode with grad enabled (see ``model.state.preserved``).
+    The model must already be in eval mode with grad enabled, holding its lock (see
+    :func:`fastloc_viz.model.state.preserved`).
 
     Args:
         model: the classifier.
@@ -94,11 +95,57 @@ def neuron_pass(
         passes: ``"loop"``, ``"batched"`` or ``"auto"`` (batched on GPU, loop on CPU).
         as_logits: callable turning the model's output into logits.
     """
-    name, module = layer
+    name = layer[0]
     if passes == "auto":
         passes = "loop" if x.device.type == "cpu" else "batched"
+    if passes not in PASSES:
+        raise ValueError(f"passes={passes!r} is not one of {PASSES}")
     t0 = time.perf_counter()
     x = x.detach().requires_grad_(True)
+    fwd = _forward(model, x, layer, rank_grad, as_logits)
+    acts = fwd.acts
+    if k > acts.shape[1]:
+        raise ValueError(f"k={k} is larger than the {acts.shape[1]} channels of layer {name!r}")
+    tgt = resolve_targets(fwd.logits, targets)
+    t1 = time.perf_counter()
+    grad, ranked, cam = _rank(fwd, name, tgt, k, tuple(x.shape[-2:]))
+    t2 = time.perf_counter()
+    flat, g = _neuron_grads(acts, x, ranked, passes)
+    t3 = time.perf_counter()
+    n = acts.shape[0]
+    a_flat, g_flat = acts.detach().reshape(n, -1), grad.reshape(n, -1)
+    unit_acts = a_flat.gather(1, flat)
+    return NeuronPass(
+        logits=fwd.logits.detach(),
+        targets=tgt,
+        ranked=ranked,
+        activation=unit_acts,
+        gradient=g_flat.gather(1, flat),
+        input_grads=g.transpose(0, 1).detach(),
+        class_map=cam.detach(),
+        activation_maps=activation_maps(acts.detach(), ranked.channel, tuple(x.shape[-2:]), unit_acts),
+        layer_shape=tuple(acts.shape[1:]),
+        mode=fwd.mode,
+        timings={"forward": t1 - t0, "rank": t2 - t1, "neurons": t3 - t2},
+    )
+
+
+@dataclass
+class _Forward:
+    """The forward pass: logits, the probe layer's output as hooked (``out``: what the
+    ranking differentiates against) and as a map (``acts``; ``grid``: a token layer's patch
+    grid, else ``None``), and the guided mode."""
+
+    logits: torch.Tensor
+    out: torch.Tensor
+    acts: torch.Tensor
+    grid: object
+    mode: GuidedMode
+
+
+def _forward(model: nn.Module, x: torch.Tensor, layer: tuple[str, nn.Module], rank_grad: RankGrad, as_logits) -> _Forward:
+    """One forward pass under the guided mode, the probe layer's output kept (and cloned)."""
+    name, module = layer
     mode = GuidedMode(guided=True)
     seen: dict = {"calls": 0}
 
@@ -122,21 +169,29 @@ def neuron_pass(
     # reshape of the tokens, so the neuron passes below start from the grid directly.
     acts, grid = as_map(model, name, seen["out"], tuple(x.shape[-2:]))
     require_spatial(name, acts)
-    if k > acts.shape[1]:
-        raise ValueError(f"k={k} is larger than the {acts.shape[1]} channels of layer {name!r}")
-    tgt = resolve_targets(logits, targets)
-    t1 = time.perf_counter()
-    score = logits.gather(1, tgt[:, None]).sum()
-    (grad,) = torch.autograd.grad(score, seen["out"], retain_graph=True)
-    if grid is not None:  # the tokens' gradient through the same (index-only) reshape
-        grad = require_reach(name, grad, grid)
-    ranked = rank_neurons(acts.detach() * grad, k)
-    # Grad-CAM of the same layer from the same gradient: channel weights = spatial mean.
-    cam = (grad.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0)
-    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
-    t2 = time.perf_counter()
+    return _Forward(logits=logits, out=seen["out"], acts=acts, grid=grid, mode=mode)
 
+
+def _rank(fwd: _Forward, name: str, targets: torch.Tensor, k: int, size: tuple[int, int]):
+    """The gradient of the target logits at the probe layer, the top ``k`` units by
+    activation x gradient, and the layer's Grad-CAM from the same gradient."""
+    score = fwd.logits.gather(1, targets[:, None]).sum()
+    (grad,) = torch.autograd.grad(score, fwd.out, retain_graph=True)
+    if fwd.grid is not None:  # the tokens' gradient through the same (index-only) reshape
+        grad = require_reach(name, grad, fwd.grid)
+    acts = fwd.acts.detach()
+    ranked = rank_neurons(acts * grad, k)
+    # Grad-CAM of the same layer from the same gradient: channel weights = spatial mean.
+    cam = (grad.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True).clamp(min=0)
+    cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+    return grad, ranked, cam
+
+
+def _neuron_grads(acts: torch.Tensor, x: torch.Tensor, ranked: Ranked, passes: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept units' flat indices (``N x k``) and their guided gradients w.r.t. ``x``
+    (``k x N x 3 x H x W``): one partial backward pass per unit, looped or batched."""
     n, c, h, w = acts.shape
+    k = ranked.channel.shape[1]
     rows = torch.arange(n, device=acts.device)[:, None].expand(n, k)
     flat = ranked.channel * (h * w) + ranked.y * w + ranked.x  # N x k
     seeds = torch.zeros(k, n, c * h * w, dtype=acts.dtype, device=acts.device)
@@ -147,28 +202,11 @@ def neuron_pass(
         # prototype, which has no batching rule for convolution_backward, batch-norm backward,
         # hardtanh_backward or max-pool backward and silently loops over the k seeds for each.
         g = torch.func.vmap(lambda seed: torch.autograd.grad(acts, x, grad_outputs=seed)[0])(seeds)
-    elif passes == "loop":
+    else:
         g = torch.stack(
             [torch.autograd.grad(acts, x, grad_outputs=seeds[j], retain_graph=j < k - 1)[0] for j in range(k)]
         )
-    else:
-        raise ValueError(f"passes={passes!r} is not one of {PASSES}")
-    t3 = time.perf_counter()
-    a_flat, g_flat = acts.detach().reshape(n, -1), grad.reshape(n, -1)
-    unit_acts = a_flat.gather(1, flat)
-    return NeuronPass(
-        logits=logits.detach(),
-        targets=tgt,
-        ranked=ranked,
-        activation=unit_acts,
-        gradient=g_flat.gather(1, flat),
-        input_grads=g.transpose(0, 1).detach(),
-        class_map=cam.detach(),
-        activation_maps=activation_maps(acts.detach(), ranked.channel, tuple(x.shape[-2:]), unit_acts),
-        layer_shape=(c, h, w),
-        mode=mode,
-        timings={"forward": t1 - t0, "rank": t2 - t1, "neurons": t3 - t2},
-    )
+    return flat, g
 
 
 def grads_to_maps(input_grads: torch.Tensor) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""``python -m fastloc_viz.evaluation``: the same run as ``fastloc-viz evaluate``."""
+"""``python -m fastloc_viz.evaluation`` (and ``torchrun -m fastloc_viz.evaluation``): the
+``fastloc-viz evaluate`` command itself, the same parser and the same function (a command-line
+entry, so it sits with the CLI above the packages: tests/test_architecture.py)."""
 
 import sys
 
-from .boxfree import main
+from ..cli import main
 
-sys.exit(main())
+sys.exit(main(["evaluate", *sys.argv[1:]]))

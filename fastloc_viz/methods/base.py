@@ -3,8 +3,11 @@
 A method is a subclass of :class:`Method` registered with :func:`register_method`. It
 declares its ``name`` (what ``explain(method=...)`` takes), a ``label`` for people, whether
 it ``uses_layer`` (a probe layer: then ``ctx.layer`` is set), whether it ``has_neurons``
-(neuron maps the explorer can show and :func:`~fastloc_viz.recombine` can recombine), and its
-parameters as a frozen dataclass ``Params`` derived from :class:`MethodParams`.
+(neuron maps the explorer can show and :func:`~fastloc_viz.recombine` can recombine), its
+parameters as a frozen dataclass ``Params`` derived from :class:`MethodParams`, and which of
+them are ``recombinable``: they only re-make the map and the box from what an explanation
+keeps (:meth:`Method.recombine`, no pass); every other parameter needs a new pass
+(:meth:`Method.pass_settings`). The explorer reads these declarations; it names no method.
 
 A simple method implements :meth:`Method.attribute`: given the model's input and the target
 classes, return an attribution ``N x C x H x W`` (or ``N x H x W``); ``explain`` takes its
@@ -25,8 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core import maps as M
 from ..core.checks import check_choice, check_sigma, check_threshold
 from ..core.maps import COMPONENTS
+from ..core.results import Explanation
 from ..model.bundle import ModelBundle, as_logits, resolve_targets
 
 __all__ = [
@@ -118,6 +123,10 @@ class Method:
     uses_layer: ClassVar[bool] = False
     has_neurons: ClassVar[bool] = False
     Params: ClassVar[type[MethodParams]] = MethodParams
+    recombinable: ClassVar[tuple[str, ...]] = ("threshold", "components")
+    """The parameters that only re-make the map and the box from what an explanation keeps
+    (:meth:`recombine`: no pass). The base: the box's (re-boxing the map); a method with
+    neurons adds how their maps combine."""
 
     def attribute(self, ctx: Context, x: torch.Tensor, targets: torch.Tensor, params: MethodParams) -> torch.Tensor:
         """The attribution of ``targets`` for the normalized input ``x`` (``N x 3 x H x W``)."""
@@ -161,6 +170,40 @@ class Method:
         """The default parameters, as a dict."""
         return dataclasses.asdict(self.Params())
 
+    def pass_settings(self) -> tuple[str, ...]:
+        """The parameters whose change needs a new pass: those not :attr:`recombinable`."""
+        return tuple(f.name for f in dataclasses.fields(self.Params) if f.name not in self.recombinable)
+
+    def recombine(self, explanation: Explanation, enabled: Sequence[int] | None = None, **settings: Any) -> Explanation:
+        """``explanation`` re-made from the maps it keeps, with :attr:`recombinable` settings
+        changed (``None``: the explanation's own) and, for a method with neurons, only the
+        neurons ranked ``enabled`` (1-based; ``None``: all). No pass.
+
+        Raises ``ValueError`` for a setting that needs a pass, or a bad value.
+        """
+        heavy = sorted(set(settings) - set(self.recombinable))
+        if heavy:
+            raise ValueError(
+                f"{heavy[0]!r} of method {self.name!r} needs a new pass (explain); recombine "
+                f"changes only {list(self.recombinable)}"
+            )
+        p = {**explanation.params, **{k: v for k, v in settings.items() if v is not None}}
+        own = {f.name for f in dataclasses.fields(self.Params)}
+        params = self.Params(**{k: v for k, v in p.items() if k in own})
+        params.check()
+        saliency, recorded = self.remap(explanation, enabled, params)
+        p.update(recorded)
+        what = f"the {self.name} map" + (f" of neurons {recorded['enabled']}" if "enabled" in recorded else "")
+        fields = M.box_fields(saliency, params.threshold, params.components, what)
+        return explanation.replace(saliency=saliency, params=p, **fields)
+
+    def remap(self, explanation: Explanation, enabled: Sequence[int] | None, params: MethodParams) -> tuple[np.ndarray, dict]:
+        """The map for :meth:`recombine` from what ``explanation`` keeps, and the parameters
+        to record with it. The base keeps the map (only the box changes)."""
+        if enabled is not None:
+            raise ValueError(f"method {self.name!r} has no neuron maps to recombine")
+        return explanation.saliency, {}
+
     def record(self, params: MethodParams, ctx: Context) -> dict[str, Any]:
         """The parameters as stored in ``Explanation.params`` (resolved where they depend on
         the device)."""
@@ -192,6 +235,10 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise ValueError(f"{cls.__name__} needs a label, a readable name such as 'Integrated Gradients'")
     if not (dataclasses.is_dataclass(cls.Params) and issubclass(cls.Params, MethodParams)):
         raise TypeError(f"{cls.__name__}.Params must be a dataclass derived from fastloc_viz.MethodParams")
+    fields = [f.name for f in dataclasses.fields(cls.Params)]
+    stray = [r for r in cls.recombinable if r not in fields]
+    if stray:
+        raise ValueError(f"{cls.__name__}.recombinable names {stray}, not parameters of its Params ({fields})")
     old = _REGISTRY.get(name)
     if old is not None and (type(old).__module__, type(old).__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"a method named {name!r} is already registered ({type(old).__qualname__})")

@@ -25,6 +25,7 @@ import numpy as np
 from ..core import maps as M
 from ..core.checks import check_choice
 from ..core.results import Explanation
+from .base import get_method
 
 
 @dataclass(frozen=True)
@@ -314,44 +315,20 @@ def neuron_shares(explanation: Explanation) -> dict[str, Any] | None:
     return {"class_map": base / total, "neurons": by_rank}
 
 
-def recombine(
-    explanation: Explanation,
-    enabled: Sequence[int] | None = None,
-    *,
-    combine: str | None = None,
-    threshold: float | None = None,
-    sigma: float | None = None,
-    components: str | None = None,
-) -> Explanation:
+def recombine(explanation: Explanation, enabled: Sequence[int] | None = None, **settings: Any) -> Explanation:
     """Recompute ``saliency`` and ``box`` from the cached neuron maps: no backward pass.
 
     Args:
-        explanation: an explanation with neuron maps (``fastloc`` / ``fastloc_rescored``).
+        explanation: an explanation with neuron maps (``fastloc`` / ``fastloc_rescored``, or
+            a registered method with neurons).
         enabled: the 1-based ranks of the neurons to keep (``None``: all).
-        combine, threshold, sigma, components: override the explanation's parameters.
+        **settings: override the explanation's recombinable parameters (the method's
+            ``recombinable``: for ``fastloc``, ``combine``, ``threshold``, ``sigma`` and
+            ``components``); a parameter that needs a new pass raises ``ValueError``.
 
     Returns:
         A new explanation; ``params["enabled"]`` records the ranks used.
     """
     if explanation.neuron_maps is None or explanation.neurons is None:
         raise ValueError(f"method {explanation.method!r} has no neuron maps to recombine")
-    ranks = [n.rank for n in explanation.neurons]
-    enabled = list(ranks) if enabled is None else sorted({int(r) for r in enabled})
-    bad = [r for r in enabled if r not in ranks]
-    if bad:
-        raise ValueError(f"enabled ranks {bad} do not exist; the neurons have ranks {ranks}")
-    p = dict(explanation.params)
-    for key, value in (("combine", combine), ("threshold", threshold), ("sigma", sigma), ("components", components)):
-        if value is not None:
-            p[key] = value
-    idx = [ranks.index(r) for r in enabled]
-    sal = combine_maps(
-        explanation.neuron_maps[idx],
-        rule=p["combine"],
-        scores=[explanation.neurons[i].score for i in idx],
-        sigma=p.get("sigma"),
-        class_map=explanation.class_map,
-    )
-    fields = M.box_fields(sal, p["threshold"], p["components"], f"the map of neurons {enabled}")
-    p["enabled"] = enabled
-    return explanation.replace(saliency=sal, params=p, **fields)
+    return get_method(explanation.method).recombine(explanation, enabled, **settings)

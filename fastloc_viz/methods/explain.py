@@ -66,7 +66,7 @@ def explain(
             An all-zero map gets no box (``box=None``) and a warning. ``fastloc`` also takes ``k`` (5),
             ``rank_grad`` (``"plain"``: class-specific; ``"guided"``: the authors'),
             ``combine`` (``"refine_cam"``, see :mod:`fastloc_viz.methods.combine`) and ``passes``
-            (``"auto"``, ``"loop"``, ``"batched"``); ``fastloc_rescored`` also ``kmax`` (10).
+            (``"auto"``, ``"loop"``, ``"batched"``); ``fastloc_rescored`` also ``kmax`` (``max(10, 2k)``).
             A parameter of another registered method is ignored, so one set of arguments can
             serve several methods; any other name raises ``TypeError``.
 

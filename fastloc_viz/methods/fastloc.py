@@ -33,6 +33,7 @@ class FastLoc(Method):
     label = "FastLoc"
     uses_layer = True
     has_neurons = True
+    recombinable = ("threshold", "components", "sigma", "combine")  # from the kept neuron maps
 
     @dataclass(frozen=True)
     class Params(MethodParams):
@@ -73,9 +74,7 @@ class FastLoc(Method):
             neurons = neurons_of(npass, i, order, rescored)
             kept = all_maps[i, order]
             cam = M.normalize(class_maps[i])
-            sal = combine_maps(
-                kept, rule=params.combine, scores=[n.score for n in neurons], sigma=params.sigma, class_map=cam
-            )
+            sal = self.combined_map(kept, [n.score for n in neurons], cam, params)
             rows.append(
                 {
                     "neurons": neurons,
@@ -88,6 +87,24 @@ class FastLoc(Method):
             )
         timings["maps"] = time.perf_counter() - t
         return Attribution(logits=npass.logits, targets=npass.targets, rows=rows, timings=timings)
+
+    def combined_map(self, neuron_maps: np.ndarray, scores: Sequence[float], class_map: np.ndarray | None, params) -> np.ndarray:
+        """The map from the kept neuron maps (``k x H x W``, best first): ``params.combine``'s
+        rule. ``explain`` and :meth:`recombine` both make the map here."""
+        return combine_maps(neuron_maps, rule=params.combine, scores=scores, sigma=params.sigma, class_map=class_map)
+
+    def remap(self, explanation, enabled, params):
+        """The neurons ranked ``enabled`` (``None``: all), combined again."""
+        if explanation.neuron_maps is None or explanation.neurons is None:
+            raise ValueError(f"method {explanation.method!r} has no neuron maps to recombine")
+        ranks = [n.rank for n in explanation.neurons]
+        enabled = list(ranks) if enabled is None else sorted({int(r) for r in enabled})
+        bad = [r for r in enabled if r not in ranks]
+        if bad:
+            raise ValueError(f"enabled ranks {bad} do not exist; the neurons have ranks {ranks}")
+        idx = [ranks.index(r) for r in enabled]
+        scores = [explanation.neurons[i].score for i in idx]
+        return self.combined_map(explanation.neuron_maps[idx], scores, explanation.class_map, params), {"enabled": enabled}
 
     def select(self, ctx, x, neuron_maps: np.ndarray, target: int, params) -> tuple[list[int], list[float] | None]:
         """Which candidates to keep, best first, and their rescored logits (``None``)."""

@@ -22,16 +22,21 @@ class FastLocRescored(FastLoc):
 
     @dataclass(frozen=True)
     class Params(FastLoc.Params):
-        """``kmax``: candidates rescored (``kmax >= k``); the rest as :class:`FastLoc`."""
+        """``kmax``: candidates rescored (``kmax >= k``; ``None``: ``max(10, 2k)``, twice as
+        many as kept and at least 10); the rest as :class:`FastLoc`."""
 
-        kmax: int = 10
+        kmax: int | None = None
 
         def check(self) -> None:
             super().check()
-            check_int("kmax", self.kmax, self.k, f"at least k={self.k}")
+            if self.kmax is not None:
+                check_int("kmax", self.kmax, self.k, f"at least k={self.k}")
 
     def candidates(self, params) -> int:
-        return params.kmax
+        return max(10, 2 * params.k) if params.kmax is None else params.kmax
+
+    def record(self, params, ctx) -> dict:
+        return {**super().record(params, ctx), "kmax": self.candidates(params)}
 
     def select(self, ctx, x, neuron_maps, target, params):
         scores = rescore(ctx.model, x, blobs(neuron_maps), target, as_logits)

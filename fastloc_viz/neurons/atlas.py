@@ -31,7 +31,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from PIL import Image
 
 from ..core.checks import check_int
 from ..core.files import write_bytes_atomic
+from ..core.parallel import Dist, gather_objects, init_distributed
 from ..core.raster import encode, to_uint8
 from ..imaging.batch import load_batch, unreadable_reason
 from ..imaging.sources import Source, sources
@@ -346,6 +347,7 @@ class NeuronAtlas:
         patch_cells: int = 3,
         patch_px: int = 64,
         negative: bool = True,
+        dist: Dist | None = None,
     ) -> NeuronAtlas:
         """Run ``images`` through the model once and keep each channel's top units.
 
@@ -361,92 +363,62 @@ class NeuronAtlas:
             batch_size: images per forward pass.
             checkpoint: a file to write the running tables to every ``checkpoint_every``
                 batches (atomically); a build that finds a matching one resumes from it, and
-                removes it when done. ``None``: no checkpoints.
-            progress: show tqdm bars (default: when there is more than one batch).
+                removes it when done. ``None``: no checkpoints. Under ``torchrun`` each rank
+                keeps its own (``FILE.rank<r>``), so a job resumes with the same number of
+                processes.
+            progress: show tqdm bars (default: when there is more than one batch; rank 0 only).
             patch_cells: the patch's side in layer cells; patch_px: its stored side in pixels.
             negative: also keep each channel's ``top`` most negative units (``sign=-1``).
+            dist: this process's place in a ``torchrun`` job (``None``: read from the
+                environment). Rank ``r`` of ``N`` scans batches ``r, r + N, ...`` (the batches of
+                one process, so every activation is the same) and cuts the patches of images
+                ``r, r + N, ...``; the ranks' tables are merged and every rank returns the atlas
+                one process would build.
         """
         from ..methods.explain import _layer
 
         bundle = bundle_of(model)
-        check_int("top", top, 1)
-        check_int("batch_size", batch_size, 1)
-        check_int("checkpoint_every", checkpoint_every, 1)
-        check_int("patch_cells", patch_cells, 1)
-        check_int("patch_px", patch_px, 8)
+        for arg, value, low in (("top", top, 1), ("batch_size", batch_size, 1), ("checkpoint_every", checkpoint_every, 1),
+                                ("patch_cells", patch_cells, 1), ("patch_px", patch_px, 8)):
+            check_int(arg, value, low)
+        dist = dist or init_distributed()
         src = sources(images)
-        n = len(src)
         size = tuple(bundle.input_size)
-        skipped: dict[int, str] = {}
-        name, module = _layer(bundle, layer, _first_readable(src, size, bundle.interpolation))
-        signs = (1, -1) if negative else (1,)
-        vals = idx = pos = None  # S x C x top, made once the layer's shape is seen
-        shape = None
-        start = 0
-        key = {
-            "model": bundle.name,
-            "layer": name,
-            "images": src.fingerprint,
-            "top": top,
-            "signs": list(signs),
-            "input_size": list(size),
-        }
-        ck = Path(checkpoint) if checkpoint is not None else None
+        name_module = _layer(bundle, layer, _first_readable(src, size, bundle.interpolation))
+        scan = _Scan(bundle, src, name_module, (1, -1) if negative else (1,), top, batch_size, dist)
+        show = bool(progress if progress is not None else len(range(0, len(src), batch_size)) > 1) and dist.is_main
+        ck = None if checkpoint is None else Path(checkpoint)
+        if ck is not None and dist.world_size > 1:
+            ck = ck.with_name(f"{ck.name}.rank{dist.rank}")
+        tables = _merge_ranks(scan.run(ck, checkpoint_every, show), top)
+        atlas = cls._assemble(scan, tables, patch_cells, patch_px, show)
         if ck is not None and ck.exists():
-            state = _read_checkpoint(ck)
-            if state is not None and state["key"] == key:
-                vals, idx, pos, shape, start = state["vals"], state["idx"], state["pos"], state["shape"], state["next"]
-                skipped = state["skipped"]
-                log.info("fastloc_viz: atlas build resumes at image %d of %d from %s", start, n, ck)
-            else:
-                log.warning("fastloc_viz: checkpoint %s is for another build; starting over", ck)
-        batches = range(start, n, batch_size)
-        show = progress if progress is not None else len(range(0, n, batch_size)) > 1
-        bar = None
-        if show:
-            from tqdm.auto import tqdm
+            ck.unlink()
+        return atlas
 
-            bar = tqdm(total=n, initial=start, desc=f"atlas {name}", unit="img")
-        try:
-            for b, s in enumerate(batches):
-                stop = min(n, s + batch_size)
-                x, kept = _read_chunk(src, range(s, stop), size, bundle.interpolation, skipped)
-                if x is not None:
-                    found, shape = _scan(bundle, (name, module), x)
-                    if idx is None:
-                        full = (len(signs), shape[0], top)
-                        vals = np.full(full, -np.inf, dtype=np.float32)
-                        idx = np.full(full, -1, dtype=np.int64)
-                        pos = np.full(full, -1, dtype=np.int64)
-                    img = np.asarray(kept, dtype=np.int64)[None, :].repeat(shape[0], 0)
-                    for k, (v, w) in enumerate(found[: len(signs)]):
-                        new = (v.numpy().T, img, w.numpy().T.astype(np.int64))
-                        vals[k], idx[k], pos[k] = _merge(vals[k], idx[k], pos[k], *new, top)
-                if bar is not None:
-                    bar.update(stop - s)
-                if ck is not None and idx is not None and (b + 1) % checkpoint_every == 0 and stop < n:
-                    _write_checkpoint(ck, key, vals, idx, pos, shape, stop, skipped)
-        finally:
-            if bar is not None:
-                bar.close()
-        c, h, w = shape
-        ys = np.where(idx >= 0, pos // w, -1)
-        xs = np.where(idx >= 0, pos % w, -1)
-        activation = np.where(idx >= 0, vals * np.array(signs, dtype=np.float32)[:, None, None], np.nan)
-        blobs = _cut_patches(src, size, bundle.interpolation, idx, ys, xs, (h, w), patch_cells, patch_px, show)
+    @classmethod
+    def _assemble(cls, scan: _Scan, tables: _Tables, patch_cells: int, patch_px: int, show: bool) -> NeuronAtlas:
+        """The atlas from the merged tables: unit positions, activations, patches, skipped files."""
+        bundle, src, signs, idx = scan.bundle, scan.src, scan.signs, tables.idx
+        c, h, w = tables.shape
+        ys = np.where(idx >= 0, tables.pos // w, -1)
+        xs = np.where(idx >= 0, tables.pos % w, -1)
+        activation = np.where(idx >= 0, tables.vals * np.array(signs, dtype=np.float32)[:, None, None], np.nan)
+        blobs = _cut_patches(src, scan.size, bundle.interpolation, idx, ys, xs, (h, w), patch_cells, patch_px, show,
+                             scan.dist)
         offsets = np.zeros(idx.size + 1, dtype=np.int64)
         offsets[1:] = np.cumsum([len(bt) for bt in blobs])
         data = np.frombuffer(b"".join(blobs), dtype=np.uint8) if offsets[-1] else np.zeros(0, dtype=np.uint8)
         used = sorted({lab for labs in src.labels for lab in labs})
-        atlas = cls(
+        return cls(
             model=bundle.name,
-            layer=name,
-            layer_shape=shape,
-            input_size=size,
+            layer=scan.layer[0],
+            layer_shape=tables.shape,
+            input_size=scan.size,
             images=src.names,
             labels=src.labels,
             class_names={lab: bundle.class_name(lab) for lab in used},
-            top=top,
+            top=scan.top,
             signs=signs,
             patch_cells=patch_cells,
             patch_px=patch_px,
@@ -456,11 +428,101 @@ class NeuronAtlas:
             x=xs,
             patch_bytes=data.copy(),
             patch_offsets=offsets,
-            skipped=[{"image": src.names[i], "reason": why} for i, why in sorted(skipped.items())],
+            skipped=[{"image": src.names[i], "reason": why} for i, why in sorted(tables.skipped.items())],
         )
-        if ck is not None and ck.exists():
-            ck.unlink()
-        return atlas
+
+
+@dataclass
+class _Tables:
+    """Each channel's running top units: ``S x C x top`` activations (sign-flipped for the
+    negative slice), image indices (``-1``: empty) and flat positions on the layer's grid; and
+    the images that could not be read (index -> reason)."""
+
+    vals: np.ndarray | None = None
+    idx: np.ndarray | None = None
+    pos: np.ndarray | None = None
+    shape: tuple[int, int, int] | None = None
+    skipped: dict[int, str] = field(default_factory=dict)
+
+    def add(self, found, kept: Sequence[int], shape: tuple[int, int, int], n_signs: int, top: int) -> None:
+        """Merge in one batch's strongest units (:func:`_scan`) of the images ``kept``."""
+        if self.idx is None:
+            full = (n_signs, shape[0], top)
+            self.vals = np.full(full, -np.inf, dtype=np.float32)
+            self.idx = np.full(full, -1, dtype=np.int64)
+            self.pos = np.full(full, -1, dtype=np.int64)
+        self.shape = shape
+        img = np.asarray(kept, dtype=np.int64)[None, :].repeat(shape[0], 0)
+        for k, (v, w) in enumerate(found[:n_signs]):
+            self.merge_slice(k, v.numpy().T, img, w.numpy().T.astype(np.int64), top)
+
+    def merge_slice(self, k: int, vals, idx, pos, top: int) -> None:
+        self.vals[k], self.idx[k], self.pos[k] = _merge(self.vals[k], self.idx[k], self.pos[k], vals, idx, pos, top)
+
+
+def _merge_ranks(tables: _Tables, top: int) -> _Tables:
+    """Every rank's tables merged into one (a collective call under ``torchrun``): the top
+    units of all images and every skipped file, as one process would keep them."""
+    every = gather_objects(tables)
+    parts = [t for t in every if t.idx is not None]
+    out = parts[0]
+    for t in parts[1:]:
+        for k in range(len(out.vals)):
+            out.merge_slice(k, t.vals[k], t.idx[k], t.pos[k], top)
+    out.skipped = {i: why for t in every for i, why in t.skipped.items()}
+    return out
+
+
+class _Scan:
+    """The forward passes of one build: this rank's batches, checkpointed."""
+
+    def __init__(self, bundle: ModelBundle, src: Source, layer: tuple[str, Any], signs: tuple[int, ...], top: int,
+                 batch_size: int, dist: Dist) -> None:
+        self.bundle, self.src, self.layer = bundle, src, layer
+        self.signs, self.top, self.batch_size, self.dist = signs, top, batch_size, dist
+        self.size = tuple(bundle.input_size)
+        self.key = {"model": bundle.name, "layer": layer[0], "images": src.fingerprint, "top": top,
+                    "signs": list(signs), "input_size": list(self.size)}
+        if dist.world_size > 1:
+            self.key["shard"] = [dist.rank, dist.world_size]
+
+    def resume(self, ck: Path | None) -> tuple[_Tables, int]:
+        """The tables and the next image from a matching checkpoint, else empty ones and 0."""
+        if ck is None or not ck.exists():
+            return _Tables(), 0
+        state = _read_checkpoint(ck)
+        if state is None or state["key"] != self.key:
+            log.warning("fastloc_viz: checkpoint %s is for another build; starting over", ck)
+            return _Tables(), 0
+        log.info("fastloc_viz: atlas build resumes at image %d of %d from %s", state["next"], len(self.src), ck)
+        return _Tables(state["vals"], state["idx"], state["pos"], state["shape"], state["skipped"]), state["next"]
+
+    def run(self, ck: Path | None, checkpoint_every: int, show: bool) -> _Tables:
+        """Scan this rank's batches (batch ``b`` belongs to rank ``b % N``), from the checkpoint on."""
+        tables, start = self.resume(ck)
+        n, bs, dist = len(self.src), self.batch_size, self.dist
+        mine = [s for b, s in enumerate(range(0, n, bs)) if b % dist.world_size == dist.rank and s >= start]
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, initial=start, desc=f"atlas {self.layer[0]}", unit="img")
+        try:
+            for j, s in enumerate(mine):
+                stop = min(n, s + bs)
+                x, kept = _read_chunk(self.src, range(s, stop), self.size, self.bundle.interpolation, tables.skipped)
+                if x is not None:
+                    found, shape = _scan(self.bundle, self.layer, x)
+                    tables.add(found, kept, shape, len(self.signs), self.top)
+                if bar is not None:
+                    bar.update(min((stop - s) * dist.world_size, n - bar.n))
+                if ck is not None and tables.idx is not None and (j + 1) % checkpoint_every == 0 and stop < n:
+                    _write_checkpoint(ck, self.key, tables.vals, tables.idx, tables.pos, tables.shape, stop,
+                                      tables.skipped)
+        finally:
+            if bar is not None:
+                bar.close()
+        return tables
 
 
 def _read_chunk(src: Source, rows: range, size, interpolation: str, skipped: dict[int, str]):
@@ -492,14 +554,16 @@ def _first_readable(src: Source, size, interpolation: str) -> torch.Tensor:
 
 
 def _cut_patches(src: Source, size, interpolation: str, idx, ys, xs, grid, cells: int, px: int,
-                 show: bool) -> list[bytes]:
+                 show: bool, dist: Dist | None = None) -> list[bytes]:
     """The JPEG patch of every kept unit, in table order (``b""`` for empty slots); each
-    image is loaded once."""
+    image is loaded once. Under ``torchrun`` rank ``r`` cuts those of images ``r, r + N, ...``
+    and every rank gets them all."""
+    dist = dist or Dist()
     ys, xs = ys.ravel(), xs.ravel()
     blobs = [b""] * idx.size
     by_image: dict[int, list[int]] = {}
     for j, i in enumerate(idx.ravel().tolist()):
-        if i >= 0:
+        if i >= 0 and i % dist.world_size == dist.rank:
             by_image.setdefault(i, []).append(j)
     items = sorted(by_image.items())
     if show:
@@ -511,6 +575,9 @@ def _cut_patches(src: Source, size, interpolation: str, idx, ys, xs, grid, cells
         rgb = Image.fromarray(to_uint8(t.permute(1, 2, 0).numpy()))
         for j in slots:
             blobs[j] = _patch_jpeg(rgb, int(ys[j]), int(xs[j]), grid, cells, px)
+    for part in gather_objects({j: b for j, b in enumerate(blobs) if b}):
+        for j, b in part.items():
+            blobs[j] = b
     return blobs
 
 

@@ -69,9 +69,10 @@ class WidgetBase:
             )
         self.bundle: ModelBundle = bundle_of(model_or_bundle)
         self.image = image
-        self._lock = threading.RLock()  # one computation at a time
+        self._lock = threading.RLock()  # one change of this widget at a time (passes: the model's lock)
         self._muted = 0  # > 0 while controls are set by code (their observers must not fire)
-        self._debouncer = Debouncer(self._work, debounce)
+        self._cancel = threading.Event()  # set by close(): the background work stops
+        self._debouncer = Debouncer(self._work, debounce, self._cancel)
         self.stats: dict[str, Any] = {
             "explain_calls": 0,
             "recombine_calls": 0,
@@ -242,7 +243,8 @@ class WidgetBase:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Remove the widget from the page and end its worker thread."""
+        """Remove the widget from the page and cancel its background work: pending work is
+        dropped, work in flight ends at its next pass (or its wait for the model)."""
         self._debouncer.stop()
         if hasattr(self, "widget"):
             close_tree(self.widget)

@@ -4,8 +4,10 @@ sanity check, in two collapsed sections computed lazily.
 Nothing is computed until a section is opened or its button pressed (both checks cost many
 model passes: about ``2 * steps`` forwards per method for the curves, one map per method and
 randomization depth for the sanity check). The work runs on a thread under the widget's lock
-(one computation at a time, so a class change waits for it), with a progress bar; an error
-is shown in the widget's error box and the section offers the button again. A new class or
+(so a class change waits for it), each pass under the model's (so other widgets and direct
+calls on the model wait for it, and it for them), with a progress bar; an error is shown in
+the widget's error box and the section offers the button again. Closing the widget cancels
+it at its next pass. A new class or
 new maps make the results stale: they are dropped and recomputed when the section is next
 opened (at once if it is open).
 """
@@ -23,6 +25,7 @@ import plotly.graph_objects as go
 from ..evaluation.faithfulness import faithfulness_of
 from ..evaluation.sanity import randomization_groups, sanity_check
 from ..views import faithfulness_plots as pf
+from .worker import spawn
 
 SECTIONS = ("faithfulness", "sanity")
 TITLES = ("Faithfulness: deletion and insertion", "Sanity check: model randomization")
@@ -124,8 +127,7 @@ class ChecksPanel:
             finally:
                 self.buttons[section].disabled = False
 
-        self._thread = threading.Thread(target=job, name=f"fastloc-viz-{section}", daemon=True)
-        self._thread.start()
+        self._thread = spawn(job, f"fastloc-viz-{section}", self.owner._cancel)
 
     def wait(self, timeout: float | None = 600.0) -> bool:
         """Block until a started computation ends (for scripts and tests)."""

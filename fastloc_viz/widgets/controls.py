@@ -50,7 +50,7 @@ def _method_buttons(ex) -> W.Widget:
 def _rank_grad_buttons(ex) -> W.Widget:
     return W.ToggleButtons(
         options=list(RANK_GRADS),
-        value=ex.rank_grad,
+        value=ex.state.applied.get("rank_grad", RANK_GRADS[0]),
         tooltips=[RANK_GRAD_TIPS.get(g, g) for g in RANK_GRADS],
         style={"button_width": "74px"},
     )
@@ -80,7 +80,7 @@ def _threshold_slider(ex) -> W.Widget:
 
 def _combine_dropdown(ex) -> W.Widget:
     return W.Dropdown(
-        options=list(RULES), value=ex.explanation.params["combine"], description="combine",
+        options=list(RULES), value=ex.state.applied.get("combine"), description="combine",
         layout=W.Layout(width="170px"), style={"description_width": "58px"},
     )  # fmt: skip
 
@@ -109,6 +109,8 @@ class Control:
         on_change: ``on_change(explorer, value)`` when the user changes it.
         shown: ``shown(explorer) -> value`` the control shows (``None``: not synced).
         context: what the user was doing, for the error box ("changing k").
+        setting: the explorer setting it drives, if any: the control is disabled while the
+            shown method has no such parameter.
     """
 
     attr: str
@@ -116,25 +118,23 @@ class Control:
     on_change: Callable[[Any, Any], None]
     shown: Callable[[Any], Any] | None
     context: str
+    setting: str | None = None
 
 
-def _setting(key: str, convert: Callable[[Any], Any] = lambda v: v) -> Callable[[Any, Any], None]:
-    return lambda ex, value: ex._request(**{key: convert(value)})
+def _setting(attr: str, make: Callable[[Any], W.Widget], key: str, context: str,
+             convert: Callable[[Any], Any] = lambda v: v) -> Control:
+    """A control that drives the explorer setting ``key`` and shows its applied value."""
+    return Control(attr, make, lambda ex, value: ex._request(**{key: convert(value)}),
+                   lambda ex: ex.state.applied[key], context, key)  # fmt: skip
 
 
 CONTROLS: tuple[Control, ...] = (
-    Control("method_buttons", _method_buttons, _setting("method"),
-            lambda ex: ex.method, "switching method"),
-    Control("rank_grad_buttons", _rank_grad_buttons, _setting("rank_grad"),
-            lambda ex: ex.rank_grad, "changing rank_grad"),
-    Control("k_slider", _k_slider, _setting("k", int),
-            lambda ex: ex.k, "changing k"),
-    Control("layer_dropdown", _layer_dropdown, _setting("layer"),
-            lambda ex: ex.layer, "changing the layer"),
-    Control("threshold_slider", _threshold_slider, _setting("threshold", float),
-            lambda ex: ex.threshold, "changing the threshold"),
-    Control("combine_dropdown", _combine_dropdown, _setting("combine"),
-            lambda ex: ex.explanation.params["combine"], "changing the combination"),
+    _setting("method_buttons", _method_buttons, "method", "switching method"),
+    _setting("rank_grad_buttons", _rank_grad_buttons, "rank_grad", "changing rank_grad"),
+    _setting("k_slider", _k_slider, "k", "changing k", int),
+    _setting("layer_dropdown", _layer_dropdown, "layer", "changing the layer"),
+    _setting("threshold_slider", _threshold_slider, "threshold", "changing the threshold", float),
+    _setting("combine_dropdown", _combine_dropdown, "combine", "changing the combination"),
     Control("opacity_slider", _opacity_slider, lambda ex, v: ex._restyle(opacity=v),
             None, "changing the opacity"),
     Control("colorscale_dropdown", _colorscale_dropdown, lambda ex, v: ex._restyle(colorscale=v),
@@ -158,5 +158,10 @@ def sync_controls(ex) -> None:
     if layer not in ex.layer_dropdown.options:
         ex._set_quiet(ex.layer_dropdown, options=list(ex.layer_dropdown.options) + [layer])
     for row in CONTROLS:
+        widget = getattr(ex, row.attr)
+        if row.setting is not None and row.setting not in ex.state.applied:
+            widget.disabled = True  # the method shown has no such parameter
+            continue
+        widget.disabled = False
         if row.shown is not None:
-            ex._set_quiet(getattr(ex, row.attr), value=row.shown(ex))
+            ex._set_quiet(widget, value=row.shown(ex))

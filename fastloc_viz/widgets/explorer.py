@@ -39,10 +39,6 @@ def _seam(name: str):
     return getattr(sys.modules[__package__], name)
 
 
-def default_rule(method: str) -> str:
-    return get_method(method).defaults()["combine"]
-
-
 class NeuronExplorer(WidgetBase):
     """Explore a FastLoc explanation neuron by neuron.
 
@@ -94,45 +90,12 @@ class NeuronExplorer(WidgetBase):
         self.atlas = atlas
         self.effects = Effects(self.bundle)
         self.sort_by = "rank"
-        methods = neuron_methods()
-        if explanation is not None:
-            # start from an explanation already computed for this image: no explain call
-            if explanation.neurons is None:
-                raise ValueError(f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {methods}")
-            p = explanation.params
-            explain_kwargs = {
-                "method": explanation.method,
-                "target": explanation.target,
-                "layer": explanation.layer,
-                "k": len(explanation.neurons),
-                "rank_grad": p.get("rank_grad", "plain"),
-                "threshold": p.get("threshold", 0.3),
-                **explain_kwargs,
-            }
-        method = explain_kwargs.pop("method", "fastloc")
-        if method not in methods:
-            raise ValueError(
-                f"method={method!r}: NeuronExplorer shows neurons, so it needs one of {methods}; "
-                "use MethodComparison for the other methods"
-            )
-        target = explain_kwargs.pop("target", None)
-        settings = {
-            "method": method,
-            "target": None if target is None else self.bundle.class_index(target),
-            "k": int(explain_kwargs.pop("k", 5)),
-            "kmax": explain_kwargs.pop("kmax", None),
-            "layer": explain_kwargs.pop("layer", None),
-            "rank_grad": explain_kwargs.pop("rank_grad", "plain"),
-            "threshold": float(explain_kwargs.pop("threshold", 0.3)),
-            "combine": explain_kwargs.pop("combine", None),
-            "enabled": None,
-        }
+        self._shares_for: Explanation | None = None  # the explanation whose shares the cards show
         self.state = ExplorerState(
-            settings,
+            self._settings(explanation, explain_kwargs),
             explain=lambda **kw: _seam("explain")(self.bundle, self.image, **kw),
             recombine=lambda *a, **kw: _seam("recombine")(*a, **kw),
-            default_rule=default_rule,
-            extra=explain_kwargs,  # sigma, components, passes, ...
+            method_of=get_method,
             stats=self.stats,
         )
         self.export_dir = pathlib.Path(export_dir) if export_dir is not None else None
@@ -143,11 +106,60 @@ class NeuronExplorer(WidgetBase):
         with self._lock:
             self.state.apply()  # raises on bad arguments, as explain() would
         check_atlas(atlas, self.state.current)  # an atlas of another layer: say so now
-        self._cam_rule = default_rule("fastloc")  # the class card's rule; follows the shown one
+        rule = self.state.current.params.get("combine")  # the class card's rule; follows the shown one
+        self._cam_rule = rule if rule in cam_rules() else next(iter(cam_rules()), None)
         self._build()
         self._render_all()  # (it also asks the worker for the neurons' drops: after the display)
 
+    def _settings(self, explanation: Explanation | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The starting settings from the arguments (and the explanation to start from),
+        checked as ``explain`` checks them; parameters of other methods are ignored, as
+        ``explain`` ignores them."""
+        methods = neuron_methods()
+        if explanation is not None:
+            # start from an explanation already computed for this image: no explain call
+            if explanation.neurons is None:
+                raise ValueError(f"explanation is a {explanation.method!r} one; NeuronExplorer needs one of {methods}")
+            kwargs = {
+                "method": explanation.method,
+                "target": explanation.target,
+                "layer": explanation.layer,
+                **{n: v for n, v in explanation.params.items() if n in get_method(explanation.method).defaults()},
+                "k": len(explanation.neurons),
+                **kwargs,
+            }
+        method = kwargs.pop("method", methods[0] if methods else None)
+        if method not in methods:
+            raise ValueError(
+                f"method={method!r}: NeuronExplorer shows neurons, so it needs one of {methods}; "
+                "use MethodComparison for the other methods"
+            )
+        target, layer = kwargs.pop("target", None), kwargs.pop("layer", None)
+        m = get_method(method)
+        m.make_params(kwargs)  # unknown names and bad values raise here, as in explain
+        own = {n: v for n, v in kwargs.items() if n in m.defaults() and v is not None}
+        if "threshold" in own:
+            own["threshold"] = float(own["threshold"])
+        target = None if target is None else self.bundle.class_index(target)
+        return {"method": method, "target": target, "layer": layer, **own}
+
     # ------------------------------------------------------------------ public state
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The settings shown: method, target, layer, enabled and the method's parameters."""
+        return dict(self.state.applied)
+
+    def set(self, **settings: Any) -> None:
+        """Change several settings at once, by name (``target``, ``layer``, ``method``,
+        ``enabled`` and the method's parameters, a registered method's own included): one
+        update, in this thread; raises on a bad value and keeps the state shown. A change of
+        a parameter the method calls ``recombinable`` runs no pass."""
+        if settings.get("target") is not None:
+            settings["target"] = self.bundle.class_index(settings["target"])
+        if settings.get("enabled") is not None:
+            settings["enabled"] = tuple(sorted({int(r) for r in settings["enabled"]}))
+        self._set(**settings)
+
     @property
     def explanation(self) -> Explanation:
         """The explanation on screen (``saliency`` and ``box`` follow :attr:`enabled`)."""
@@ -295,19 +307,28 @@ class NeuronExplorer(WidgetBase):
                     self._show_error(err, f"computing {self.state.describe(want, self.bundle.class_names)}")
                 else:
                     self._show_error(None)
-            # Under the lock: the model must not run two passes at once (forward hooks are
-            # per module, not per thread). A toggle meanwhile is applied right after.
             base = self.state.base
-            if self.effects.ready(base):
-                return
-            try:
-                self.effects.compute(base)
-            except Exception as err:  # noqa: BLE001 - shown in the widget
-                self._show_error(err, "computing what each neuron does to the prediction (fv.ablate)")
-                self.without.value = "<span class='flv-muted'>the neurons' drops could not be computed</span>"
-                return
-            if hasattr(self, "widget"):
+            self._show_shares()
+        if self.effects.ready(base):
+            return
+        # Outside this widget's lock (its passes wait for the model's): a toggle meanwhile
+        # applies at once, from the cached maps.
+        try:
+            self.effects.compute(base)
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self._show_error(err, "computing what each neuron does to the prediction (fv.ablate)")
+            self.without.value = "<span class='flv-muted'>the neurons' drops could not be computed</span>"
+            return
+        with self._lock:
+            if hasattr(self, "widget") and self.state.base is base:
                 self._show_effects()
+
+    def _show_shares(self) -> None:
+        """How much of the box each card drew (one smoothing, so off the toggle's own path)."""
+        e = self.explanation
+        if hasattr(self, "widget") and self._shares_for is not e:
+            self.cards.show_shares(e, neuron_shares(e))
+            self._shares_for = e
 
     def _show_effects(self) -> None:
         """Drops on the cards, their order, the without-line (when the ablation is known)."""
@@ -437,7 +458,7 @@ class NeuronExplorer(WidgetBase):
             return
         t0 = time.perf_counter()
         charts.update_light(self.overlay_fig, self.bars_fig, self.explanation, self.enabled)
-        self.cards.show_shares(self.explanation, neuron_shares(self.explanation))
+        self._debouncer.poke()  # the neurons' shares of the box: on the worker, after this display
         self._sync_controls()
         base = self.state.base
         a = self.effects.for_base(base)

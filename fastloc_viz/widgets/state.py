@@ -1,15 +1,18 @@
 """The explorer's state: what the user asked for, what is shown, and what a change costs.
 
-Pure: no ipywidgets, plotly or torch. :class:`ExplorerState` takes the ``explain`` and
-``recombine`` callables (and the registry's default rule per method) as arguments, so it is
-tested with fakes and no model (``tests/test_explorer_state.py``).
+Pure: no ipywidgets, plotly or torch, and no method named. :class:`ExplorerState` takes the
+``explain`` and ``recombine`` callables and ``method_of`` (a method name -> its registered
+:class:`~fastloc_viz.Method`) as arguments, so it is tested with fakes and no model
+(``tests/test_explorer_state.py``).
 
-Settings (:data:`KEYS`): the *heavy* ones (:data:`HEAVY`: method, target, k, kmax, layer,
-rank_grad) need a new ``explain`` call unless the cache holds that explanation; the *light*
-ones (enabled, threshold, combine) only recombine the cached neuron maps. :meth:`want`
-records a change and applies the resets (a heavy change re-enables every neuron, a method
-switch takes that method's default rule); :meth:`apply` is the one code path that brings
-what is shown to what is wanted.
+Settings: ``method``, ``target``, ``layer``, ``enabled`` (the neurons in the map) and the
+method's own parameters. What a change costs is the registry's word: a change of method,
+target, layer or of a parameter in the method's ``pass_settings()`` needs a new ``explain``
+call unless the cache holds that explanation; a change of ``enabled`` or of a parameter in
+its ``recombinable`` only recombines the cached maps. :meth:`want` records a change and
+applies the resets (a change that needs a pass re-enables every neuron; a method switch takes
+the new method's defaults for its recombinable parameters); :meth:`apply` is the one
+code path that brings what is shown to what is wanted.
 """
 
 from __future__ import annotations
@@ -19,61 +22,34 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["CACHE_SIZE", "HEAVY", "KEYS", "LIGHT", "ExplorerState", "explain_kwargs"]
+__all__ = ["CACHE_SIZE", "FIXED", "ExplorerState"]
 
-HEAVY = ("method", "target", "k", "kmax", "layer", "rank_grad")
-LIGHT = ("enabled", "threshold", "combine")
-KEYS = HEAVY + LIGHT
+FIXED = ("method", "target", "layer", "enabled")
+"""The settings of every method (the rest are the method's parameters)."""
 CACHE_SIZE = 12
 
 # what a change costs, from cheapest to dearest
 NOTHING, RECOMBINE, CACHED, EXPLAIN = "nothing", "recombine", "cached", "explain"
 
 
-def explain_kwargs(want: Mapping[str, Any], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The keyword arguments of the ``explain`` call for the settings ``want``.
-
-    ``kmax`` defaults to ``max(10, 2k)`` for ``fastloc_rescored`` (twice as many candidates
-    as kept) and to ``max(k, 10)`` otherwise.
-    """
-    kwargs = dict(extra or {})
-    if want["kmax"] is not None:
-        kwargs["kmax"] = want["kmax"]
-    elif want["method"] == "fastloc_rescored":
-        kwargs["kmax"] = max(10, 2 * want["k"])
-    else:
-        kwargs["kmax"] = max(want["k"], 10)
-    if want.get("combine") is not None:
-        kwargs["combine"] = want["combine"]
-    kwargs.update(
-        method=want["method"],
-        target=want["target"],
-        layer=want["layer"],
-        k=want["k"],
-        rank_grad=want["rank_grad"],
-        threshold=want["threshold"],
-    )
-    return kwargs
-
-
 class ExplorerState:
     """Wanted vs applied settings, the cache of explanations, and the one way to apply.
 
     Args:
-        settings: the starting wanted settings (every key of :data:`KEYS`; ``target``,
-            ``layer``, ``kmax``, ``combine`` and ``enabled`` may be ``None``: the top-1
-            class, the default layer, the method's default, its default rule, all neurons).
-        explain: ``explain(**kwargs) -> Explanation`` with :func:`explain_kwargs`' keywords.
-        recombine: ``recombine(base, enabled, threshold=, combine=) -> Explanation``.
-        default_rule: method name -> its default combine rule (the registry's).
-        extra: more keyword arguments for every ``explain`` call (sigma, passes, ...).
+        settings: the starting wanted settings: ``method`` and any of ``target``, ``layer``,
+            ``enabled`` (``None``: the top-1 class, the default layer, all neurons) and the
+            method's parameters (missing: the method's defaults).
+        explain: ``explain(method=, target=, layer=, **params) -> Explanation``.
+        recombine: ``recombine(base, enabled, **recombinable params) -> Explanation``.
+        method_of: method name -> an object with ``defaults()``, ``pass_settings()`` and
+            ``recombinable`` (the registered :class:`~fastloc_viz.Method`).
         stats: a dict whose ``explain_calls``, ``recombine_calls`` and ``explain_s`` this
             state keeps up to date (the widget's :attr:`stats`).
         cache_size: explanations kept (least recently used dropped).
 
     Attributes:
         wanted: the latest settings asked for.
-        applied: the settings shown (target, layer, combine and enabled resolved).
+        applied: the settings shown (target, layer and enabled resolved).
         base: the explanation with all k neurons; ``current``: after recombination.
     """
 
@@ -83,35 +59,45 @@ class ExplorerState:
         *,
         explain: Callable[..., Any],
         recombine: Callable[..., Any],
-        default_rule: Callable[[str], str],
-        extra: Mapping[str, Any] | None = None,
+        method_of: Callable[[str], Any],
         stats: dict[str, Any] | None = None,
         cache_size: int = CACHE_SIZE,
     ) -> None:
-        missing = set(KEYS) - set(settings)
-        if missing:
-            raise ValueError(f"settings lack {sorted(missing)}")
         self._explain = explain
         self._recombine = recombine
-        self._default_rule = default_rule
-        self.extra = dict(extra or {})
+        self._method_of = method_of
         self.stats = stats if stats is not None else {}
         for name, empty in (("explain_calls", 0), ("recombine_calls", 0), ("explain_s", [])):
             self.stats.setdefault(name, empty)
         self.cache_size = cache_size
         self.cache: OrderedDict[tuple, Any] = OrderedDict()
-        self.wanted: dict[str, Any] = {key: settings[key] for key in KEYS}
-        if self.wanted["combine"] is None:
-            self.wanted["combine"] = default_rule(self.wanted["method"])
+        method = settings["method"]
+        self._check_names(method, settings)
+        start = {"method": method, "target": None, "layer": None, "enabled": None, **method_of(method).defaults()}
+        self.wanted: dict[str, Any] = {**start, **settings}
         self.applied: dict[str, Any] = {}
         self.base: Any = None
         self.current: Any = None
 
+    # ------------------------------------------------------------------ the registry's word
+    def heavy(self, method: str) -> tuple[str, ...]:
+        """The settings whose change needs an explain call (unless cached)."""
+        return ("method", "target", "layer", *self._method_of(method).pass_settings())
+
+    def light(self, method: str) -> tuple[str, ...]:
+        """The method's parameters that only recombine the cached maps (and ``enabled``)."""
+        return tuple(self._method_of(method).recombinable)
+
+    def _check_names(self, method: str, settings: Mapping[str, Any]) -> None:
+        allowed = (*FIXED, *self._method_of(method).defaults())
+        unknown = sorted(set(settings) - set(allowed))
+        if unknown:
+            raise KeyError(f"unknown settings {unknown}; method {method!r} has {list(allowed)}")
+
     # ------------------------------------------------------------------ deciding
-    @staticmethod
-    def key(settings: Mapping[str, Any]) -> tuple:
-        """The cache key: the heavy settings."""
-        return tuple(settings[key] for key in HEAVY)
+    def key(self, settings: Mapping[str, Any]) -> tuple:
+        """The cache key: the settings that need a pass."""
+        return tuple((name, settings[name]) for name in self.heavy(settings["method"]))
 
     def seed(self, explanation: Any) -> None:
         """Cache an explanation already computed for the wanted settings."""
@@ -120,21 +106,32 @@ class ExplorerState:
     def want(self, **changes: Any) -> str:
         """Record a change of the wanted settings; return what applying them would cost.
 
-        A change of a heavy setting re-enables every neuron (unless ``enabled`` is given
-        too); a change of method takes that method's default rule (unless ``combine`` is).
+        A change that needs a pass re-enables every neuron (unless ``enabled`` is given
+        too). A change of method shows the new method as its defaults make it: its
+        recombinable parameters (the combine rule, the threshold, ...) take its defaults,
+        and of those that need a pass, one with the same default in both methods keeps its
+        value (``k``), any other takes the new default (unless given with the switch).
         """
-        unknown = set(changes) - set(KEYS)
-        if unknown:
-            raise KeyError(f"unknown settings {sorted(unknown)}; the explorer has {list(KEYS)}")
-        new = {**self.wanted, **changes}
-        if any(new[key] != self.wanted[key] for key in HEAVY) and "enabled" not in changes:
+        method = changes.get("method", self.wanted["method"])
+        self._check_names(method, changes)
+        if method != self.wanted["method"]:
+            new = {**self._switched(self.wanted["method"], method), **changes}
+        else:
+            new = {**self.wanted, **changes}
+        if self.key(new) != self.key(self.wanted) and "enabled" not in changes:
             new["enabled"] = None
-        if new["method"] != self.wanted["method"] and "combine" not in changes:
-            new["combine"] = self._default_rule(new["method"])
-        if new.get("combine") is None:
-            new["combine"] = self._default_rule(new["method"])
         self.wanted = new
         return self.cost()
+
+    def _switched(self, old: str, new: str) -> dict[str, Any]:
+        before, after = self._method_of(old).defaults(), self._method_of(new).defaults()
+        light = self.light(new)
+        out = {key: self.wanted[key] for key in FIXED}
+        for name, default in after.items():
+            keep = name not in light and name in before and before[name] == default
+            out[name] = self.wanted[name] if keep else default
+        out["method"] = new
+        return out
 
     def cost(self, want: Mapping[str, Any] | None = None) -> str:
         """What bringing the shown state to ``want`` (default: :attr:`wanted`) costs:
@@ -157,7 +154,7 @@ class ExplorerState:
         if enabled is None and self.base is not None:
             enabled = tuple(n.rank for n in self.base.neurons)
         enabled = None if enabled is None else tuple(sorted(enabled))
-        return enabled, float(s["threshold"]), s["combine"]
+        return enabled, *(s[name] for name in self.light(s["method"]))
 
     # ------------------------------------------------------------------ applying
     def apply(self) -> str:
@@ -171,24 +168,20 @@ class ExplorerState:
         if cost == NOTHING:
             self.wanted = dict(self.applied)
             return cost
+        light = self.light(want["method"])
         try:
             base = self._base_for(want)
             ranks = [n.rank for n in base.neurons]
             enabled = ranks if want["enabled"] is None else list(want["enabled"])
-            current = self._recombine(base, enabled, threshold=want["threshold"], combine=want["combine"])
+            current = self._recombine(base, enabled, **{name: want[name] for name in light})
             self.stats["recombine_calls"] += 1
         except Exception:
             if self.wanted == want:
                 self.wanted = dict(self.applied)
             raise
         self.base, self.current = base, current
-        self.applied = dict(
-            want,
-            target=base.target,
-            layer=base.layer,
-            combine=current.params["combine"],
-            enabled=tuple(current.params["enabled"]),
-        )
+        resolved = {name: current.params.get(name, want[name]) for name in light}
+        self.applied = dict(want, target=base.target, layer=base.layer, enabled=tuple(current.params["enabled"]), **resolved)
         if self.wanted == want:  # no newer change came in meanwhile
             self.wanted = dict(self.applied)
         return cost
@@ -200,7 +193,7 @@ class ExplorerState:
             self.cache.move_to_end(key)
             return base
         t0 = time.perf_counter()
-        base = self._explain(**explain_kwargs(want, self.extra))
+        base = self._explain(**{name: value for name, value in want.items() if name != "enabled"})
         self.stats["explain_calls"] += 1
         self.stats["explain_s"].append(time.perf_counter() - t0)
         self.cache[key] = base
@@ -211,10 +204,11 @@ class ExplorerState:
         return base
 
     def describe(self, s: Mapping[str, Any] | None = None, class_names=None) -> str:
-        """The heavy settings in words, for error messages."""
+        """The settings that need a pass, in words, for error messages."""
         s = self.wanted if s is None else s
         if s["target"] is None:
             t = "top-1"
         else:
             t = repr(class_names[s["target"]]) if class_names is not None else str(s["target"])
-        return f"{s['method']} for class {t}, k={s['k']}, layer={s['layer']!r}, rank_grad={s['rank_grad']!r}"
+        rest = ", ".join(f"{name}={s[name]!r}" for name in self.heavy(s["method"])[3:])
+        return f"{s['method']} for class {t}, layer={s['layer']!r}" + (f", {rest}" if rest else "")
