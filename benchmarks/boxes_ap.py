@@ -35,7 +35,6 @@ sys.path.insert(0, str(REPO))
 
 def main() -> None:
     import fastloc_viz as fv
-    from fastloc_viz.collection.boxes import run_boxes
     from fastloc_viz.collection.coco import average_precision, centre_box, ground_truth, whole_box
     from fastloc_viz.imaging.dataset import LocalizationDataset
 
@@ -66,8 +65,8 @@ def main() -> None:
     table = {}
     for method in args.methods.split(","):
         t0 = time.perf_counter()
-        summary = run_boxes(csv_path, work / f"{method}.json", bundle, method=method, batch_size=args.batch_size,
-                            workers=args.workers, progress=True, checkpoint_s=120)
+        summary = fv.boxes(bundle, csv_path, work / f"{method}.json", method=method, batch_size=args.batch_size,
+                           workers=args.workers, progress=True, checkpoint_s=120)
         doc = json.loads((work / f"{method}.json").read_text())
         extra = {"images": len(doc["images"]), "seconds_this_run": time.perf_counter() - t0,
                  "skipped": len(summary["skipped"]), "kinds": dict(Counter(a["kind"] for a in doc["annotations"]))}

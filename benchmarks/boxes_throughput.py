@@ -1,7 +1,7 @@
 """Throughput of `fastloc-viz boxes` against the model-bound limit (issue 12).
 
 The limit: the median wall time of `explain` on preloaded tensors (decoded and resized
-beforehand, the same batch size), as images/s. Then `run_boxes` on the same images from
+beforehand, the same batch size), as images/s. Then `fastloc_viz.boxes` on the same images from
 their files (a DataLoader with workers decoding beside the model), with 1 process, and with 2
 under `torchrun --nproc_per_node 2` (gloo on CPU, 1 thread each); each reports images/s.
 

@@ -1,4 +1,5 @@
-"""Speed benchmark: fastloc against Captum, guided backprop, Grad-CAM and the floor.
+"""Speed benchmark: fastloc against Captum, guided backprop, Grad-CAM and the floor; or
+(``--methods``) every registered method's time per image against Grad-CAM.
 
 One process, one model after the other (EfficientNet-Lite0, pretrained and offline; VGG-16
 built with ``weights=None``), one 224 x 224 image per call. Every measurement is a median
@@ -22,12 +23,19 @@ other processes on a shared machine hits every case alike. Timed per image:
   passes from one neuron of the layer down to the input, each timed alone on a kept graph.
   floor = forward + backward to layer + the k lower passes.
 
+With ``--methods all`` (or a comma-separated list) it times instead each method through
+:func:`fastloc_viz.explain` with its defaults, on ``--images`` scikit-image photos, one image
+per call (``--batch-size`` inputs per forward pass, the setting every method shares), rounds
+rotated as above, and prints each method's median seconds per image and its ratio to
+Grad-CAM's.
+
 Usage::
 
     .venv/bin/python benchmarks/speed.py                 # both models, ~3-5 min on 2 cores
     .venv/bin/python benchmarks/speed.py --models efficientnet_lite0 --repeats 30
     .venv/bin/python benchmarks/speed.py --markdown --photo   # markdown table; a real photo too
     .venv/bin/python benchmarks/speed.py --device cuda        # on a GPU machine
+    .venv/bin/python benchmarks/speed.py --models efficientnet_lite0 --methods all --images 3 --repeats 1
 """
 
 from __future__ import annotations
@@ -89,6 +97,48 @@ def test_image(photo: bool, seed: int) -> torch.Tensor:
         return torch.nn.functional.interpolate(img[None], size=(224, 224), mode="bilinear", antialias=True)[0]
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(3, 224, 224, generator=gen)
+
+
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "motorcycle_left")
+
+
+def method_times(name: str, args) -> dict:
+    """Each method's median seconds per image through ``explain``, rounds in rotated order."""
+    from fastloc_viz import sample_image
+    from fastloc_viz.methods import select_methods
+
+    methods = list(select_methods(args.methods))
+    if "gradcam" not in methods:
+        methods.insert(0, "gradcam")
+    bundle = load(name, args.device)
+    images = [sample_image(PHOTOS[i % len(PHOTOS)]) for i in range(args.images)]
+    explain(bundle, images[0], method="gradcam")  # the layer's dry run, first-call costs
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    load_before, start = os.getloadavg()[0], time.perf_counter()
+    for r in range(args.repeats):
+        order = methods[r % len(methods):] + methods[: r % len(methods)]
+        for m in order:
+            for img in images:
+                _sync(bundle.device)
+                t = clock()
+                explain(bundle, img, method=m, batch_size=args.batch_size)
+                _sync(bundle.device)
+                times[m].append(clock() - t)
+    return {"name": name, "median": {m: statistics.median(v) for m, v in times.items()},
+            "calls": len(times[methods[0]]), "seconds": time.perf_counter() - start,
+            "load": (load_before, os.getloadavg()[0])}
+
+
+def method_table(result: dict, markdown: bool) -> str:
+    from fastloc_viz.views.plots import method_label
+
+    med = result["median"]
+    rows = [(m, method_label(m), s, s / med["gradcam"]) for m, s in med.items()]
+    if markdown:
+        return "\n".join(["| method | s / image | x Grad-CAM |", "| --- | ---: | ---: |",
+                          *(f"| {label} (`{m}`) | {s:.3f} | {r:.1f} |" for m, label, s, r in rows)])
+    return "\n".join([f"{'method':32s} {'s/image':>9s} {'x Grad-CAM':>11s}",
+                      *(f"{label + ' (' + m + ')':32s} {s:9.3f} {r:11.1f}" for m, label, s, r in rows)])
 
 
 def make_cases(bundle, img: torch.Tensor, k: int) -> tuple[dict[str, Callable[[], object]], dict, tuple]:
@@ -315,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
                    "the process's CPU time (all threads; steadier when other jobs load the machine)")
     p.add_argument("--only", nargs="+", choices=list(ROWS)[:6], help="time only these cases (and the floor)")
     p.add_argument("--markdown", action="store_true", help="print the table in markdown")
+    p.add_argument("--methods", default=None, help="time these registered methods ('all', or comma-separated) "
+                   "against Grad-CAM instead")
+    p.add_argument("--images", type=int, default=3, help="photos per round with --methods (default 3)")
+    p.add_argument("--batch-size", type=int, default=8, help="explain's batch_size with --methods (default 8)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -324,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     print(machine(), flush=True)
     print("command: " + " ".join([os.path.basename(sys.executable), *sys.argv]), flush=True)
+    if args.methods:
+        for name in args.models:
+            r = method_times(name, args)
+            print(f"{name}: {args.images} photos x {args.repeats} rounds = {r['calls']} calls per method in "
+                  f"{r['seconds']:.0f} s, load average {r['load'][0]:.1f} -> {r['load'][1]:.1f}")
+            print(method_table(r, args.markdown), flush=True)
+        return 0
     results = []
     for name in args.models:
         r = run_model(name, args)

@@ -9,6 +9,7 @@ through Captum; every method is registered in :mod:`fastloc_viz.methods`; widget
 
 import importlib.metadata as _metadata
 
+from .collection.boxes import boxes
 from .core.results import Explanation, Neuron, Prediction
 from .imaging.batch import sample_image
 from .imaging.readers import ImageInfo, LoadedImage, read_image
@@ -41,6 +42,7 @@ __all__ = [
     "Prediction",
     "UnknownClass",
     "ablate",
+    "boxes",
     "combine_maps",
     "explain",
     "get_method",

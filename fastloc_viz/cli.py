@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
     e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
+    e.add_argument(
+        "--methods", default=None,
+        help="the other methods in the report: comma-separated names or 'all' (default: the default "
+        "methods without neurons: gradcam, guided_backprop, guided_gradcam)",
+    )
     e.add_argument("--no-baselines", action="store_true", help="skip the other methods in the report")
     e.add_argument("--atlas", default=None, metavar="FILE", help="a neuron atlas (fastloc-viz atlas) for the neuron cards")
     e.add_argument(
@@ -68,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--page", type=int, default=None, help="TIFF page, DICOM frame or FITS HDU (0-based)")
     e.add_argument("--window", default=None, help="auto (default), percentile, minmax, full, file or LOW,HIGH")
     e.add_argument("--stretch", default=None, choices=("linear", "asinh"), help="how the window maps to [0, 1]")
+    _output_arguments(e)
 
     d = sub.add_parser("demo", help="run fastloc and the baselines on bundled photos with EfficientNet-Lite0")
     d.add_argument("--out", default="out", help="directory for the reports (default ./out)")
@@ -96,15 +102,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _box_arguments(b: argparse.ArgumentParser) -> None:
+    from . import METHODS
+
     b.add_argument("source", help="a folder of images (searched recursively), an ImageFolder tree, a CSV "
                    "(image,label) or one image file")
     b.add_argument("--out", required=True, metavar="FILE.json", help="COCO JSON to write (the CSV goes beside it)")
-    b.add_argument("--method", default="fastloc", help="a registered method (default: %(default)s)")
+    b.add_argument("--method", default="fastloc", help="a registered method: " + ", ".join(METHODS)
+                   + " or a --plugin's (default: %(default)s)")
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
     b.add_argument("-k", type=int, default=None, help="neurons to keep (fastloc methods)")
     b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map's max (0.3)")
+    b.add_argument("--targets", nargs="+", default=["top1"], metavar="TARGET",
+                   help="top1 (default: one box per image), positive (a box per label at or above --label-threshold) "
+                   "or class names / indices (a box for each, on every image)")
+    _output_arguments(b)
     b.add_argument("--layout", default="auto", choices=("auto", "folder", "imagefolder", "csv"),
                    help="how SOURCE gives targets (auto: a CSV, an ImageFolder when every sub-folder names a class, "
                    "else top-1)")
@@ -116,6 +129,27 @@ def _box_arguments(b: argparse.ArgumentParser) -> None:
                    help="rewrite the outputs this often (default %(default)s s)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="print the run's summary as JSON")
+
+
+def _output_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default=None, choices=("softmax", "sigmoid"),
+                   help="how the model's logits are read: softmax (one class; the default) or sigmoid (multi-label)")
+    p.add_argument("--label-threshold", type=float, default=None, metavar="P",
+                   help="with sigmoid: the probability from which a label counts as found (default 0.5)")
+
+
+def _load(args):
+    """The model the command names, with its weights and output options."""
+    from . import load_model
+
+    given = (("weights", args.weights), ("output", args.output), ("label_threshold", args.label_threshold))
+    return load_model(args.model, **{k: v for k, v in given if v is not None})
+
+
+def _targets_arg(values: Sequence[str]):
+    if len(values) == 1 and values[0] in ("top1", "positive"):
+        return values[0]
+    return [_target_arg(v) for v in values]
 
 
 def load_plugins(paths: Sequence[str]) -> None:
@@ -177,26 +211,35 @@ def _target_arg(text: str | None):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _run_all(bundle, image, method: str, baselines: bool, **kwargs):
-    """``method``, then (``baselines``) every registered method without neurons, same class."""
+def _report_methods(methods: str | None, baselines: bool = True) -> tuple[str, ...]:
+    """The other methods of a report: none, ``--methods`` (names or ``all``), or the default
+    methods without neurons."""
+    from .methods import METHODS, select_methods
+
+    if not baselines:
+        return ()
+    if methods:
+        return select_methods(methods)
+    return tuple(m for m in select_methods(None) if not METHODS[m].has_neurons)
+
+
+def _run_all(bundle, image, method: str, others: Sequence[str], **kwargs):
+    """``method``, then each of ``others`` for the same class."""
     from . import explain
-    from .methods import methods_where
 
     results = {method: explain(bundle, image, method=method, **kwargs)}
     target = results[method].target
-    if baselines:
-        for name in methods_where(lambda m: not m.has_neurons):
-            if name != method:
-                results[name] = explain(
-                    bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3)
-                )
+    for name in others:
+        if name != method:
+            results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3))
     return results
 
 
 def _summary(name: str, results: dict, report: Path) -> str:
     main = next(iter(results.values()))
+    found = ", ".join(f"{p.name} ({p.probability:.0%})" for p in main.top5[: 1 if main.output == "softmax" else None])
     lines = [
-        f"{name}: {main.top5[0].name} ({main.top5[0].probability:.0%}); explaining "
+        f"{name}: {found or f'no label at or above {main.label_threshold:.0%}'}; explaining "
         f"{main.target_name!r} with {main.method} at layer {main.layer}",
     ]
     for n in main.neurons or ():
@@ -224,17 +267,17 @@ def _as_json(name: str, results: dict, report: Path) -> dict:
 
 
 def _cmd_explain(args) -> int:
-    from . import load_model
     from .core.files import check_writable
     from .methods import get_method
     from .views.report import write_pages
 
     get_method(args.method)  # an unknown name fails before the model loads
+    others = _report_methods(args.methods, not args.no_baselines)
     out = Path(args.out) if args.out else None
     if out is not None:
         check_writable(out)  # before the slow part
     images = _image_args(args.image)
-    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
+    bundle = _load(args)
     pages, skipped = {}, []
     for name, image, listed in images:
         try:
@@ -251,7 +294,7 @@ def _cmd_explain(args) -> int:
             bundle,
             image,
             args.method,
-            not args.no_baselines,
+            others,
             target=_target_arg(args.target),
             layer=args.layer,
             k=args.k,
@@ -274,15 +317,15 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_boxes(args) -> int:
-    from . import load_model
-    from .collection.boxes import run_boxes
+    from .collection.boxes import boxes
     from .methods import get_method
 
     get_method(args.method)
-    bundle = load_model(args.model, weights=args.weights) if args.weights else load_model(args.model)
+    bundle = _load(args)
     params = {k: v for k, v in (("layer", args.layer), ("k", args.k), ("threshold", args.threshold)) if v is not None}
-    summary = run_boxes(
-        args.source, args.out, bundle, method=args.method, layout=args.layout, batch_size=args.batch_size,
+    summary = boxes(
+        bundle, args.source, args.out, targets=_targets_arg(args.targets), method=args.method, layout=args.layout,
+        batch_size=args.batch_size,
         workers=args.workers, masks=args.masks, restart=args.restart, checkpoint_s=args.checkpoint,
         progress=not args.no_progress, **params,
     )
@@ -291,7 +334,8 @@ def _cmd_boxes(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        print(f"{summary['boxed']} of {summary['images']} images boxed ({summary['new_this_run']} this run, "
+        print(f"{summary['boxed']} of {summary['images']} images boxed, {summary['boxes']} boxes "
+              f"({summary['new_this_run']} this run, "
               f"{summary['images_per_s']:.1f} images/s); {len(summary['skipped'])} skipped")
         kinds = summary["kinds"]
         print(f"  boxes: {kinds['object']} on an object, {kinds['whole']} covering the whole image, "
@@ -330,7 +374,7 @@ def _cmd_demo(args) -> int:
     make_dir(out_dir)
     docs = []
     for photo in DEMO_PHOTOS:
-        results = _run_all(bundle, sample_image(photo), "fastloc", True)
+        results = _run_all(bundle, sample_image(photo), "fastloc", _report_methods(None))
         page = {"": results}
         report = write_pages(
             out_dir / f"demo-{photo}.html", page, title=f"fastloc_viz demo: {photo}", **_neuron_extras(bundle, page, None)

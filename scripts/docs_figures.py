@@ -16,6 +16,7 @@ from PIL import Image
 
 import fastloc_viz as fv
 from fastloc_viz.imaging.batch import collage
+from fastloc_viz.methods import select_methods
 from fastloc_viz.views import plots
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "img"
@@ -33,7 +34,7 @@ def main() -> None:
     bundle = fv.load_model("efficientnet_lite0")
     cat = fv.sample_image("chelsea")
     gt = (28, 8, 224, 224)
-    results = {m: fv.explain(bundle, cat, method=m) for m in fv.METHODS}
+    results = {m: fv.explain(bundle, cat, method=m) for m in select_methods()}  # the default five
     save(plots.method_grid(results, gt_box=gt, cell=230, show_time=False), "guide_methods.png")
     save(plots.neuron_grid(results["fastloc"], cell=170), "guide_neurons.png")
     board = collage([fv.sample_image(n) for n in ("chelsea", "coffee", "rocket", "camera")])

@@ -119,12 +119,6 @@ def test_no_module_is_much_over_600_lines(path):
 
 
 MAX_FUNCTION_LINES = 80
-# Functions that other helpers are splitting right now (issue 19 items 4 and 5, and the image
-# path); the lead empties this list when their branches are merged. Nothing else goes here.
-LONG_FUNCTIONS_BEING_SPLIT = {
-}
-
-
 def _function_lengths(path: Path, package: Path = PACKAGE) -> dict[str, int]:
     """``"file.py:Class.function"`` -> its lines, ``def`` to last line (nested ones too)."""
     rel = path.relative_to(package).as_posix()
@@ -146,9 +140,8 @@ def test_no_function_is_over_80_lines():
     lengths = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         lengths.update(_function_lengths(path))
-    long = {f: n for f, n in lengths.items() if n > MAX_FUNCTION_LINES and f not in LONG_FUNCTIONS_BEING_SPLIT}
+    long = {f: n for f, n in lengths.items() if n > MAX_FUNCTION_LINES}
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}; split them"
-    assert LONG_FUNCTIONS_BEING_SPLIT <= set(lengths), "the allow-list names a function that is gone"
 
 
 def test_the_function_length_rule_sees_methods_and_nested_functions(tmp_path):

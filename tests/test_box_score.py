@@ -19,7 +19,7 @@ from PIL import Image
 
 import fastloc_viz as fv
 from fastloc_viz.collection import coco
-from fastloc_viz.collection.boxes import run_boxes
+from fastloc_viz.collection.boxes import boxes
 from fastloc_viz.collection.review_store import ReviewStore
 from fastloc_viz.core import maps as M
 from fastloc_viz.core.results import Explanation, Neuron, Prediction
@@ -222,7 +222,7 @@ def test_a_collection_run_scores_each_box_as_explain_does(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (24, 20 + 8 * i, 3), dtype=np.uint8)).save(src / f"p{i}.png")
     out = tmp_path / "boxes.json"
-    summary = run_boxes(src, out, bundle, method="gradcam", batch_size=2, workers=0, progress=False)
+    summary = boxes(bundle, src, out, method="gradcam", batch_size=2, workers=0, progress=False)
     doc = json.loads(out.read_text())
     table = {r["file"]: r for r in csv.DictReader(io.StringIO(out.with_suffix(".csv").read_text()))}
     for im, a in zip(doc["images"], doc["annotations"]):

@@ -21,10 +21,10 @@ from fastloc_viz.evaluation.sanity import sanity_check
 from fastloc_viz.imaging.dataset import LocalizationDataset
 from fastloc_viz.views.faithfulness_plots import (
     faithfulness_figure,
-    method_color,
     sanity_curve_figure,
     sanity_strip,
 )
+from fastloc_viz.views.plots import method_color
 from fastloc_viz.views.report import write_report
 
 
@@ -144,14 +144,15 @@ def test_cli_every_metric_family_together_and_its_plot(folder, monkeypatch, caps
     assert rc == 0
     assert [c["target"] for c in calls] == [1, 3]  # the runner explains each query once for all three
     m = json.loads(capsys.readouterr().out)["methods"]["gradcam[layer=conv3]"]
-    assert set(m) == {*JSON_KEYS, "deletion_auc", "insertion_auc", "sanity_similarity", "sanity_curve"}
+    assert set(m) == {*JSON_KEYS, "deletion_auc", "insertion_auc", "sanity_similarity", "sanity_curve",
+                      "sanity_constant"}
     table = (out / "results.md").read_text()
     assert "MaxBoxAcc@0.3" in table and "deletion AUC" in table
     assert {p.name for p in (out / "cache").iterdir()} == {"localization", "faithfulness", "sanity"}
     pages = {name: (out / name).read_text() for name in
              ("accuracy_vs_threshold.html", "faithfulness_curves.html", "sanity_similarity.html")}
     assert '"name":"gradcam[layer=conv3]"' in pages["accuracy_vs_threshold.html"]
-    assert "Deletion: top pixels removed first" in pages["faithfulness_curves.html"]
+    assert "lower area is better" in pages["faithfulness_curves.html"]
     assert "Grad-CAM [layer=conv3] \\u00b7 del. AUC" in pages["faithfulness_curves.html"]
     assert "similarity to the trained model" in pages["sanity_similarity.html"]
     assert "Grad-CAM [layer=conv3] \\u00b7 spearman" in pages["sanity_similarity.html"]

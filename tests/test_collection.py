@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 
 from fastloc_viz.collection import coco
-from fastloc_viz.collection.boxes import OutputLock, collect_items, run_boxes
+from fastloc_viz.collection.boxes import OutputLock, boxes, collect_items
 from fastloc_viz.model.bundle import ModelBundle
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     good = [_photo(src / f"g{i}.jpg", 30 + 10 * i, 60 - 5 * i, seed=i) for i in range(5)]
     bad = _bad_files(src, good[0])
     out = tmp_path / "out" / "boxes.json"
-    s = run_boxes(src, out, tiny, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
+    s = boxes(tiny, src, out, method="gradcam", batch_size=2, workers=0, progress=False, masks=True)
     assert s["boxed"] == 5 and {b["file"] for b in s["skipped"]} == bad
     doc = json.loads(out.read_text())
     assert {im["file_name"]: (im["width"], im["height"]) for im in doc["images"]} == {
@@ -106,6 +106,21 @@ def test_run_writes_coco_csv_and_lists_bad_files(tiny, tmp_path):
     assert not out.with_name("boxes.json.lock").exists()
 
 
+def test_boxes_runs_every_new_method(tiny, tmp_path):
+    """``boxes --method`` takes any registered method; its parameters pass through."""
+    src = tmp_path / "src"
+    for i in range(3):
+        _photo(src / f"g{i}.jpg", 40, 30, seed=i)
+    small = {"window": 8, "stride": 4, "steps": 3, "samples": 2}
+    for method in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam", "saliency",
+                   "integrated_gradients", "smoothgrad", "occlusion"):
+        out = tmp_path / method / "boxes.json"
+        s = run_boxes(src, out, tiny, method=method, batch_size=2, workers=0, progress=False, **small)
+        doc = json.loads(out.read_text())
+        assert s["images"] == 3 and doc["info"]["method"] == method, method
+        assert s["boxed"] + len([k for k in s["skipped"] if "all zero" in k["reason"]]) == 3, (method, s["skipped"])
+
+
 def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     _photo(tmp_path / "src" / "a.png", 40, 30)
     out = tmp_path / "boxes.json"
@@ -113,13 +128,13 @@ def test_a_second_run_on_the_same_output_is_refused(tiny, tmp_path):
     lock.acquire()  # this very process holds it: alive
     try:
         with pytest.raises(RuntimeError, match="another fastloc-viz boxes run .* is writing"):
-            run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)
+            boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)
     finally:
         lock.release()
     # a lock whose process is gone is stale: taken over
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lock.path.write_text(json.dumps({"pid": int(dead.stdout), "host": os.uname().nodename, "started": 0}))
-    assert run_boxes(tmp_path / "src", out, tiny, method="gradcam", workers=0, progress=False)["boxed"] == 1
+    assert boxes(tiny, tmp_path / "src", out, method="gradcam", workers=0, progress=False)["boxed"] == 1
     assert not lock.path.exists()
 
 
@@ -202,6 +217,10 @@ def test_explain_cli_takes_a_folder_into_one_report_and_json_leaves_nothing(lite
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,saliency", "-k", "2", "--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["baselines"]) == {"layercam", "saliency"}
+    assert cli.main(["explain", str(folder / "a.png"), "--methods", "layercam,nope", "--json"]) == 2
+    assert "method='nope' is not one of" in capsys.readouterr().err
     assert cli.main(["explain", str(folder), "--no-baselines", "-k", "2", "--json"]) == 0
     docs = json.loads(capsys.readouterr().out)
     assert [Path(d["image"]).name for d in docs] == ["a.png", "b.png"] and all(d["report"] is None for d in docs)
@@ -263,7 +282,7 @@ def test_a_mixed_folder_reaches_every_consumer_the_same_way(tmp_path, monkeypatc
     seen = load_batch(data.read(q, bundle.input_size), bundle.input_size)[0].permute(1, 2, 0).numpy()
     np.testing.assert_array_equal(seen, ref["t12.tif"].image)
 
-    s = run_boxes(root, tmp_path / "boxes.json", bundle, method="gradcam", batch_size=3, workers=0, progress=False)
+    s = boxes(bundle, root, tmp_path / "boxes.json", method="gradcam", batch_size=3, workers=0, progress=False)
     doc = json.loads((tmp_path / "boxes.json").read_text())
     assert [im["file_name"] for im in doc["images"]] == MIXED_READABLE and s["boxed"] == len(MIXED_READABLE)
     assert [d["file"] for d in doc["skipped"]] == [MIXED_BROKEN] and "is not an image file" in doc["skipped"][0]["reason"]

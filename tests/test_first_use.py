@@ -80,8 +80,10 @@ def test_constant_randomized_maps_are_counted_apart_and_not_warned_about():
 
 
 def test_evaluate_leaves_constant_maps_out_of_the_mean_and_reports_them(tmp_path):
-    from fastloc_viz.evaluation.boxfree import _mean_defined, evaluate_box_free, markdown_table
-    from fastloc_viz.evaluation.localization import MethodSpec, json_summary
+    from fastloc_viz.evaluation.base import MethodSpec
+    from fastloc_viz.evaluation.boxfree import Sanity, _mean_defined, markdown_table
+    from fastloc_viz.evaluation.command import json_summary
+    from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
 
     assert _mean_defined([[0.5, None, 0.2], [0.3, 0.1, float("nan")]]) == pytest.approx([0.4, 0.1, 0.2])
@@ -91,7 +93,7 @@ def test_evaluate_leaves_constant_maps_out_of_the_mean_and_reports_them(tmp_path
             tmp_path / f"{i}.png")
     data = LocalizationDataset(tmp_path, boxes=False)
     specs = [MethodSpec("gradcam", {"layer": "a3"}), MethodSpec("gradcam", {"layer": "conv3"})]
-    out = evaluate_box_free(_constant_after_randomization(), data, specs, metrics=("sanity",), sanity_depths=[1])
+    out = evaluate(_constant_after_randomization(), data, specs, metrics=[Sanity(depths=[1])])["methods"]
     g, gb = out[specs[0].label], out[specs[1].label]
     assert g["sanity_constant"] == [2, 2] and g["sanity_curve"] == [None, None] and np.isnan(g["sanity_similarity"])
     # before the ReLU, one image's map is constant at full randomization: the mean is the other's
@@ -154,12 +156,12 @@ def test_boxes_on_one_image_file_boxes_it(tmp_path, monkeypatch, capsys):
 
 
 def test_boxes_takes_a_probe_layer(tmp_path):
-    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.boxes import boxes
 
     (tmp_path / "src").mkdir()
     photo = _photo(tmp_path / "src" / "a.png")
     out = tmp_path / "boxes.json"
-    assert run_boxes(tmp_path / "src", out, _tiny(), method="gradcam", layer="a3", workers=0,
+    assert boxes(_tiny(), tmp_path / "src", out, method="gradcam", layer="a3", workers=0,
                      progress=False)["boxed"] == 1
     e = fv.explain(_tiny(), photo, method="gradcam", layer="a3")
     assert json.loads(out.read_text())["annotations"][0]["box_grid"] == list(e.box)
@@ -167,16 +169,16 @@ def test_boxes_takes_a_probe_layer(tmp_path):
 
 
 def test_a_refused_rerun_names_the_settings_that_differ(tmp_path):
-    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.boxes import boxes
 
     src = tmp_path / "src"
     src.mkdir()
     _photo(src / "a.png")
     out = tmp_path / "boxes.json"
     kw = {"workers": 0, "progress": False}
-    run_boxes(src, out, _tiny(), method="gradcam", **kw)
+    boxes(_tiny(), src, out, method="gradcam", **kw)
     with pytest.raises(ValueError) as err:
-        run_boxes(src, out, _tiny(), method="gradcam", threshold=0.5, masks=True, **kw)
+        boxes(_tiny(), src, out, method="gradcam", threshold=0.5, masks=True, **kw)
     text = str(err.value)
     assert "masks: False before, True now" in text and "threshold: the default before, 0.5 now" in text
     assert "params" not in text and "--restart" in text

@@ -116,12 +116,13 @@ def test_every_mode_from_a_file(mode, bundle, tmp_path, monkeypatch):
     path = tmp_path / f"m.{ext}"
     img.save(path)
     t, info = readers.load(path, (SIZE, SIZE))
-    assert t.shape[:2] == (1, 3) and 0 <= float(t.min()) and float(t.max()) <= 1
+    channels = 1 if mode in ("1", "L") + HIGH else 3  # grey stays one channel (issue 22)
+    assert t.shape[:2] == (1, channels) and 0 <= float(t.min()) and float(t.max()) <= 1
     if mode in HIGH:
         assert float(t.max()) > 0.9  # windowed, whichever reader (PIL or tifffile) read it
     monkeypatch.setattr(decode, "MAX_PIXELS", 2000)
     t, info = readers.load(path, (SIZE, SIZE))
-    assert info.size == (120, 90) and info.scale >= 2 and t.shape[:2] == (1, 3)  # JPEG: 1/2 in draft
+    assert info.size == (120, 90) and info.scale >= 2 and t.shape[:2] == (1, channels)  # JPEG: 1/2 in draft
 
 
 def test_twelve_bit_png_is_not_black(tmp_path, bundle):

@@ -276,3 +276,46 @@ def test_both_card_thumbnails_keep_the_photos_aspect(expl):
         plots.neuron_card_image(expl, 0, kind="activation")
     with pytest.raises(ValueError, match=r"kind='gradcam' is not one of \['guided', 'activation'\]"):
         plots.neuron_card_image(wide, 0, kind="gradcam")
+
+
+def _lab(hex_colour: str) -> np.ndarray:
+    """sRGB hex -> CIELAB (D65)."""
+    rgb = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    rgb = np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ rgb
+    t = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(t > 0.008856, np.cbrt(t), 7.787 * t + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_fourteen_methods_get_fourteen_distinct_colours_everywhere():
+    from fastloc_viz import METHODS
+    from fastloc_viz.views import faithfulness_plots as pf
+
+    colours = {m: plots.method_color(m) for m in METHODS}
+    assert len(colours) == 14 and len(set(colours.values())) == 14
+    lab = [_lab(c) for c in colours.values()]
+    closest = min(np.linalg.norm(a - b) for i, a in enumerate(lab) for b in lab[i + 1:])
+    assert closest > 25, closest  # CIELAB distance: apart at a glance
+    assert plots.method_color("scorecam[batch_size=4]") == colours["scorecam"]
+    assert pf.method_color is plots.method_color  # the curves use the same map
+    fig = pf.faithfulness_figure({m: {"deletion_curve": [1.0, 0.5], "insertion_curve": [0.1, 0.9], "fractions": [0, 1],
+                                      "deletion_auc": 0.7, "insertion_auc": 0.5} for m in METHODS})
+    assert {t.legendgroup: t.line.color for t in fig.data} == colours
+
+
+def test_rankings_of_the_box_free_checks():
+    from fastloc_viz.views import faithfulness_plots as pf
+
+    source = {"a": {"deletion_auc": 0.2, "insertion_auc": 0.5, "deletion_curve": [1, 0], "insertion_curve": [0, 1],
+                    "fractions": [0, 1]},
+              "b": {"deletion_auc": 0.1, "insertion_auc": 0.6, "deletion_curve": [1, 0], "insertion_curve": [0, 1],
+                    "fractions": [0, 1]}}
+    rows = pf.faithfulness_ranking(source)
+    assert [(r["rank"], r["method"]) for r in rows] == [(1, "b"), (2, "a")]
+    assert rows[0]["score"] == pytest.approx(0.5)
+    sanity = {"a": {"sanity_curve": [0.9, 0.2], "sanity_depths": [1, 2], "sanity_groups": ["x", "y"]},
+              "b": {"sanity_curve": [0.5, 0.6], "sanity_depths": [1, 2], "sanity_groups": ["x", "y"]}}
+    assert [r["method"] for r in pf.sanity_ranking(sanity)] == ["a", "b"]  # 0.2 < 0.6 at the deepest
+    html = pf.ranking_html(rows, "faithfulness")
+    assert html.index("</span> b</td>") < html.index("</span> a</td>") and "0.500" in html

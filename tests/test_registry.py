@@ -159,7 +159,11 @@ def test_the_rules_are_a_read_only_view():
 
 
 def test_the_built_in_methods_and_their_declarations():
-    assert list(fv.METHODS) == ["fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam"]
+    assert list(fv.METHODS) == [
+        "fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam",
+        "gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam",
+        "saliency", "integrated_gradients", "smoothgrad", "occlusion",
+    ]
     m = fv.get_method("fastloc_rescored")
     assert (m.label, m.uses_layer, m.has_neurons) == ("FastLoc (rescored)", True, True)
     assert m.defaults() == {
@@ -170,10 +174,29 @@ def test_the_built_in_methods_and_their_declarations():
     # each method's own default box threshold, chosen on the development split (results.md)
     assert {n: m.defaults()["threshold"] for n, m in fv.METHODS.items()} == {
         "fastloc": 0.54, "fastloc_rescored": 0.54, "gradcam": 0.44, "guided_backprop": 0.25, "guided_gradcam": 0.23,
+        "gradcam_pp": 0.30, "xgradcam": 0.20, "layercam": 0.34, "scorecam": 0.3, "eigencam": 0.05,
+        "saliency": 0.26, "integrated_gradients": 0.24, "smoothgrad": 0.33, "occlusion": 0.3,
     }
     assert not fv.get_method("guided_backprop").uses_layer
     with pytest.raises(TypeError):
         fv.METHODS["x"] = None  # a read-only view
+
+
+def test_which_methods_a_view_shows():
+    from fastloc_viz.evaluation.base import parse_methods
+    from fastloc_viz.methods import DEFAULT_METHODS, select_methods
+
+    assert select_methods(None) == DEFAULT_METHODS == (
+        "fastloc", "fastloc_rescored", "gradcam", "guided_backprop", "guided_gradcam")
+    assert select_methods("all") == tuple(fv.METHODS) and len(fv.METHODS) == 14
+    assert select_methods("scorecam, gradcam,scorecam") == ("scorecam", "gradcam")
+    assert select_methods(["layercam"]) == ("layercam",)
+    with pytest.raises(ValueError, match=r"method='layer_cam' is not one of \['fastloc'"):
+        select_methods("gradcam,layer_cam")
+    with pytest.raises(ValueError, match="names no method"):
+        select_methods([])
+    assert [s.label for s in parse_methods("all")] == list(fv.METHODS)
+    assert [s.label for s in parse_methods("gradcam,occlusion[window=48]")] == ["gradcam", "occlusion[window=48]"]
 
 
 def test_an_unknown_method_fails_in_one_place_listing_the_registered_ones(tmp_path, capsys):
@@ -305,15 +328,16 @@ def _doc_blocks(lang: str) -> list[str]:
 @pytest.fixture
 def own_method(tmp_path):
     """The doc's first code block, saved as the file it tells the user to save."""
-    path = tmp_path / "integrated_gradients.py"
+    path = tmp_path / "gradient_shap.py"
     path.write_text(_doc_blocks("python")[0])
-    spec = importlib.util.spec_from_file_location("integrated_gradients", path)
+    spec = importlib.util.spec_from_file_location("gradient_shap", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["integrated_gradients"] = module
+    sys.modules["gradient_shap"] = module
     spec.loader.exec_module(module)
     yield path
-    fv.unregister_method("integrated_gradients")
-    sys.modules.pop("integrated_gradients", None)
+    if "gradient_shap" in fv.METHODS:
+        fv.unregister_method("gradient_shap")
+    sys.modules.pop("gradient_shap", None)
 
 
 def test_the_doc_example_is_one_short_file():
@@ -325,31 +349,33 @@ def test_the_doc_method_works_in_explain_comparison_and_evaluate(own_method, lit
     from fastloc_viz.evaluation.base import MethodSpec
     from fastloc_viz.evaluation.runner import evaluate
     from fastloc_viz.imaging.dataset import LocalizationDataset
+    from fastloc_viz.methods import DEFAULT_METHODS, select_methods
     from fastloc_viz.widgets import MethodComparison
 
-    assert "integrated_gradients" in fv.METHODS
+    assert "gradient_shap" in fv.METHODS
+    assert select_methods(None) == (*DEFAULT_METHODS, "gradient_shap")  # a user's method is shown by default
     cat = fv.sample_image("chelsea")
-    e = fv.explain(lite0, cat, method="integrated_gradients", n_steps=4)
-    assert e.method == "integrated_gradients" and e.params["n_steps"] == 4 and e.target == e.top5[0].index
+    e = fv.explain(lite0, cat, method="gradient_shap", n_samples=4)
+    assert e.method == "gradient_shap" and e.params["n_samples"] == 4 and e.target == e.top5[0].index
     assert e.saliency.shape == (224, 224) and e.saliency.max() == 1.0
     x0, y0, x1, y1 = e.box
     assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
-    with pytest.raises(ValueError, match="n_steps=0 must be at least 1"):
-        fv.explain(lite0, cat, method="integrated_gradients", n_steps=0)
+    with pytest.raises(ValueError, match="n_samples=0 must be at least 1"):
+        fv.explain(lite0, cat, method="gradient_shap", n_samples=0)
 
-    mc = MethodComparison(lite0, cat, methods=("gradcam", "integrated_gradients"), n_steps=4, debounce=0.01)
+    mc = MethodComparison(lite0, cat, methods=("gradcam", "gradient_shap"), n_samples=4, debounce=0.01)
     try:
-        assert list(mc.explanations) == ["gradcam", "integrated_gradients"]
-        assert "Integrated Gradients" in str(mc.grid_fig.to_dict()["layout"])
+        assert list(mc.explanations) == ["gradcam", "gradient_shap"]
+        assert "Gradient SHAP" in str(mc.grid_fig.to_dict()["layout"])
     finally:
         mc.close()
 
-    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("integrated_gradients", {"n_steps": 2})])
-    assert r["n"] == 2 and 0 <= r["methods"]["integrated_gradients[n_steps=2]"]["maxboxacc_50"] <= 1
+    r = evaluate(lite0, LocalizationDataset(shared_data, limit=2), [MethodSpec("gradient_shap", {"n_samples": 2})])
+    assert r["n"] == 2 and 0 <= r["methods"]["gradient_shap[n_samples=2]"]["maxboxacc_50"] <= 1
 
-    fv.unregister_method("integrated_gradients")  # the CLI loads it again from the file
-    sys.modules.pop("integrated_gradients", None)
+    fv.unregister_method("gradient_shap")  # the CLI loads it again from the file
+    sys.modules.pop("gradient_shap", None)
     code = cli.main(["evaluate", str(shared_data), "--limit", "1", "--no-cache", "--no-progress", "--json",
-                     "--plugin", str(own_method), "--methods", "integrated_gradients[n_steps=2]"])
+                     "--plugin", str(own_method), "--methods", "gradient_shap[n_samples=2]"])
     assert code == 0, capsys.readouterr().err
-    assert '"integrated_gradients[n_steps=2]"' in capsys.readouterr().out
+    assert '"gradient_shap[n_samples=2]"' in capsys.readouterr().out

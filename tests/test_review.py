@@ -114,14 +114,14 @@ def test_box_review_opened_from_another_folder_shows_every_scan(tmp_path, monkey
 
     import numpy as np
 
-    from fastloc_viz.collection.boxes import run_boxes
+    from fastloc_viz.collection.boxes import boxes
     from fastloc_viz.widgets import BoxReview
     from test_image_formats import MIXED_BROKEN, MIXED_READABLE, bright_bundle, mixed_folder
 
     work = tmp_path / "work"
     mixed_folder(work / "mixed")
     monkeypatch.chdir(work)
-    run_boxes("mixed", "out/boxes.json", bright_bundle(), method="gradcam", workers=0, progress=False)
+    boxes(bright_bundle(), "mixed", "out/boxes.json", method="gradcam", workers=0, progress=False)
     monkeypatch.chdir(tmp_path / "work" / "mixed" / "sub")  # anywhere else
     g = BoxReview(os.path.relpath(work / "out" / "boxes.json"), page_size=20, thumb=96)
     cards = {p.file: Image.open(io.BytesIO(c.children[0].value)).convert("L") for p, c in zip(g.current, g.cards)}

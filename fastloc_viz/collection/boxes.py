@@ -1,4 +1,5 @@
-"""Localize a whole collection: ``fastloc-viz boxes SOURCE --out FILE``.
+"""Localize a whole collection: ``fastloc_viz.boxes(bundle, SOURCE, FILE)``, and its command
+line twin ``fastloc-viz boxes SOURCE --out FILE``.
 
 Sources (:func:`collect_items`):
 
@@ -14,7 +15,13 @@ Sources (:func:`collect_items`):
   columns; other columns (``boxes`` ...) are ignored here;
 * one image file (a suffix of ``IMAGE_SUFFIXES``): that image, its top-1 class.
 
-How it runs (:func:`run_boxes`): a ``torch.utils.data.DataLoader`` with worker processes
+Which classes get a box (``targets``): ``"top1"`` (default), one box per image for the
+top-1 class; ``"positive"``, one box per label at or above the bundle's ``label_threshold``
+(a multi-label model's findings; an image with none gets a ``skipped`` row saying so); or a
+list of class names / indices, a box for each, on every image. An image whose source names
+its class (ImageFolder, a CSV label) is explained for that class alone.
+
+How it runs (:func:`boxes`): a ``torch.utils.data.DataLoader`` with worker processes
 decodes each image to the model's grid (keeping the photo's own size) while the model works;
 ``explain`` runs on each preloaded batch. Each finished image is one JSON line in
 ``FILE.parts/rank-<r>.jsonl`` (flushed at once), so a killed run loses at most the batch in
@@ -71,6 +78,7 @@ LAYOUTS = ("auto", "folder", "imagefolder", "csv")
 ROW_FORMAT = 2
 """The rows' format, kept in the run's ``spec.json``: 2 adds each box's ``score`` and ``kind``, so
 parts written before cannot be resumed into a run that needs them."""
+TARGETS = ("top1", "positive")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -172,10 +180,11 @@ def _csv_items(path: Path, bundle: Any) -> list[Item]:
 
 # ----------------------------------------------------------------------------- decoding
 class _Decoded:
-    """A torch Dataset: item ``i`` -> ``(i, 3 x H x W tensor or None, (w, h), reason)``."""
+    """A torch Dataset: item ``i`` -> ``(i, C x H x W tensor or None, (w, h), reason)``."""
 
-    def __init__(self, items: list[Item], size: tuple[int, int], interpolation: str = "bilinear") -> None:
-        self.items, self.size, self.interpolation = items, tuple(size), interpolation
+    def __init__(self, items: list[Item], size: tuple[int, int], interpolation: str = "bilinear",
+                 channels: int = 3) -> None:
+        self.items, self.size, self.interpolation, self.channels = items, tuple(size), interpolation, channels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -188,7 +197,7 @@ class _Decoded:
             image, reason = try_read(self.items[i].path, self.size)
             if image is None:
                 return i, None, None, reason
-            t, _, sizes = load_batch_sizes(image, self.size, self.interpolation)
+            t, _, sizes = load_batch_sizes(image, self.size, self.interpolation, self.channels)
         return i, t[0], sizes[0], ""
 
 
@@ -255,10 +264,11 @@ def _read_parts(parts: Path) -> list[dict]:
     return [d for d in read_json_lines(parts, "rank-*.jsonl") if "key" in d and "status" in d]
 
 
-def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool) -> dict:
+def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool, targets) -> dict:
     return {"rows": ROW_FORMAT, "model": bundle.name, "input_size": list(bundle.input_size), "method": method,
             "params": {k: v for k, v in sorted(params.items())}, "layout": layout,
-            "source": str(source.resolve()), "masks": masks}
+            "source": str(source.resolve()), "masks": masks, "targets": targets, "output": bundle.output,
+            "label_threshold": bundle.label_threshold}
 
 
 _UNSET = object()
@@ -295,11 +305,42 @@ def _check_spec(parts: Path, spec: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- run
-def _row(item: Item, e, masks: bool) -> dict:
+def check_targets(bundle: Any, targets) -> str | list[int]:
+    """``"top1"``, ``"positive"``, or the class indices of a list of names / indices."""
+    if isinstance(targets, str):
+        if targets not in TARGETS:
+            raise ValueError(f"targets={targets!r} is not one of {list(TARGETS)} or a list of class names")
+        return targets
+    if not isinstance(targets, (list, tuple)) or not targets:
+        raise TypeError(f"targets must be 'top1', 'positive' or a non-empty list of class names, got {targets!r}")
+    return list(dict.fromkeys(bundle.class_index(t) for t in targets))
+
+
+def _pairs(bundle: Any, x, items: list[Item], targets) -> tuple[list[tuple[int, int | None]], dict[int, str]]:
+    """The ``(image, target)`` pairs of a batch to explain (``None``: its top-1), and per image
+    with nothing to explain, why (``"positive"``: no label at or above the threshold)."""
+    if targets == "top1":
+        return [(k, it.label) for k, it in enumerate(items)], {}
+    if targets != "positive":
+        return [(k, t) for k, it in enumerate(items) for t in ([it.label] if it.label is not None else targets)], {}
+    probs = bundle.predict(x)
+    pairs, none = [], {}
+    for k, it in enumerate(items):
+        found = [it.label] if it.label is not None else bundle.positive(probs[k])
+        pairs += [(k, t) for t in found]
+        if not found:
+            best = int(probs[k, : len(bundle.class_names)].argmax())
+            none[k] = (f"no label at or above {bundle.label_threshold:.0%} (best: {bundle.class_name(best)} "
+                       f"{float(probs[k, best]):.1%})")
+    return pairs, none
+
+
+def _row(item: Item, e, masks: bool, asked: int | None) -> dict:
+    key = item.file if asked is None else f"{item.file}#{asked}"
     if e.box is None:
-        return {"key": item.key, "index": item.index, "file": item.file, "status": "skipped",
+        return {"key": key, "item": item.key, "index": item.index, "file": item.file, "status": "skipped",
                 "reason": f"the map for {e.target_name!r} is all zero: no box"}
-    d = {"key": item.key, "index": item.index, "file": item.file, "status": "ok",
+    d = {"key": key, "item": item.key, "index": item.index, "file": item.file, "status": "ok",
          "width": e.photo_size[0], "height": e.photo_size[1], "target": e.target, "target_name": e.target_name,
          "given": item.label is not None, "probability": _probability(e), "box": list(e.box),
          "box_original": list(e.box_original), "score": e.box_score, "kind": e.box_kind,
@@ -330,11 +371,12 @@ def _mask_original(e) -> np.ndarray:
     return mask[rows][:, cols]
 
 
-def run_boxes(
+def boxes(
+    bundle: Any,
     source: str | os.PathLike,
     out: str | os.PathLike,
-    bundle: Any,
     *,
+    targets: str | list[str | int] = "top1",
     method: str = "fastloc",
     layout: str = "auto",
     batch_size: int = 16,
@@ -347,13 +389,23 @@ def run_boxes(
     **params: Any,
 ) -> dict[str, Any]:
     """Localize every image of ``source`` and write COCO JSON to ``out`` (and ``out`` with
-    ``.csv`` beside it); returns a summary (counts, images/s, the paths written).
+    ``.csv`` beside it); returns a summary (counts, images/s, the paths written). The command
+    ``fastloc-viz boxes`` runs this.
 
-    ``params`` go to :func:`fastloc_viz.explain` (``threshold``, ``k``, ``layer`` ...).
+    Args:
+        bundle: a :class:`~fastloc_viz.ModelBundle` (or an ``nn.Module``).
+        source: a folder of images, an ImageFolder tree or a CSV (see the module).
+        out: the COCO JSON to write (a ``.json`` path).
+        targets: ``"top1"``, ``"positive"`` (every label at or above ``bundle.label_threshold``
+            gets its own box and score) or a list of class names / indices (see the module).
+        params: go to :func:`fastloc_viz.explain` (``threshold``, ``k``, ``layer`` ...).
     """
     from ..methods import get_method
+    from ..model.bundle import bundle_of
 
     dist = dist or init_distributed()
+    bundle = bundle_of(bundle)
+    targets = check_targets(bundle, targets)
     m = get_method(method)
     out = Path(out).expanduser()
     if out.suffix.lower() != ".json":
@@ -365,7 +417,8 @@ def run_boxes(
         items, used = collect_items(source, bundle, layout)
         # a bad parameter fails before any work (the probe layer is explain's, not the method's)
         m.make_params({k: v for k, v in params.items() if k != "layer"})
-        run = _Run(out, bundle, method, masks, _spec(bundle, method, params, used, Path(source).expanduser(), masks), items)
+        spec = _spec(bundle, method, params, used, Path(source).expanduser(), masks, targets)
+        run = _Run(out, bundle, method, masks, spec, items)
         run.prepare(restart, dist)
         new, steady = _localize(run, params, batch_size, workers, checkpoint_s, progress, dist)
         barrier()
@@ -375,7 +428,8 @@ def run_boxes(
         elapsed = time.perf_counter() - t_start
         rows = unique_rows(_read_parts(run.parts))
         return {"out": str(out), "csv": str(run.csv_out), "parts": str(run.parts), "images": len(items),
-                "boxed": sum(r["status"] == "ok" for r in rows),
+                "boxed": len({r["item"] for r in rows if r["status"] == "ok"}),
+                "boxes": sum(r["status"] == "ok" for r in rows),
                 "kinds": {k: sum(r.get("kind") == k for r in rows if r["status"] == "ok") for k in M.BOX_KINDS},
                 "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
                 "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
@@ -428,7 +482,7 @@ class _Run:
             make_dir(self.parts, "the run's parts folder")
             _check_spec(self.parts, self.spec)
         barrier()
-        self.done = {r["key"] for r in _read_parts(self.parts)}
+        self.done = {r["item"] for r in _read_parts(self.parts)}
         self.mine = [it for it in self.items if it.index % dist.world_size == dist.rank and it.key not in self.done]
 
     def write_outputs(self) -> None:
@@ -437,7 +491,7 @@ class _Run:
         first = next((r for r in rows if r["status"] == "ok"), None)
         if first is not None:  # the method's full parameters, defaults included
             self.info["params"] = first["params"]
-        doc = coco_document(rows, self.bundle.class_names, self.info)
+        doc = coco_document(rows, self.bundle.target_names, self.info)
         write_text_atomic(self.out, json.dumps(doc), what="the boxes")
         write_text_atomic(self.csv_out, csv_text(rows, self.root), what="the boxes CSV")
 
@@ -445,11 +499,12 @@ class _Run:
 def _localize(run: _Run, params: dict, batch_size: int, workers: int, checkpoint_s: float, progress: bool,
               dist: Dist) -> tuple[int, float]:
     """Box this rank's images, a batch at a time, each batch's rows appended to its part;
-    returns ``(rows written, steady images/s over all ranks)``."""
+    returns ``(images done, steady images/s over all ranks)``."""
     import torch
 
     loader = torch.utils.data.DataLoader(
-        _Decoded(run.mine, run.bundle.input_size, run.bundle.interpolation), batch_size=batch_size, shuffle=False,
+        _Decoded(run.mine, run.bundle.input_size, run.bundle.interpolation, run.bundle.channels), batch_size=batch_size,
+        shuffle=False,
         num_workers=workers, collate_fn=_collate, persistent_workers=False, prefetch_factor=4 if workers else None)
     bar = None
     if progress and dist.is_main:
@@ -463,15 +518,15 @@ def _localize(run: _Run, params: dict, batch_size: int, workers: int, checkpoint
     new, first_batch = 0, None  # steady rate: from the end of the first batch (workers up, model warm)
     try:
         for batch in loader:
-            lines = _batch_rows(run, batch, params)
+            lines = _batch_rows(run, batch, params, batch_size)
             part.write("".join(json.dumps(r) + "\n" for r in lines))
             part.flush()
             os.fsync(part.fileno())
-            new += len(lines)
+            new += len(batch)
             if first_batch is None:
                 first_batch = (time.perf_counter(), new)
             if bar is not None:
-                bar.update(len(lines) * dist.world_size)
+                bar.update(len(batch) * dist.world_size)
             if delay:
                 time.sleep(delay)
             if dist.is_main and (new == first_batch[1] or time.monotonic() - last > checkpoint_s):
@@ -493,24 +548,31 @@ def _localize(run: _Run, params: dict, batch_size: int, workers: int, checkpoint
     return new, _all_sum(steady or 0.0, dist)
 
 
-def _batch_rows(run: _Run, batch: list, params: dict) -> list[dict]:
-    """One decoded batch -> its rows, by index: skipped files with their reason, then one
-    ``explain`` call on the images that were read."""
+def _batch_rows(run: _Run, batch: list, params: dict, batch_size: int) -> list[dict]:
+    """One decoded batch -> its rows, by index: skipped files with their reason, images with
+    no target (``"positive"``: no label found) with theirs, then one ``explain`` call on every
+    (image, target) pair of the images that were read."""
     import torch
 
     from ..methods.explain import explain
 
-    lines = [{"key": run.mine[i].key, "index": run.mine[i].index, "file": run.mine[i].file, "status": "skipped",
-              "reason": reason} for i, t, _, reason in batch if t is None]
+    def skipped(it: Item, reason: str) -> dict:
+        return {"key": it.key, "item": it.key, "index": it.index, "file": it.file, "status": "skipped", "reason": reason}
+
+    lines = [skipped(run.mine[i], reason) for i, t, _, reason in batch if t is None]
     good = [(run.mine[i], t, s) for i, t, s, _ in batch if t is not None]
     if good:
         x = torch.stack([t for _, t, _ in good])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            results = explain(run.bundle, x, method=run.method, target=[it.label for it, _, _ in good],
-                              batch_size=len(good), progress=False, **params)
-        for (it, _, s), e in zip(good, results):
-            lines.append(_row(it, e.replace(original_size=tuple(s)), run.masks))
+        pairs, none = _pairs(run.bundle, x, [it for it, _, _ in good], run.spec["targets"])
+        lines += [skipped(good[k][0], why) for k, why in none.items()]
+        if pairs:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                results = explain(run.bundle, x[[k for k, _ in pairs]], method=run.method,
+                                  target=[t for _, t in pairs], batch_size=batch_size, progress=False, **params)
+            for (k, asked), e in zip(pairs, results):
+                it, _, size = good[k]
+                lines.append(_row(it, e.replace(original_size=tuple(size)), run.masks, asked))
     return sorted(lines, key=lambda r: r["index"])
 
 

@@ -2,10 +2,11 @@
 
 A *row* (what :mod:`fastloc_viz.collection.boxes` records per image, one JSON line each) is a dict:
 
-* every row: ``key`` (unique per image and target), ``file`` (path relative to the source),
-  ``status`` (``"ok"`` or ``"skipped"``);
+* every row: ``key`` (unique per image and target: the file, or ``file#<class index>`` when
+  the target was asked for), ``item`` (the image's key in the source), ``file`` (path
+  relative to the source), ``status`` (``"ok"`` or ``"skipped"``);
 * ``"skipped"`` rows: ``reason`` (one line: why the file could not be used, or why it got no
-  box: an all-zero map);
+  box: an all-zero map, or with ``targets="positive"`` no label at or above the threshold);
 * ``"ok"`` rows: ``width``, ``height`` (the photo's own size), ``target`` (class index),
   ``target_name``, ``given`` (whether the target came from the source, else top-1),
   ``probability`` (the model's probability of the target), ``box`` (``x0 y0 x1 y1`` on the
@@ -22,8 +23,9 @@ COCO conventions used here: ``bbox`` is ``[x, y, width, height]`` in the photo's
 (pixel-edge coordinates: ``x = x0``, ``width = x1 - x0``); ``category_id`` is the model's
 class index (0-based); image and annotation ids count from 1 in the order of the rows;
 ``score`` is the box's score (each component's own with ``components="all"``); each
-annotation also carries ``probability`` (the target's) and ``kind``. Skipped files are listed
-under the extra top-level key ``"skipped"`` (pycocotools ignores it).
+annotation also carries ``probability`` (the target's: the softmax, or with sigmoid outputs
+the label's own sigmoid) and ``kind``. Skipped files are listed under the extra top-level key
+``"skipped"`` (pycocotools ignores it).
 
 ``pycocotools`` is needed only for masks and AP (the ``coco`` extra).
 """
@@ -98,8 +100,9 @@ def coco_document(
     class_names: Sequence[str],
     info: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A COCO dict from rows: ``info``, ``images``, ``annotations``, ``categories`` (every class
-    of the model), and ``skipped`` (``file``, ``reason``)."""
+    """A COCO dict from rows: ``info``, ``images`` (one per file, whatever its boxes),
+    ``annotations``, ``categories`` (every class of the model: ``bundle.target_names``), and
+    ``skipped`` (``file``, ``reason``)."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []

@@ -1,7 +1,8 @@
 """Reviewing the boxes of ``fastloc-viz boxes``: the decisions store behind ``BoxReview``.
 
 :class:`ReviewStore` reads a boxes file (the COCO JSON that ``fastloc-viz boxes`` writes)
-and keeps one decision per image: ``"accepted"`` (with the box accepted, the proposed one or
+and keeps one decision per proposal, an image's box for one class (an image boxed for several
+labels, ``targets="positive"``, has one proposal per label): ``"accepted"`` (with the box accepted, the proposed one or
 an adjusted one), ``"rejected"``, or none yet. Every decision is saved at once, atomically,
 to ``<boxes>.review.json`` beside the boxes file (or the ``decisions`` path given), and read
 back when a store is opened again, so decisions survive a kernel restart.
@@ -40,8 +41,9 @@ class Proposal:
     its size, the class, the score (the COCO ``score``: the box's own,
     :func:`fastloc_viz.core.maps.box_score`, in files written since it exists; the class's
     probability before) and the box in the photo's pixels; ``decision`` is the saved decision
-    (``None``: not reviewed yet); ``kind`` (``"object"``, ``"whole"``, ``"diffuse"``) and
-    ``probability`` (the class's) when the file has them."""
+    (``None``: not reviewed yet); ``key`` names it in the store: the file, or
+    ``file#<class id>`` when the image has boxes for several classes; ``kind`` (``"object"``,
+    ``"whole"``, ``"diffuse"``) and ``probability`` (the class's) when the file has them."""
 
     file: str
     path: str
@@ -53,6 +55,7 @@ class Proposal:
     box: tuple[int, int, int, int]
     params: dict
     decision: dict | None = None
+    key: str = ""
     kind: str | None = None
     probability: float | None = None
 
@@ -91,17 +94,22 @@ class ReviewStore:
         self.skipped = list(doc.get("skipped", []))
         self.categories = {int(c["id"]): str(c["name"]) for c in doc["categories"]}
         images = {im["id"]: im for im in doc["images"]}
-        self._proposals: dict[str, Proposal] = {}
+        first: dict[tuple[str, int], dict] = {}  # each image's first box per class (its peak's)
         for a in doc["annotations"]:
+            first.setdefault((images[a["image_id"]]["file_name"], int(a["category_id"])), a)
+        classes_of: dict[str, int] = {}
+        for f, _ in first:
+            classes_of[f] = classes_of.get(f, 0) + 1
+        self._proposals: dict[str, Proposal] = {}
+        for (f, c), a in first.items():
             im = images[a["image_id"]]
             x, y, w, h = a["bbox"]
-            f = im["file_name"]
-            path = f if os.path.isabs(f) else str(self.root / f)
-            self._proposals.setdefault(f, Proposal(
-                f, path, int(im["width"]), int(im["height"]), int(a["category_id"]),
-                self.categories.get(int(a["category_id"]), str(a["category_id"])), float(a.get("score", 0.0)),
-                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {})), kind=a.get("kind"),
-                probability=a.get("probability")))
+            key = f if classes_of[f] == 1 else f"{f}#{c}"
+            self._proposals[key] = Proposal(
+                f, f if os.path.isabs(f) else str(self.root / f), int(im["width"]), int(im["height"]), c,
+                self.categories.get(c, str(c)), float(a.get("score", 0.0)),
+                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {})), key=key, kind=a.get("kind"),
+                probability=a.get("probability"))
         self._decisions: dict[str, dict] = self._load()
 
     def _where(self, path: Path) -> Path:
@@ -136,12 +144,15 @@ class ReviewStore:
     def __len__(self) -> int:
         return len(self._proposals)
 
-    def __getitem__(self, file: str) -> Proposal:
+    def __getitem__(self, key: str) -> Proposal:
+        """The proposal named ``key`` (its file, or ``file#<class id>``; see :class:`Proposal`)."""
         try:
-            p = self._proposals[file]
+            p = self._proposals[key]
         except KeyError:
-            raise KeyError(f"no proposal for {file!r} in {str(self.boxes_path)!r}") from None
-        d = self._decisions.get(file)
+            several = [k for k in self._proposals if k.startswith(f"{key}#")]
+            hint = f": it has one per class, {several}" if several else ""
+            raise KeyError(f"no proposal {key!r} in {str(self.boxes_path)!r}{hint}") from None
+        d = self._decisions.get(key)
         return p if d is None else dataclasses.replace(p, decision=dict(d))
 
     def proposals(self, *, sort: str = "-score", category: int | str | None = None,
@@ -156,8 +167,8 @@ class ReviewStore:
             out = [p for p in out if category in (p.category_id, p.category)]
         if status != "any":
             out = [p for p in out if p.status == status]
-        keys = {"score": lambda p: (p.score, p.file), "-score": lambda p: (-p.score, p.file),
-                "file": lambda p: p.file, "class": lambda p: (p.category, -p.score)}
+        keys = {"score": lambda p: (p.score, p.key), "-score": lambda p: (-p.score, p.key),
+                "file": lambda p: p.key, "class": lambda p: (p.category, -p.score)}
         return sorted(out, key=keys[sort])
 
     def classes(self) -> list[tuple[int, str, int]]:
@@ -174,31 +185,31 @@ class ReviewStore:
         return out
 
     # ---------------------------------------------------------------- deciding
-    def accept(self, file: str, box: Sequence[int] | None = None, *, threshold: float | None = None) -> Proposal:
-        """Accept the proposed box, or ``box`` (adjusted: dragged, or re-thresholded at
-        ``threshold``), saved at once."""
-        p = self[file]
+    def accept(self, key: str, box: Sequence[int] | None = None, *, threshold: float | None = None) -> Proposal:
+        """Accept proposal ``key``'s box (its file, or ``file#<class id>``), or ``box``
+        (adjusted: dragged, or re-thresholded at ``threshold``), saved at once."""
+        p = self[key]
         d: dict[str, Any] = {"status": "accepted", "time": time.time()}
         if box is not None:
             d["box"] = self._check_box(p, box)
         if threshold is not None:
             d["threshold"] = float(threshold)
-        self._decisions[file] = d
+        self._decisions[key] = d
         self._save()
-        return self[file]
+        return self[key]
 
-    def reject(self, file: str) -> Proposal:
-        self[file]
-        self._decisions[file] = {"status": "rejected", "time": time.time()}
+    def reject(self, key: str) -> Proposal:
+        self[key]
+        self._decisions[key] = {"status": "rejected", "time": time.time()}
         self._save()
-        return self[file]
+        return self[key]
 
-    def undo(self, file: str) -> Proposal:
-        """Forget the decision on ``file``."""
-        self[file]
-        if self._decisions.pop(file, None) is not None:
+    def undo(self, key: str) -> Proposal:
+        """Forget the decision on proposal ``key``."""
+        self[key]
+        if self._decisions.pop(key, None) is not None:
             self._save()
-        return self[file]
+        return self[key]
 
     @staticmethod
     def _check_box(p: Proposal, box: Sequence[int]) -> list[int]:
@@ -212,11 +223,13 @@ class ReviewStore:
     # ---------------------------------------------------------------- exporting
     def accepted_coco(self) -> dict[str, Any]:
         """The accepted boxes as a COCO dict (ids from 1, bbox ``[x, y, w, h]``)."""
-        images, annotations = [], []
+        images, annotations, ids = [], [], {}
         for p in self.proposals(sort="file", status="accepted"):
-            images.append({"id": len(images) + 1, "file_name": p.file, "width": p.width, "height": p.height})
+            if p.file not in ids:
+                ids[p.file] = len(images) + 1
+                images.append({"id": ids[p.file], "file_name": p.file, "width": p.width, "height": p.height})
             x0, y0, x1, y1 = p.final_box
-            annotations.append({"id": len(annotations) + 1, "image_id": len(images), "category_id": p.category_id,
+            annotations.append({"id": len(annotations) + 1, "image_id": ids[p.file], "category_id": p.category_id,
                                 "bbox": xyxy_to_xywh(p.final_box), "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
                                 "score": p.score, "adjusted": bool(p.decision and "box" in p.decision)})
         used = sorted({a["category_id"] for a in annotations})

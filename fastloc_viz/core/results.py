@@ -59,7 +59,9 @@ class Explanation:
         method: the method's name (``"fastloc"``, ``"gradcam"``, ...).
         target: the explained class index.
         target_name: its name.
-        top5: the model's five most probable classes, best first.
+        top5: the model's top classes, best first: with ``output="softmax"`` the five most
+            probable; with ``"sigmoid"`` every label at or above ``label_threshold`` (possibly
+            none, possibly more than five).
         layer: the dotted name of the probe layer (``None`` for methods that use none).
         saliency: ``H x W`` float32 in ``[0, 1]``: the localization map the box comes from.
         box: ``(x0, y0, x1, y1)``, see :data:`Box`; ``None`` when the map is all zero (nothing
@@ -83,7 +85,8 @@ class Explanation:
             scaled by its maximum (so the neuron's unit is always lit), in the order of
             ``neurons`` (from the forward pass; no extra pass). ``None`` for other methods and
             for explanations made before it existed.
-        probability: the model's probability (softmax) of the target class.
+        probability: the model's probability of the target class (its softmax, or with
+            ``output="sigmoid"`` the label's own sigmoid).
         boxes: with ``components="all"``: one ``(box, score)`` per connected component of the
             thresholded map, best first; the score is the map's maximum inside the component
             over the map's maximum (the peak's component: 1.0). ``None`` otherwise.
@@ -95,6 +98,9 @@ class Explanation:
         original_size: ``(width, height)`` of the photo before it was resized to the grid:
             a file's full size (``ImageInfo.size``), an array's or tensor's own size; ``None``
             when unknown (then the grid is taken as the photo). See :attr:`box_original`.
+        output: how the probabilities were read: ``"softmax"`` or ``"sigmoid"``.
+        label_threshold: with ``"sigmoid"``, the probability from which a label is in
+            ``top5`` (``None`` for softmax).
     """
 
     method: str
@@ -118,6 +124,16 @@ class Explanation:
     boxes: tuple[tuple[Box, float], ...] | None = None
     box_score: float | None = None
     box_kind: str | None = None
+    output: str = "softmax"
+    label_threshold: float | None = None
+
+    @property
+    def top_title(self) -> str:
+        """What :attr:`top5` holds, as a title: ``"Top-5 predictions"``, or with sigmoid
+        outputs ``"Labels at or above 50%"``."""
+        if self.output == "sigmoid":
+            return f"Labels at or above {self.label_threshold:.0%}"
+        return "Top-5 predictions"
 
     @property
     def photo_size(self) -> tuple[int, int]:
@@ -150,6 +166,8 @@ class Explanation:
             "method": self.method,
             "target": {"index": self.target, "name": self.target_name, "probability": self.probability},
             "top5": [dataclasses.asdict(p) for p in self.top5],
+            "output": self.output,
+            "label_threshold": self.label_threshold,
             "layer": self.layer,
             "layer_shape": list(self.layer_shape) if self.layer_shape else None,
             "input_size": list(self.input_size),

@@ -1,4 +1,5 @@
-"""The baselines, computed by Captum: Grad-CAM, guided backprop, guided Grad-CAM.
+"""The maps Captum computes: Grad-CAM, guided backprop, guided Grad-CAM, and the pixel
+attributions saliency, integrated gradients, SmoothGrad (``NoiseTunnel``) and occlusion.
 
 The only module that imports captum. Captum's own ``GuidedBackprop`` hooks ``nn.ReLU``
 modules only, so on a ReLU6 model (MobileNet, EfficientNet-Lite) it silently returns the
@@ -6,7 +7,9 @@ plain gradient, and its module backward hooks break on ``ReLU(inplace=True)``. H
 ``Saliency`` computes the input gradient while :class:`GuidedMode` applies the guided rule to
 every ReLU-family call, which is exact on all of those models (and equal to Captum's
 ``GuidedBackprop`` where that one is right). Grad-CAM of a ViT block's tokens is computed
-here, on the patch grid, by the same rule (Captum's ``LayerGradCam`` cannot reshape tokens).
+on the patch grid by :mod:`.cams`, by the same rule (Captum's ``LayerGradCam`` cannot reshape
+tokens). The pixel attributions take ``batch_size``: how many inputs (interpolation steps,
+noisy samples, occluded copies) go through the model in one pass.
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from captum.attr import LayerAttribution, LayerGradCam, Saliency
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Occlusion, Saliency
 from torch import nn
 
 from ..model.state import forward_hook, require_called, require_spatial
-from ..model.tokens import as_map, require_reach
+from . import cams
 from .guided import GuidedMode
 
 
@@ -73,26 +75,7 @@ def token_gradcam(
     model: nn.Module, x: torch.Tensor, layer: nn.Module, targets: torch.Tensor, as_logits=None, name: str = "layer"
 ) -> torch.Tensor:
     """Grad-CAM of a token layer on its patch grid: ``N x 1 x H x W`` (see :func:`gradcam`)."""
-    seen: dict = {"calls": 0}
-
-    def hook(_m, _inp, out):
-        seen["calls"] += 1
-        if seen["calls"] == 1:
-            seen["out"] = out
-            return out.clone() if isinstance(out, torch.Tensor) else None
-        return None
-
-    x = x.detach().requires_grad_(True)  # a graph to the layer even when the weights are frozen
-    with forward_hook(layer, hook):
-        logits = _forward(model, as_logits)(x)
-    require_called(name, seen["calls"])
-    acts, grid = as_map(model, name, seen["out"], tuple(x.shape[-2:]))
-    require_spatial(name, acts)
-    (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), seen["out"])
-    if grid is not None:
-        grad = require_reach(name, grad, grid)
-    cam = (grad.mean(dim=(2, 3), keepdim=True) * acts.detach()).sum(dim=1, keepdim=True).clamp(min=0)
-    return F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False).detach()
+    return cams.upsample(cams.gradient_cam(model, x, layer, targets, "gradcam", as_logits, name), tuple(x.shape[-2:]))
 
 
 def guided_backprop(
@@ -122,3 +105,53 @@ def guided_gradcam(
     cam = gradcam(model, x, layer, targets, as_logits, name)
     gbp, mode = guided_backprop(model, x, targets, as_logits)
     return gbp * cam, mode
+
+
+def saliency(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, as_logits=None) -> torch.Tensor:
+    """Saliency (Simonyan et al. 2014): ``|d logit / d x|``, ``N x 3 x H x W``, Captum's ``Saliency``."""
+    return Saliency(_forward(model, as_logits)).attribute(
+        x.detach().requires_grad_(True), target=targets, abs=True
+    ).detach()
+
+
+def integrated_gradients(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, baseline: torch.Tensor | float, steps: int,
+    as_logits=None, batch_size: int = 8,
+) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017) from ``baseline`` to ``x`` in ``steps``
+    (Captum's Gauss-Legendre rule), ``batch_size`` inputs per pass: ``N x 3 x H x W``, signed."""
+    return IntegratedGradients(_forward(model, as_logits)).attribute(
+        x.detach(), baselines=baseline, target=targets, n_steps=steps, internal_batch_size=max(batch_size, len(x))
+    ).detach()
+
+
+def smoothgrad(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, samples: int, stdev: float, as_logits=None,
+    batch_size: int = 8, seed: int = 0,
+) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017): the mean ``|gradient|`` over ``samples`` noisy copies
+    of ``x`` (Gaussian, standard deviation ``stdev`` in the model's input space), Captum's
+    ``NoiseTunnel(Saliency)``; about ``batch_size`` inputs per pass. The noise is drawn from
+    ``seed`` on a forked RNG (the caller's random state is left as it was): ``N x 3 x H x W``."""
+    devices = [x.device.index or 0] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return NoiseTunnel(Saliency(_forward(model, as_logits))).attribute(
+            x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples,
+            nt_samples_batch_size=max(1, batch_size // len(x)), stdevs=float(stdev), target=targets, abs=True,
+        ).detach()
+
+
+def occlusion(
+    model: nn.Module, x: torch.Tensor, targets: torch.Tensor, baseline: torch.Tensor | float, window: int,
+    stride: int, as_logits=None, batch_size: int = 8,
+) -> torch.Tensor:
+    """Occlusion (Zeiler and Fergus 2014): the drop of the target logit when a ``window`` x
+    ``window`` square (every channel) is set to ``baseline``, slid by ``stride``; each pixel
+    gets the mean drop of the windows covering it (Captum's ``Occlusion``), about
+    ``batch_size`` inputs per pass: ``N x 3 x H x W``."""
+    c = x.shape[1]
+    return Occlusion(_forward(model, as_logits)).attribute(
+        x.detach(), sliding_window_shapes=(c, window, window), strides=(c, stride, stride), baselines=baseline,
+        target=targets, perturbations_per_eval=max(1, batch_size // len(x)),
+    ).detach()

@@ -18,7 +18,7 @@ from typing import Any
 from ..core.files import JsonLines
 from ..core.parallel import gather_objects
 from ..imaging.dataset import LocalizationDataset, Query
-from ..methods import get_method
+from ..methods import ALL, get_method, select_methods
 
 CACHE_VERSION = 5
 """Bump when a metric's rows change for the same parameters and defaults."""
@@ -78,7 +78,8 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def parse_methods(text: str) -> list[MethodSpec]:
-    """``"fastloc,gradcam,fastloc[k=10,rank_grad=plain]"`` -> method specs.
+    """``"fastloc,gradcam,fastloc[k=10,rank_grad=plain]"`` -> method specs; ``all`` stands
+    for every registered method (:func:`fastloc_viz.methods.select_methods`).
 
     Raises:
         ValueError: a method name not in the registry (the registered ones are listed) or a
@@ -86,6 +87,9 @@ def parse_methods(text: str) -> list[MethodSpec]:
     """
     specs = []
     for part in _split_top_level(text):
+        if part == ALL:
+            specs += [MethodSpec(name) for name in select_methods(ALL)]
+            continue
         m = re.fullmatch(r"([A-Za-z0-9_]+)(?:\[(.*)\])?", part)
         if not m:
             raise ValueError(f"method {part!r} is not NAME or NAME[key=value,...]")

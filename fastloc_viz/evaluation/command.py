@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--methods", default="fastloc,gradcam",
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
-        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]' (default: %(default)s)",
+        "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]'; 'all': every registered "
+        "method (default: %(default)s)",
     )
     parser.add_argument(
         "--metrics", default="localization",

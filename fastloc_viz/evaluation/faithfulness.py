@@ -3,10 +3,10 @@ the model needs first?
 
 Rank the pixels of the image (at the model's input size) by the map, highest first (ties:
 the earlier pixel in row-major order first). In ``steps`` equal steps, **deletion** replaces
-the top-ranked pixels of the image by a baseline image and follows the softmax probability of
-the target class; **insertion** starts from the baseline and puts the image's top-ranked
-pixels back. Step ``k`` changes the first ``round(k * H * W / steps)`` pixels (all three
-channels of each). A faithful map makes the deletion curve fall fast (low area) and the
+the top-ranked pixels of the image by a baseline image and follows the probability of the
+target class (the bundle's softmax, or the label's sigmoid); **insertion** starts from the baseline and puts the image's top-ranked
+pixels back. Step ``k`` changes the first ``round(k * H * W / steps)`` pixels (every
+channel of each). A faithful map makes the deletion curve fall fast (low area) and the
 insertion curve rise fast (high area). The area under each curve is the trapezoid rule over
 the fraction of pixels changed, ``[0, 1]``, so it is a fraction in ``[0, 1]``.
 
@@ -65,7 +65,7 @@ class Curve:
     Attributes:
         kind: ``"deletion"`` or ``"insertion"``.
         fractions: ``steps + 1`` fractions of the pixels changed, ``0 .. 1``.
-        probs: the target class's softmax probability at each fraction.
+        probs: the target class's probability at each fraction (softmax, or its sigmoid).
         target: the class followed.
         baseline: the baseline's name (``"array"`` for one given as an array).
     """
@@ -105,7 +105,7 @@ def step_counts(n_pixels: int, steps: int) -> np.ndarray:
 
 
 def baseline_image(bundle: ModelBundle, image: torch.Tensor, baseline: Any) -> torch.Tensor:
-    """The ``3 x H x W`` baseline in ``[0, 1]`` for ``image`` (``3 x H x W`` in ``[0, 1]``);
+    """The ``C x H x W`` baseline in ``[0, 1]`` for ``image`` (``C x H x W`` in ``[0, 1]``);
     see the module's docstring for the choices."""
     if isinstance(baseline, str):
         if baseline == "mean":
@@ -138,7 +138,7 @@ def _map_at(saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _curve_images(image: torch.Tensor, base: torch.Tensor, order: np.ndarray, counts: np.ndarray,
                   kind: str) -> torch.Tensor:
-    """``len(counts) x 3 x H x W``: the image with the first ``counts[k]`` ranked pixels
+    """``len(counts) x C x H x W``: the image with the first ``counts[k]`` ranked pixels
     taken from ``base`` (deletion) or the base with them taken from the image (insertion)."""
     h, w = image.shape[-2:]
     rank = np.empty(h * w, dtype=np.int64)
@@ -151,12 +151,12 @@ def _curve_images(image: torch.Tensor, base: torch.Tensor, order: np.ndarray, co
 
 def _probs(bundle: ModelBundle, images: torch.Tensor, target: int | None, batch_size: int,
            bar=None) -> tuple[np.ndarray, int]:
-    """Softmax probability of ``target`` (``None``: the top-1 class of ``images[0]``)."""
+    """The probability of ``target`` (``None``: the top-1 class of ``images[0]``)."""
     out = []
     with preserved(bundle.model), torch.no_grad():
         for s in range(0, len(images), batch_size):
             logits = as_logits(bundle.model(bundle.preprocess(images[s : s + batch_size])))
-            p = torch.softmax(logits.double(), dim=1)  # float64: exact against a float64 reference
+            p = bundle.probabilities(logits.double())  # float64: exact against a float64 reference
             if target is None:
                 target = int(p[0].argmax())
             out.append(p[:, target].double().cpu())
@@ -167,7 +167,7 @@ def _probs(bundle: ModelBundle, images: torch.Tensor, target: int | None, batch_
 
 def _prepare(model, image, saliency) -> tuple[ModelBundle, torch.Tensor, np.ndarray]:
     bundle = bundle_of(model)
-    img = load_batch(image, bundle.input_size, bundle.interpolation)
+    img = load_batch(image, bundle.input_size, bundle.interpolation, bundle.channels)
     if img.shape[0] != 1:
         raise ValueError(f"one image at a time, got a batch of {img.shape[0]}")
     img = img[0].to(torch.float64 if bundle.dtype == torch.float64 else torch.float32)
@@ -217,7 +217,7 @@ def faithfulness(
             raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     check_int("batch_size", batch_size, 1)
     bundle, img, sal = _prepare(model, image, saliency)
-    tgt = None if target is None else bundle.class_index(target)
+    tgt = bundle.default_target if target is None else bundle.class_index(target)
     counts = step_counts(img.shape[-1] * img.shape[-2], steps)
     order = pixel_order(sal)
     fractions = counts / counts[-1]

@@ -64,7 +64,7 @@ class Localization(Metric):
         e = explained.explanation
         return score_query(
             e.saliency, e.box, query.boxes_at(tuple(bundle.input_size)), row=query.row, label=query.label,
-            prediction=e.top5[0].index, thresholds=self.thresholds, tolerance=self.tolerance,
+            prediction=e.top5[0].index if e.top5 else -1, thresholds=self.thresholds, tolerance=self.tolerance,
             time_s=explained.seconds,
         ).to_dict()
 

@@ -35,7 +35,7 @@ A constant map (all zeros, which Grad-CAM gives when every gradient is negative,
 does on a fully randomized copy) has no ranks: its Spearman and HOG correlations are undefined
 (NaN), not 0 (which would read as the best score). Such depths are flagged in
 ``SanityResult.constant``, counted apart and left out of every mean (``evaluate``'s curves,
-:func:`fastloc_viz.evaluation.boxfree.evaluate_box_free`); the figures say "constant map"
+:func:`fastloc_viz.evaluation.runner.evaluate`); the figures say "constant map"
 there. SSIM stays defined and is kept.
 
 The "map is all zero" warnings of the randomized copies' explanations

@@ -1,11 +1,13 @@
-"""Turning what users pass as an image into an ``N x 3 x H x W`` float batch in ``[0, 1]``.
+"""Turning what users pass as an image into an ``N x C x H x W`` float batch in ``[0, 1]``,
+``C`` the model's channels: 3 (RGB) or 1 (grey).
 
 Accepted: a path (``str`` / ``pathlib.Path``), a PIL image, a
 :class:`~fastloc_viz.imaging.readers.LoadedImage` (from :func:`fastloc_viz.read_image`), a NumPy array (``H x W``,
 ``H x W x 1|3|4``; uint8, uint16, bool or float in ``[0, 1]``), a tensor (``H x W``,
 ``1|3 x H x W`` or ``N x 1|3 x H x W``; uint8 or float in ``[0, 1]``), or a list of these.
-Conversions (see ``docs/robustness.md``): grayscale, bilevel and palette images are expanded
-to RGB; 16-bit grayscale keeps its precision (scaled by 1/65535); 16-bit RGB PNGs are decoded
+Conversions (see ``docs/robustness.md``): grayscale and bilevel images stay one channel,
+repeated on R, G and B for an RGB model; palette images are looked up to RGB; colour becomes
+luma for a grey model (:func:`~fastloc_viz.imaging.decode.to_channels`); 16-bit grayscale keeps its precision (scaled by 1/65535); 16-bit RGB PNGs are decoded
 to 8 bits per channel by Pillow; 32-bit float images (mode ``F``) are used as they are when in
 ``[0, 1]``, divided by 255 when in ``[0, 255]``. With a warning: alpha is dropped (composited
 on white), CMYK is converted to RGB without a colour profile, and images over
@@ -49,10 +51,11 @@ def is_batch(image) -> bool:
     return isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4
 
 
-def load_batch(image, size: tuple[int, int], interpolation: str = "bilinear") -> torch.Tensor:
-    """Any accepted image or list of images -> ``N x 3 x H x W`` float32 in ``[0, 1]`` (CPU),
-    resized to ``size`` with ``interpolation`` (``"bilinear"``, ``"bicubic"``, ``"nearest"``:
-    the bundle's, e.g. a timm model's ``pretrained_cfg``).
+def load_batch(image, size: tuple[int, int], interpolation: str = "bilinear", channels: int = 3) -> torch.Tensor:
+    """Any accepted image or list of images -> ``N x channels x H x W`` float32 in ``[0, 1]``
+    (CPU), resized to ``size`` with ``interpolation`` (``"bilinear"``, ``"bicubic"``,
+    ``"nearest"``: the bundle's, e.g. a timm model's ``pretrained_cfg``); ``channels`` is the
+    bundle's (3: RGB, 1: grey).
 
     Raises:
         FileNotFoundError, IsADirectoryError: bad path.
@@ -61,19 +64,21 @@ def load_batch(image, size: tuple[int, int], interpolation: str = "bilinear") ->
             empty list.
         TypeError: an unsupported type, dtype or shape.
     """
-    return load_batch_info(image, size, interpolation)[0]
+    return load_batch_info(image, size, interpolation, channels)[0]
 
 
-def load_batch_info(image, size: tuple[int, int], interpolation: str = "bilinear") -> tuple[torch.Tensor, list]:
+def load_batch_info(
+    image, size: tuple[int, int], interpolation: str = "bilinear", channels: int = 3
+) -> tuple[torch.Tensor, list]:
     """:func:`load_batch`, and per image the :class:`~fastloc_viz.imaging.readers.ImageInfo` of how a
     file, PIL image or :class:`~fastloc_viz.imaging.readers.LoadedImage` was converted (``None`` for
     arrays and tensors)."""
-    batch, infos, _ = load_batch_sizes(image, size, interpolation)
+    batch, infos, _ = load_batch_sizes(image, size, interpolation, channels)
     return batch, infos
 
 
 def load_batch_sizes(
-    image, size: tuple[int, int], interpolation: str = "bilinear"
+    image, size: tuple[int, int], interpolation: str = "bilinear", channels: int = 3
 ) -> tuple[torch.Tensor, list, list[tuple[int, int]]]:
     """:func:`load_batch_info`, and per image its original ``(width, height)`` before the
     resize: a file's full size (``ImageInfo.size``, also when it was decoded at a reduced
@@ -81,20 +86,22 @@ def load_batch_sizes(
     if isinstance(image, (list, tuple)):
         if not image:
             raise ValueError("an empty list of images was given; pass at least one image")
-        parts = [load_batch_sizes(im, size, interpolation) for im in image]
+        parts = [load_batch_sizes(im, size, interpolation, channels) for im in image]
         return torch.cat([p[0] for p in parts]), [i for p in parts for i in p[1]], [s for p in parts for s in p[2]]
     if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
         if image.shape[0] == 0:
             raise ValueError(f"an empty batch of images (shape {tuple(image.shape)}) was given")
-        parts = [load_batch_sizes(im, size, interpolation) for im in image]
+        parts = [load_batch_sizes(im, size, interpolation, channels) for im in image]
         return torch.cat([p[0] for p in parts]), [None] * image.shape[0], [p[2][0] for p in parts]
     t, info = _to_tensor_info(image, size)
     own = (int(info.size[0]), int(info.size[1])) if info is not None else (t.shape[-1], t.shape[-2])
-    return decode.resize(t, size, interpolation), [info], [own]
+    if t.shape[1] > channels:  # fewer channels to resize: colour to grey first, grey to RGB last
+        t = decode.to_channels(t, channels)
+    return decode.to_channels(decode.resize(t, size, interpolation), channels), [info], [own]
 
 
 def _to_tensor(image, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """One image -> ``1 x 3 x h x w`` float32 in ``[0, 1]`` on the CPU.
+    """One image -> ``1 x C x h x w`` float32 in ``[0, 1]`` on the CPU (``C``: 1 for grey data, 3 for colour).
 
     With ``size`` (the model's input), a file or PIL image at least twice as large on both
     sides is first shrunk in 8-bit (a JPEG while decoding) to no less than twice ``size``:

@@ -1,4 +1,5 @@
-"""Decoding: one file, PIL image, array or tensor -> a ``1 x 3 x h x w`` float32 tensor in ``[0, 1]``.
+"""Decoding: one file, PIL image, array or tensor -> a ``1 x C x h x w`` float32 tensor in ``[0, 1]``,
+``C`` 1 for grey data and 3 for colour (:func:`to_channels` turns it into the model's).
 
 The low level under :mod:`fastloc_viz.imaging.batch` (which assembles batches) and
 :mod:`fastloc_viz.imaging.readers` (which windows high-bit-depth data): opening files safely (size
@@ -152,7 +153,9 @@ def from_pil(img: Image.Image, size: tuple[int, int] | None = None) -> torch.Ten
         if np.isfinite(arr).all() and arr.size and arr.max() > 1 and arr.min() >= 0 and arr.max() <= 255:
             arr = arr / 255.0
         return from_array(arr)
-    if img.mode not in ("RGB", "L", "1", "P", "CMYK", "RGBA"):
+    if img.mode in ("L", "1"):  # grey stays one channel
+        return from_array(np.asarray(img.convert("L")))
+    if img.mode not in ("RGB", "P", "CMYK", "RGBA"):
         log.info("fastloc_viz: image mode %s converted to RGB", img.mode)
     try:
         rgb = img.convert("RGB")
@@ -177,7 +180,7 @@ def from_array(arr: np.ndarray) -> torch.Tensor:
         arr = arr[:, :, :3]
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(np.bool_): 1.0}.get(arr.dtype)
     if arr.shape[0] * arr.shape[1] > MAX_PIXELS and scale is not None:
-        return three_channels(torch.from_numpy(_block_mean(arr) / scale).permute(2, 0, 1)[None])
+        return checked_size(torch.from_numpy(_block_mean(arr) / scale).permute(2, 0, 1)[None])
     if arr.dtype == np.uint8 or arr.dtype == np.uint16:
         t = torch.from_numpy(arr.astype(np.float32))
         t /= scale  # in place: one float copy of a big image, not two
@@ -192,7 +195,7 @@ def from_array(arr: np.ndarray) -> torch.Tensor:
         raise TypeError(
             f"numpy image dtype {arr.dtype} is not supported; use uint8, uint16, bool or float in [0, 1]"
         )
-    return three_channels(t.permute(2, 0, 1)[None])
+    return checked_size(t.permute(2, 0, 1)[None])
 
 
 def warn_downscale(w: int, h: int, f: int, mode: str | None = None, stacklevel: int = 5) -> None:
@@ -262,11 +265,33 @@ def _check_unit_range(arr: np.ndarray) -> None:
         raise ValueError(f"float image values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]{hint}")
 
 
-def three_channels(t: torch.Tensor) -> torch.Tensor:
+def checked_size(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, once its sides are known to be at least :data:`MIN_SIDE` pixels."""
     h, w = t.shape[-2:]
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"image of {w} x {h} pixels is too small; each side needs at least {MIN_SIDE} pixels")
-    return t.expand(-1, 3, -1, -1).contiguous() if t.shape[1] == 1 else t
+    return t
+
+
+CHANNELS = (1, 3)
+"""The channel counts a model can be given: grey or RGB."""
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601-2 luma, the weights Pillow's ``convert("L")`` uses: how colour becomes grey."""
+
+
+def to_channels(t: torch.Tensor, channels: int) -> torch.Tensor:
+    """``N x 1|3 x H x W`` -> ``N x channels x H x W``: grey is repeated on R, G and B for an RGB
+    model; for a grey model, colour becomes luma (:data:`LUMA`), and an image whose three
+    channels are equal (grey stored as RGB) keeps its values exactly."""
+    have = t.shape[1]
+    if have == channels:
+        return t
+    if channels == 3:
+        return t.expand(-1, 3, -1, -1).contiguous()
+    if torch.equal(t[:, :1], t[:, 1:2]) and torch.equal(t[:, :1], t[:, 2:3]):
+        return t[:, :1].contiguous()
+    weights = torch.tensor(LUMA, dtype=t.dtype, device=t.device)[None, :, None, None]
+    return (t * weights).sum(dim=1, keepdim=True).clamp_(0, 1)
 
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -283,5 +308,6 @@ def resize(t: torch.Tensor, size: tuple[int, int], interpolation: str = "bilinea
 
 
 def to_numpy_image(t: torch.Tensor) -> np.ndarray:
-    """``3 x H x W`` tensor in ``[0, 1]`` -> ``H x W x 3`` float32 array."""
-    return t.detach().cpu().permute(1, 2, 0).numpy().astype(np.float32)
+    """``1|3 x H x W`` tensor in ``[0, 1]`` -> ``H x W x 3`` float32 RGB array (grey repeated:
+    what is shown, whatever the model took)."""
+    return to_channels(t.detach().cpu()[None], 3)[0].permute(1, 2, 0).numpy().astype(np.float32)

@@ -232,7 +232,7 @@ def _from_pil_image(img: Image.Image, size, fmt: str, index, count: int, opts):
 
 _EIGHT_BIT = {
     "RGB": "RGB",
-    "L": "gray repeated on R, G, B",
+    "L": "gray",
     "1": "bilevel, 0 and 1 as black and white",
     "P": "palette looked up to RGB",
     "PA": "palette looked up, alpha composited on white",

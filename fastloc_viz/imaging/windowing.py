@@ -17,8 +17,8 @@ The window rule (``window=``), see ``docs/scientific-images.md``:
 
 Values are mapped linearly, ``(v - low) / (high - low)`` clipped to ``[0, 1]``, or with
 ``stretch="asinh"``: ``asinh(x / 0.1) / asinh(10)`` of that linear ``x``. NaN and inf pixels
-are left out of the percentiles and shown as 0. Gray data is repeated on the three RGB
-channels; colour data is windowed with one window for all channels (the colour balance is
+are left out of the percentiles and shown as 0. Gray data stays one channel (repeated on R,
+G and B for an RGB model, :func:`fastloc_viz.imaging.decode.to_channels`); colour data is windowed with one window for all channels (the colour balance is
 kept). Images over :data:`fastloc_viz.imaging.decode.MAX_PIXELS` are first shrunk by an integer
 factor (the mean of each ``f x f`` block), a band of rows at a time, and the window is
 computed on what was read; percentiles are computed on at most about a million evenly
@@ -274,8 +274,8 @@ def from_values(
         out[~np.isfinite(np.asarray(values, dtype=np.float32))] = 0
     t = torch.from_numpy(np.ascontiguousarray(out))
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    t = decode.three_channels(t)
-    what = ("gray repeated on R, G, B",) if out.ndim == 2 else ()
+    t = decode.checked_size(t)
+    what = ("gray",) if out.ndim == 2 else ()
     if invert:
         what += ("inverted (white is low)",)
     if masked:

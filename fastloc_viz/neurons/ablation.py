@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..core.results import Explanation, Prediction
+from ..imaging.decode import to_channels
 from ..model.bundle import ModelBundle, as_logits, bundle_of
 from ..model.layers import resolve_layer
 from ..model.state import forward_hook, preserved, require_called, require_spatial
@@ -49,7 +50,7 @@ class Outcome:
     """The model's answer on one ablated copy.
 
     Attributes:
-        probability: softmax probability of the explained class.
+        probability: the explained class's probability (softmax, or its sigmoid: the bundle's ``output``).
         logit: its logit.
         top: the model's top-1 class on this copy.
     """
@@ -157,7 +158,7 @@ def _explained(bundle: ModelBundle, explanation: Explanation) -> tuple[torch.Ten
     if explanation.layer is None:
         raise ValueError(f"method {explanation.method!r} has no probe layer to ablate")
     image = torch.from_numpy(np.ascontiguousarray(explanation.image, dtype=np.float32)).permute(2, 0, 1)[None]
-    return image, resolve_layer(bundle.model, explanation.layer)
+    return to_channels(image, bundle.channels), resolve_layer(bundle.model, explanation.layer)
 
 
 def _forward_masked(
@@ -245,7 +246,7 @@ def _run_chunk(bundle: ModelBundle, x: torch.Tensor, layer, chunk: Sequence[_Spe
 
 
 def _outcomes(bundle: ModelBundle, logits: torch.Tensor, target: int) -> list[Outcome]:
-    probs = torch.softmax(logits, dim=1)
+    probs = bundle.probabilities(logits)
     top_p, top_i = probs.max(dim=1)
     return [
         Outcome(

@@ -384,7 +384,7 @@ class NeuronAtlas:
         dist = dist or init_distributed()
         src = sources(images)
         size = tuple(bundle.input_size)
-        name_module = _layer(bundle, layer, _first_readable(src, size, bundle.interpolation))
+        name_module = _layer(bundle, layer, _first_readable(src, size, bundle.interpolation, bundle.channels))
         scan = _Scan(bundle, src, name_module, (1, -1) if negative else (1,), top, batch_size, dist)
         show = bool(progress if progress is not None else len(range(0, len(src), batch_size)) > 1) and dist.is_main
         ck = None if checkpoint is None else Path(checkpoint)
@@ -510,7 +510,8 @@ class _Scan:
         try:
             for j, s in enumerate(mine):
                 stop = min(n, s + bs)
-                x, kept = _read_chunk(self.src, range(s, stop), self.size, self.bundle.interpolation, tables.skipped)
+                x, kept = _read_chunk(self.src, range(s, stop), self.size, self.bundle.interpolation, tables.skipped,
+                                      self.bundle.channels)
                 if x is not None:
                     found, shape = _scan(self.bundle, self.layer, x)
                     tables.add(found, kept, shape, len(self.signs), self.top)
@@ -525,14 +526,14 @@ class _Scan:
         return tables
 
 
-def _read_chunk(src: Source, rows: range, size, interpolation: str, skipped: dict[int, str]):
+def _read_chunk(src: Source, rows: range, size, interpolation: str, skipped: dict[int, str], channels: int = 3):
     """Images ``rows`` of ``src`` at the model's size, the ones that can be read: ``(N x 3 x H
     x W tensor or None, their indices)``; a file that cannot be read goes to ``skipped``
     (index -> reason). An in-memory image that cannot be used raises, as ``explain`` does."""
     ts, kept = [], []
     for i in rows:
         try:
-            ts.append(load_batch(src.items[i], size, interpolation))
+            ts.append(load_batch(src.items[i], size, interpolation, channels))
         except Exception as e:  # noqa: BLE001 - a file that cannot be read is listed, the build goes on
             if not isinstance(src.items[i], (str, os.PathLike)):
                 raise
@@ -543,11 +544,11 @@ def _read_chunk(src: Source, rows: range, size, interpolation: str, skipped: dic
     return (torch.cat(ts) if ts else None), kept
 
 
-def _first_readable(src: Source, size, interpolation: str) -> torch.Tensor:
+def _first_readable(src: Source, size, interpolation: str, channels: int = 3) -> torch.Tensor:
     """The first image of ``src`` that can be read (for the dry run that finds the layer)."""
     reasons: dict[int, str] = {}
     for i in range(len(src)):
-        x, _ = _read_chunk(src, range(i, i + 1), size, interpolation, reasons)
+        x, _ = _read_chunk(src, range(i, i + 1), size, interpolation, reasons, channels)
         if x is not None:
             return x
     raise ValueError(f"none of the {len(src)} images can be read; the first: {src.names[0]}: {reasons.get(0)}")

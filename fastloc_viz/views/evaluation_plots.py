@@ -15,7 +15,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from .faithfulness_plots import faithfulness_figure, method_color, sanity_curve_figure
+from .faithfulness_plots import faithfulness_figure, sanity_curve_figure
+from .plots import method_color
 
 __all__ = ["evaluation_pages", "threshold_figure"]
 

@@ -2,14 +2,15 @@
 sanity strip. Used by the HTML report (:func:`fastloc_viz.views.report.write_report`'s
 ``faithfulness=`` and ``sanity=``) and the comparison widget.
 
-Each method has one colour everywhere (:func:`method_color`): its place in the method
-registry picks it from plotly's qualitative palette, so Grad-CAM is the same colour in the
-curves, the similarity curve and across reports.
+Each method has one colour everywhere (:func:`fastloc_viz.views.plots.method_color`): its
+place in the method registry picks it, so Grad-CAM is the same colour in the curves, the
+similarity curve and across reports. :func:`faithfulness_ranking` and :func:`sanity_ranking`
+order the methods shown by each check.
 """
 
 from __future__ import annotations
 
-import hashlib
+import html
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,7 +18,6 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..methods import METHODS
 from .plots import (
     DEFAULT_COLORSCALE,
     MODEBAR_PX,
@@ -25,27 +25,13 @@ from .plots import (
     _photo_trace,
     fading_colorscale,
     heatmap_trace,
+    method_color,
     method_label,
     title_height,
 )
 
-__all__ = ["PALETTE", "constant_note", "curves_of", "faithfulness_figure", "method_color", "sanity_curve_figure",
-           "sanity_strip"]
-
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
-           "#bcbd22", "#7f7f7f")
-"""Plotly's D3 palette, reordered so the five built-in methods get well-separated colours."""
-
-
-def method_color(method: str) -> str:
-    """The method's colour: by its place in the registry, else by a hash of its name. A label
-    with parameters (``fastloc[k=10]``) takes its method's colour."""
-    base = method.split("[", 1)[0]
-    names = list(METHODS)
-    if base in names:
-        return PALETTE[names.index(base) % len(PALETTE)]
-    return PALETTE[int(hashlib.sha1(base.encode()).hexdigest(), 16) % len(PALETTE)]
-
+__all__ = ["constant_note", "curves_of", "faithfulness_figure", "faithfulness_ranking", "ranking_html",
+           "sanity_curve_figure", "sanity_ranking", "sanity_strip"]
 
 def _name(label: str) -> str:
     base, _, rest = label.partition("[")
@@ -105,6 +91,58 @@ def faithfulness_figure(source: Mapping[str, Any], *, title: str | None = None, 
     fig.update_layout(template="plotly_white", height=height, width=width,
                       margin={"l": 50, "r": 10, "t": top, "b": 40}, legend={"font": {"size": 11}}, title=title)
     return fig
+
+
+def faithfulness_ranking(source: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The methods, most faithful first: by insertion AUC minus deletion AUC (a method whose
+    top pixels bring the class back fast and take it away fast scores high). ``source``: as
+    :func:`curves_of`. Each row: ``{"rank", "method", "deletion", "insertion", "score"}``."""
+    rows = []
+    for label, kinds in curves_of(source).items():
+        d = kinds["deletion"][2] if "deletion" in kinds else float("nan")
+        i = kinds["insertion"][2] if "insertion" in kinds else float("nan")
+        rows.append({"method": label, "deletion": d, "insertion": i, "score": i - d})
+    return _ranked(rows, "score", descending=True)
+
+
+def sanity_ranking(source: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The methods, most sensitive to the trained weights first: by the Spearman similarity
+    of the map at the deepest randomization computed to the trained model's map (lower is
+    better). ``source``: as :func:`sanity_curve_figure`. Each row: ``{"rank", "method",
+    "similarity"}``."""
+    rows = [{"method": label, "similarity": float(np.asarray(r["spearman"], dtype=float)[-1])}
+            for label, r in _sanity_rows(source).items()]
+    return _ranked(rows, "similarity", descending=False)
+
+
+def _ranked(rows: list[dict[str, Any]], key: str, descending: bool) -> list[dict[str, Any]]:
+    def order(row):
+        v = row[key]
+        return (np.isnan(v), -v if descending else v)
+
+    return [{"rank": i + 1, **row} for i, row in enumerate(sorted(rows, key=order))]
+
+
+RANK_COLUMNS = {
+    "faithfulness": (("deletion", "deletion AUC (lower is better)"), ("insertion", "insertion AUC (higher)"),
+                     ("score", "insertion − deletion")),
+    "sanity": (("similarity", "similarity after randomization (Spearman, lower is better)"),),
+}
+
+
+def ranking_html(rows: list[dict[str, Any]], kind: str) -> str:
+    """A small HTML table of :func:`faithfulness_ranking` (``kind="faithfulness"``) or
+    :func:`sanity_ranking` (``"sanity"``) rows, each method in its colour."""
+    columns = RANK_COLUMNS[kind]
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
+    body = "".join(
+        f"<tr><td>{r['rank']}</td><td><span style='color:{method_color(r['method'])}'>■</span> "
+        f"{html.escape(_name(r['method']))}</td>"
+        + "".join(f"<td style='text-align:right'>{r[key]:.3f}</td>" for key, _ in columns) + "</tr>"
+        for r in rows
+    )
+    return (f"<table class='flv-rank' style='border-collapse:collapse;font-size:12px'><tr><th>#</th>"
+            f"<th style='text-align:left'>method</th>{head}</tr>{body}</table>")
 
 
 def _sanity_rows(source: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

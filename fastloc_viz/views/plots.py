@@ -16,6 +16,7 @@ side), so an HTML page with a dozen figures stays small.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,6 +61,7 @@ __all__ = [
     "overlay",
     "neuron_grid",
     "rank_scores",
+    "method_color",
     "method_grid",
     "method_label",
     "title_height",
@@ -75,6 +77,13 @@ DISABLED_COLOR = "#c9ced6"
 
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif")
 
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#7f7f7f", "#000075", "#f032e6", "#ffbb78", "#222222", "#637939", "#ff9896")
+"""One colour per method: plotly's D3 palette (reordered so the five first methods are
+well separated), then six more picked for distance from the rest, so the fourteen built-in
+methods get fourteen colours at least 27 CIELAB units apart."""
+
+
 MODEBAR_PX = 32
 """The height of plotly's toolbar (the mode bar, top right): a figure's top margin keeps
 titles below it."""
@@ -87,10 +96,21 @@ def title_height(titles: Sequence[str], size: float) -> int:
     lines = max((t.count("<br>") + 1 for t in titles), default=1)
     return math.ceil(lines * size * 1.3 + 6)
 
+
 def method_label(method: str) -> str:
     """A readable name for a method id (``"gradcam"`` -> ``"Grad-CAM"``), from the registry."""
     m = METHODS.get(method)
     return m.label if m is not None else method
+
+
+def method_color(method: str) -> str:
+    """The method's colour in every plot: by its place in the registry, else by a hash of its
+    name. A label with parameters (``fastloc[k=10]``) takes its method's colour."""
+    base = method.split("[", 1)[0]
+    names = list(METHODS)
+    if base in names:
+        return PALETTE[names.index(base) % len(PALETTE)]
+    return PALETTE[int(hashlib.sha1(base.encode()).hexdigest(), 16) % len(PALETTE)]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -447,7 +467,8 @@ def rank_scores(
 
 
 def predictions(explanation: Explanation, *, width: int = 420, height: int = 220) -> go.Figure:
-    """Horizontal bars of the top-5 predicted classes and their probabilities."""
+    """Horizontal bars of the top predictions (:attr:`Explanation.top5`: the top five, or
+    with sigmoid outputs every label at or above the threshold) and their probabilities."""
     top = list(explanation.top5)[::-1]
     colors = [ENABLED_COLOR if p.index == explanation.target else "#8fa8d9" for p in top]
     fig = go.Figure(
@@ -466,7 +487,7 @@ def predictions(explanation: Explanation, *, width: int = 420, height: int = 220
         height=height,
         margin=dict(l=10, r=10, t=36, b=30),
         font=_FONT,
-        title=dict(text="Top-5 predictions", x=0.02, font=dict(size=13)),
+        title=dict(text=explanation.top_title, x=0.02, font=dict(size=13)),
         xaxis=dict(range=[0, 1], tickformat=".0%", gridcolor="#eee"),
         yaxis=dict(automargin=True),
         plot_bgcolor="white",
@@ -501,7 +522,7 @@ def method_grid(
         raise ValueError("method_grid needs at least one explanation, got an empty mapping")
     names = list(explanations)
     n = len(names)
-    cols = cols or min(n, 3 if n > 4 else n)
+    cols = cols or (n if n <= 4 else 3 if n <= 9 else 4)
     rows = math.ceil(n / cols)
     titles = [method_title(name, explanations[name], gt_box, show_time) for name in names]
     first = explanations[names[0]]

@@ -89,6 +89,8 @@ def _predictions_table(expl: Explanation) -> str:
             f"<td><span class='bar' style='width:{max(1.0, 120 * p.probability):.0f}px'></span>"
             f"{p.probability:.1%}</td></tr>"
         )
+    if not rows:
+        return f"<p class='muted'>no label at or above {expl.label_threshold:.0%}</p>"
     return (
         "<table><tr><th class='num'>class</th><th>name</th><th>probability</th></tr>"
         + "".join(rows)
@@ -269,7 +271,7 @@ def _lead_section(fig, lead: Explanation, gt_box: Box | None) -> str:
         + _esc(plots.method_label(lead.method))
         + "</h2><div class='row'>"
         + fig(plots.overlay(lead, gt_box=gt_box, size=380))
-        + "<div style='flex: 1 1 340px; max-width: 560px'><h2>Top-5 predictions</h2>"
+        + f"<div style='flex: 1 1 340px; max-width: 560px'><h2>{_esc(lead.top_title)}</h2>"
         + _predictions_table(lead)
         + (
             f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
@@ -337,6 +339,7 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "in the order each map ranks them, removed (deletion, from the normalization's mean "
             "colour) or added to a blurred start (insertion), and the target class's probability "
             "(Petsiuk et al. 2018). A faithful map makes deletion fall fast and insertion rise fast.</p>"
+            + pf.ranking_html(pf.faithfulness_ranking(faithfulness), "faithfulness")
             + fig(pf.faithfulness_figure(faithfulness)) + "</section>"
         )
     if sanity:
@@ -346,6 +349,7 @@ def _box_free_sections(fig, lead: Explanation, faithfulness, sanity) -> list[str
             "re-initialized from the top down on a copy, each method's map recomputed "
             "(Adebayo et al. 2018); ρ is the Spearman correlation with the trained model's map. "
             "A map that barely changes while the model is destroyed does not explain the model.</p>"
+            + pf.ranking_html(pf.sanity_ranking(sanity), "sanity")
             + (fig(pf.sanity_strip(objects, image=lead.image)) if objects else "")
             + fig(pf.sanity_curve_figure(sanity))
             + (f"<p class='muted'>{html.escape(pf.constant_note(objects))}</p>" if pf.constant_note(objects) else "")

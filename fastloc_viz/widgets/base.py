@@ -52,6 +52,14 @@ def error_html(err: BaseException, context: str) -> str:
     )
 
 
+def _top_label(expl: Explanation, p) -> str:
+    """A top class's menu label: ``"★ tabby (281)"``, or ``"★ Effusion · 87% (3)"`` for a
+    label found by its sigmoid."""
+    if expl.output == "sigmoid":
+        return f"★ {p.name} · {p.probability:.0%} ({p.index})"
+    return f"★ {p.name} ({p.index})"
+
+
 class WidgetBase:
     """Shared plumbing of :class:`NeuronExplorer` and :class:`MethodComparison`.
 
@@ -80,9 +88,9 @@ class WidgetBase:
             "explain_s": [],
             "update_ms": [],
         }
-        names = self.bundle.class_names
+        names = self.bundle.target_names  # a single-logit model's "not <name>" too
         self._class_labels = [f"{n} ({i})" for i, n in enumerate(names)]
-        self._options: list[str] = list(self._class_labels)  # the full list, top-5 first
+        self._options: list[str] = list(self._class_labels)  # the full list, the top first
         self.progress = W.FloatProgress(
             value=0,
             min=0,
@@ -108,14 +116,15 @@ class WidgetBase:
 
     # ------------------------------------------------------------------ class box
     def _class_options(self, expl: Explanation) -> list[str]:
-        top = [f"★ {p.name} ({p.index})" for p in expl.top5]
+        """The top first (★; with sigmoid outputs, the labels found, with their probabilities),
+        then every other class."""
+        top = [_top_label(expl, p) for p in expl.top5]
         top_idx = {p.index for p in expl.top5}
         return top + [lab for i, lab in enumerate(self._class_labels) if i not in top_idx]
 
     def _class_label(self, expl: Explanation, index: int) -> str:
-        if any(p.index == index for p in expl.top5):
-            return f"★ {self.bundle.class_names[index]} ({index})"
-        return self._class_labels[index]
+        p = next((p for p in expl.top5 if p.index == index), None)
+        return self._class_labels[index] if p is None else _top_label(expl, p)
 
     def _show_class_options(self, expl: Explanation) -> None:
         self._options = self._class_options(expl)
@@ -128,7 +137,7 @@ class WidgetBase:
 
     def _class_typed(self, text: str) -> None:
         """Text from the class box: a class chosen, or a message and no change."""
-        names = self.bundle.class_names
+        names = self.bundle.target_names
         try:
             index = class_index(names, text)
         except AmbiguousClass as err:

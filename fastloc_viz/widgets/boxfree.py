@@ -165,11 +165,13 @@ class ChecksPanel:
 
     def _draw(self, section: str) -> None:
         if section == "faithfulness":
-            figs = [go.FigureWidget(pf.faithfulness_figure(self.faithfulness))]
+            figs = [W.HTML(pf.ranking_html(pf.faithfulness_ranking(self.faithfulness), section)),
+                    go.FigureWidget(pf.faithfulness_figure(self.faithfulness))]
         else:
             image = next(iter(self.owner._base.values())).image
             note = pf.constant_note(self.sanity)
-            figs = [go.FigureWidget(pf.sanity_strip(self.sanity, image=image)),
+            figs = [W.HTML(pf.ranking_html(pf.sanity_ranking(self.sanity), section)),
+                    go.FigureWidget(pf.sanity_strip(self.sanity, image=image)),
                     go.FigureWidget(pf.sanity_curve_figure(self.sanity)),
                     *([W.HTML(f"<span class='flv-stat flv-constant'>{html.escape(note)}</span>")] if note else [])]
         self.boxes[section].children = (self.boxes[section].children[0], *figs)

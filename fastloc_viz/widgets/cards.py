@@ -182,8 +182,11 @@ class Cards:
             card["box"].layout.border = ON_BORDER if n.rank in on else OFF_BORDER
 
 
-def top5_buttons(e: Explanation, on_click: Callable[[int], None]) -> list[W.Button]:
-    """One button per top-5 prediction; the explained class highlighted."""
+def top5_buttons(e: Explanation, on_click: Callable[[int], None]) -> list[W.Widget]:
+    """One button per top prediction (:attr:`Explanation.top5`); the explained class
+    highlighted; a line saying so when no label reaches the threshold."""
+    if not e.top5:
+        return [W.HTML(f"<span class='flv-muted'>no label at or above {e.label_threshold:.0%}</span>")]
     buttons = []
     for p in e.top5:
         b = W.Button(

@@ -1,6 +1,7 @@
-"""MethodComparison: every registered method (or those asked for) side by side on one
-colour scale, with each one's time and, given a ground-truth box, IoU; below, the box-free
-checks (deletion / insertion curves, randomization sanity check), computed when opened
+"""MethodComparison: the methods the user picks (the default five, ``"all"``, or any
+registered ones) side by side on one colour scale, with each one's time and, given a
+ground-truth box, IoU; below, the box-free checks (deletion / insertion curves,
+randomization sanity check), computed when opened and ranking the methods shown
 (:mod:`.boxfree`)."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import plotly.graph_objects as go
 from ..core.checks import check_threshold
 from ..core.maps import box_fields
 from ..core.results import Box, Explanation
-from ..methods import METHODS
+from ..methods import METHODS, select_methods
 from ..model.bundle import ModelBundle
 from ..views import plots
 from .base import CSS, WidgetBase
@@ -32,13 +33,18 @@ def _explain(*args: Any, **kwargs: Any) -> Explanation:
 class MethodComparison(WidgetBase):
     """All methods side by side on one colour scale, with per-method time and IoU.
 
-    Shared controls: the class (top-5 first, then all; type a name, part of one or an
-    index) and the box threshold (re-boxes each method's map; no model call).
+    Shared controls: the methods shown (a tag box over the registry; "default" and "all"
+    buttons; a method added is computed on the worker, one removed is dropped), the class
+    (top-5 first, then all; type a name, part of one or an index) and the box threshold
+    (re-boxes each method's map; no model call).
 
     Args:
         model_or_bundle: a :class:`~fastloc_viz.model.bundle.ModelBundle` or an ``nn.Module``.
         image: anything :func:`~fastloc_viz.explain` accepts.
-        methods: names from :data:`fastloc_viz.METHODS` (default: every registered one).
+        methods: names from :data:`fastloc_viz.METHODS`, a comma-separated string, or
+            ``"all"`` (default: the five built-in methods of
+            :data:`fastloc_viz.methods.DEFAULT_METHODS` and any you registered; see
+            :func:`fastloc_viz.methods.select_methods`).
         gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.
         explanations: method -> explanation already computed for ``image`` (same model and
             class): reused instead of computed again.
@@ -47,7 +53,8 @@ class MethodComparison(WidgetBase):
             layer to full randomization).
         **explain_kwargs: passed to every :func:`~fastloc_viz.explain` call.
 
-    Programmatic access: :attr:`explanations` (method -> explanation), :attr:`target`,
+    Programmatic access: :attr:`methods` (settable: names or ``"all"``),
+    :attr:`explanations` (method -> explanation), :attr:`target`,
     :attr:`threshold`, :attr:`gt_box`, :meth:`ious`; :attr:`checks` (the box-free views:
     ``checks.compute("faithfulness")`` / ``("sanity")``, results in ``checks.faithfulness``
     and ``checks.sanity``).
@@ -57,7 +64,7 @@ class MethodComparison(WidgetBase):
         self,
         model_or_bundle: ModelBundle | Any,
         image: Any,
-        methods: Sequence[str] | None = None,
+        methods: str | Sequence[str] | None = None,
         gt_box: Box | None = None,
         *,
         target: int | str | None = None,
@@ -69,14 +76,11 @@ class MethodComparison(WidgetBase):
         **explain_kwargs: Any,
     ) -> None:
         super().__init__(model_or_bundle, image, debounce)
-        methods = tuple(METHODS) if methods is None else tuple(methods)
-        bad = [m for m in methods if m not in METHODS]
-        if bad or not methods:
-            raise ValueError(f"methods={methods!r}: each must be one of {list(METHODS)}")
+        methods = select_methods(methods)
         if gt_box is not None and len(tuple(gt_box)) != 4:
             raise ValueError(f"gt_box={gt_box!r} must be (x0, y0, x1, y1)")
         check_threshold(threshold)
-        self.methods = methods
+        self._methods = self._want_m = methods
         self._gt = None if gt_box is None else tuple(int(v) for v in gt_box)
         self._kwargs = explain_kwargs
         self._threshold = float(threshold)
@@ -97,6 +101,19 @@ class MethodComparison(WidgetBase):
     def explanations(self) -> dict[str, Explanation]:
         """Method -> explanation on screen (boxes at the current threshold)."""
         return dict(self._current)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods shown, in order."""
+        return self._methods
+
+    @methods.setter
+    def methods(self, value: str | Sequence[str] | None) -> None:
+        names = select_methods(value)
+        with self._lock:
+            self._methods = self._want_m = names
+            self._compute(self.target)
+            self._render()
 
     @property
     def target(self) -> int:
@@ -139,11 +156,11 @@ class MethodComparison(WidgetBase):
 
     def _compute(self, target: int | None) -> None:
         out: dict[str, Explanation] = {}
-        n = len(self.methods)
-        for i, m in enumerate(self.methods):
+        n = len(self._methods)
+        for i, m in enumerate(self._methods):
             if hasattr(self, "widget"):
                 self._set_progress(i / n, f"{m} {i + 1}/{n}")
-            seed = self._seed.get(m)
+            seed = self._seed.get(m) or self._base.get(m)  # given, or already on screen
             if seed is not None and seed.target == target:
                 out[m] = seed
                 continue
@@ -169,26 +186,67 @@ class MethodComparison(WidgetBase):
         self._want_t = index
         self._debouncer.poke()
 
+    def _want_methods(self, names: Sequence[str]) -> None:
+        try:
+            wanted = select_methods(list(names))
+        except ValueError:  # an empty box: keep what is shown (the error is shown)
+            self._set_quiet(self.method_box, value=list(self._methods))
+            raise
+        self._want_m = wanted
+        self._debouncer.poke()
+
     def _work(self) -> None:
         with self._lock:
             want = self._want_t
+            if self._want_m != self._methods:
+                self._methods = self._want_m
+                want = self.target if want is None else want
+                self._set_quiet(self.method_box, value=list(self._methods))
+                self._recompute(want)
+                return
             if want == self.target:
                 self._set_quiet(self.class_box, value=self._class_label(self._first(), self.target))
                 return
-            try:
-                self._compute(want)
-            except Exception as err:  # noqa: BLE001 - shown in the widget
-                self._want_t = self.target
-                self._show_error(err, f"explaining class {want}")
-                self._set_progress(None)
-                self._set_quiet(self.class_box, value=self._class_label(self._first(), self.target))
-                return
-            self._set_progress(0.95, "drawing…")
-            self._guarded(self._render, "drawing")
+            self._recompute(want)
+
+    def _recompute(self, want: int) -> None:
+        """The worker's computation for class ``want`` and the methods wanted; on an error
+        the widget keeps what it showed."""
+        shown = tuple(self._base)
+        try:
+            self._compute(want)
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self._want_t = self.target
+            self._methods = self._want_m = shown
+            self._show_error(err, f"explaining class {want}")
             self._set_progress(None)
+            self._set_quiet(self.class_box, value=self._class_label(self._first(), self.target))
+            self._set_quiet(self.method_box, value=list(shown))
+            return
+        self._set_progress(0.95, "drawing…")
+        self._guarded(self._render, "drawing")
+        self._set_progress(None)
 
     def _first(self) -> Explanation:
         return next(iter(self._current.values()))
+
+    def _build_method_picker(self) -> W.Widget:
+        self.method_box = W.TagsInput(
+            value=list(self._methods), allowed_tags=list(METHODS), allow_duplicates=False,
+            layout=W.Layout(width="auto", flex="1 1 360px"),
+        )
+        self.method_box.observe(
+            lambda c: None if self._muted else self._guarded(lambda: self._want_methods(c["new"]), "choosing the methods"),
+            "value",
+        )
+        buttons = []
+        for text, choice in (("default", None), ("all", "all")):
+            b = W.Button(description=text, layout=W.Layout(width="70px"), tooltip=f"show the {text} methods")
+            b.on_click(lambda _b, choice=choice: self._guarded(
+                lambda: setattr(self.method_box, "value", list(select_methods(choice))), "choosing the methods"))
+            buttons.append(b)
+        return W.HBox([W.HTML("<span class='flv-stat'>methods</span>"), self.method_box, *buttons],
+                      layout=W.Layout(align_items="center", flex_flow="row wrap"))
 
     def _build(self) -> None:
         self.threshold_slider = W.FloatSlider(
@@ -214,6 +272,7 @@ class MethodComparison(WidgetBase):
         self.widget = W.VBox(
             [
                 W.HTML(CSS + f"<p class='flv-title'>MethodComparison · {html.escape(self.bundle.name)}</p>"),
+                self._build_method_picker(),
                 W.HBox([self.class_box, self.threshold_slider], layout=W.Layout(flex_flow="row wrap")),
                 self.class_message,
                 W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
@@ -230,10 +289,17 @@ class MethodComparison(WidgetBase):
         if not hasattr(self, "widget"):
             return
         e0 = self._first()
-        morph(self.grid_fig, plots.method_grid(self._current, gt_box=self._gt, cell=230))
+        grid = plots.method_grid(self._current, gt_box=self._gt, cell=230)
+        if [t.type for t in grid.data] == [t.type for t in self.grid_fig.data]:
+            morph(self.grid_fig, grid)
+        else:  # other methods: another grid, a new figure in the old one's place
+            old, self.grid_fig = self.grid_fig, go.FigureWidget(grid)
+            self.widget.children = tuple(self.grid_fig if c is old else c for c in self.widget.children)
+            old.close()
         self._show_class_options(e0)
         self._set_quiet(self.class_box, value=self._class_label(e0, e0.target))
         self._set_quiet(self.threshold_slider, value=self._threshold)
+        self._set_quiet(self.method_box, allowed_tags=list(METHODS), value=list(self._methods))
         ious = self.ious()
         rows = "".join(
             f"<tr><td>{html.escape(plots.method_label(m))}</td>"

@@ -304,7 +304,7 @@ class NeuronExplorer(WidgetBase):
                 try:
                     self._apply()
                 except Exception as err:  # noqa: BLE001 - shown in the widget
-                    self._show_error(err, f"computing {self.state.describe(want, self.bundle.class_names)}")
+                    self._show_error(err, f"computing {self.state.describe(want, self.bundle.target_names)}")
                 else:
                     self._show_error(None)
             base = self.state.base
@@ -418,7 +418,7 @@ class NeuronExplorer(WidgetBase):
             [
                 self.bars_fig,
                 W.HTML(
-                    "<b style='font-size:13px'>Top-5 predictions</b> "
+                    f"<b style='font-size:13px'>{html.escape(e.top_title)}</b> "
                     "<span class='flv-muted'>(click to explain)</span>"
                 ),
                 self.top5_box,

@@ -2,10 +2,11 @@
 
 Pages of thumbnails, each photo at its own aspect ratio with its box (cyan: undecided,
 green: accepted, red: rejected), sorted by the box's score (the share of the map's mass inside
-the box; a whole-image box or a box from a diffuse map is marked so) and filtered by class and
-status. Per image: accept, reject, undo, adjust (drag the box with ``jupyter-bbox-widget``, or
-move a per-image threshold, which re-boxes the image's map), or open it in the
-:class:`NeuronExplorer`.
+the box; a whole-image box or a box from a diffuse map is marked so) and filtered by class
+(label) and status; an image boxed for several labels (``boxes(..., targets="positive")``) has
+one card per label. Per image: accept, reject, undo, adjust (drag the box with
+``jupyter-bbox-widget``, or move a per-image threshold, which re-boxes the image's map), or
+open it in the :class:`NeuronExplorer`.
 Keyboard (``ipyevents``, on the gallery once clicked): ``a`` accept, ``r`` reject, ``u``
 undo, ``e`` edit, ``←`` / ``→`` select, ``n`` / ``p`` next / previous page. Decisions are
 kept by :class:`fastloc_viz.collection.review_store.ReviewStore`: saved atomically as they are made, read back
@@ -83,19 +84,24 @@ class BoxReview(W.VBox):
         bundle: the model, for the per-image threshold and the explorer (optional otherwise).
         page_size: thumbnails per page; thumb: their longer side in pixels.
         decisions: where decisions are saved (default ``<boxes>.review.json``).
+        method, targets: for a source, how ``boxes`` runs (``targets="positive"``: a box per
+            label found).
+
+    The methods taking ``file`` (``accept``, ``reject``, ``undo``, ``edit``, ``explore``)
+    take a proposal's key: its file, or ``file#<class id>`` for an image with several labels.
     """
 
     def __init__(self, boxes_file_or_source: str | os.PathLike, bundle: Any = None, *, page_size: int = 12,
                  thumb: int = 160, decisions: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-                 method: str = "fastloc") -> None:
+                 method: str = "fastloc", targets: str | list = "top1") -> None:
         src = Path(boxes_file_or_source)
         if src.suffix.lower() != ".json":
             if bundle is None:
                 raise ValueError("BoxReview on a source (not a boxes .json) needs bundle= to compute the boxes")
-            from ..collection.boxes import run_boxes
+            from ..collection.boxes import boxes
 
             out = Path(out) if out else src.with_name(src.name + ".boxes.json")
-            run_boxes(src, out, bundle, method=method, workers=0, progress=False)
+            boxes(bundle, src, out, targets=targets, method=method, workers=0, progress=False)
             src = out
         self.store = ReviewStore(src, decisions=decisions)
         self.bundle, self.page_size, self.thumb = bundle, page_size, thumb
@@ -172,7 +178,7 @@ class BoxReview(W.VBox):
         for text, tip, action in (("✓", "accept (a)", self.accept), ("✗", "reject (r)", self.reject),
                                   ("✎", "adjust (e)", self.edit), ("🔍", "open in the explorer", self.explore)):
             b = W.Button(description=text, tooltip=tip, layout=W.Layout(width="36px", padding="0"))
-            b.on_click(lambda _, f=p.file, a=action: a(f))
+            b.on_click(lambda _, k=p.key, a=action: a(k))
             b.add_class(f"fastloc-review-{action.__name__}")
             buttons.append(b)
         border = "2px solid #1e88e5" if i == self.selected else "1px solid #ddd"
@@ -184,7 +190,7 @@ class BoxReview(W.VBox):
     def _file(self, file: str | None) -> str | None:
         if file is not None:
             return file
-        return self.current[self.selected].file if self.current else None
+        return self.current[self.selected].key if self.current else None
 
     def accept(self, file: str | None = None, box=None, threshold: float | None = None) -> None:
         """Accept ``file``'s box (the selected image's by default), or ``box``; saved at once."""
