@@ -56,8 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--method", default="fastloc", help=f"one of {', '.join(METHODS)} or a --plugin's (default: %(default)s)"
     )
     e.add_argument("--layer", default=None, help="probe layer, a dotted module name")
-    e.add_argument("-k", type=int, default=5, help="neurons to keep (default 5)")
-    e.add_argument("--threshold", type=float, default=0.3, help="box threshold, fraction of the map's max")
+    _param_arguments(e)
     e.add_argument(
         "--methods", default=None,
         help="the other methods in the report: comma-separated names or 'all' (default: the default "
@@ -101,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _param_arguments(parser: argparse.ArgumentParser) -> None:
+    """``-k`` and ``--threshold``: unset, each method takes its own default from the registry
+    (the help says which)."""
+    from .methods import defaults_text
+
+    parser.add_argument("-k", type=int, default=None,
+                        help=f"neurons to keep, methods with neurons (default: {defaults_text('k')})")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="box threshold, a fraction of the map's max (default: each method's own: "
+                        f"{defaults_text('threshold')})")
+
+
 def _box_arguments(b: argparse.ArgumentParser) -> None:
     from . import METHODS
 
@@ -112,8 +123,7 @@ def _box_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--model", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2, a torchvision name or timm/<name>")
     b.add_argument("--weights", default=None, metavar="FILE", help="a state dict file for --model")
     b.add_argument("--layer", default=None, help="probe layer, a dotted module name")
-    b.add_argument("-k", type=int, default=None, help="neurons to keep (fastloc methods)")
-    b.add_argument("--threshold", type=float, default=None, help="box threshold, fraction of the map's max (0.3)")
+    _param_arguments(b)
     b.add_argument("--targets", nargs="+", default=["top1"], metavar="TARGET",
                    help="top1 (default: one box per image), positive (a box per label at or above --label-threshold) "
                    "or class names / indices (a box for each, on every image)")
@@ -231,7 +241,8 @@ def _run_all(bundle, image, method: str, others: Sequence[str], **kwargs):
     target = results[method].target
     for name in others:
         if name != method:
-            results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold", 0.3))
+            # a --threshold given applies to every method; unset, each takes its own default
+            results[name] = explain(bundle, image, method=name, target=target, threshold=kwargs.get("threshold"))
     return results
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -10,7 +12,41 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
+# ../shared seen from the repository root; FASTLOC_SHARED_DATA points elsewhere (a worktree)
+SHARED_DATA = Path(os.environ.get("FASTLOC_SHARED_DATA") or REPO.parent / "shared" / "data" / "imagenet-val-wsol")
+
+
+STRICT = os.environ.get("FASTLOC_STRICT") == "1" or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+"""Under CI (``CI=true``, or ``FASTLOC_STRICT=1`` as ``.ci/run`` sets) a missing data set or
+test dependency fails the test instead of skipping it: nothing is left out silently."""
+
+
+def skip_or_fail(why: str) -> NoReturn:
+    """Skip (in a test or at module level) for a missing dependency or data set; under CI
+    (:data:`STRICT`) fail instead."""
+    if STRICT:
+        pytest.fail(f"{why} (under CI a skip is a failure: CI / FASTLOC_STRICT is set)", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def require(module: str, minversion: str | None = None) -> Any:
+    """``pytest.importorskip`` that fails under CI: the module, imported."""
+    try:
+        return pytest.importorskip(module, minversion=minversion)
+    except pytest.skip.Exception as e:
+        skip_or_fail(str(e.msg if hasattr(e, "msg") else e))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (restored after): on the shared 2-core machine two
+    OpenMP threads made each explain() call many times slower under load (test_notebooks.py)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +60,7 @@ def lite0():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "annotations.csv").exists():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
+        skip_or_fail(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
 
 
@@ -106,3 +142,21 @@ def assert_same_state(before: dict, after: dict) -> None:
     assert before["params"].keys() == after["params"].keys()
     for k in before["params"]:
         assert torch.equal(before["params"][k], after["params"][k]), k
+
+
+REQUIRE_BROWSER = os.environ.get("FASTLOC_REQUIRE_BROWSER") == "1" or STRICT
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    """One Jupyter server for every browser test (JupyterLab and Notebook 7); skipped
+    without Chromium / Playwright / JupyterLab / Notebook 7, a failure under CI."""
+    from browser_support import missing, serve
+
+    why = missing()
+    if why:
+        if REQUIRE_BROWSER:
+            pytest.fail(f"the browser tests must run here (FASTLOC_REQUIRE_BROWSER / CI) but {why}")
+        pytest.skip(why)
+    with serve(tmp_path_factory.mktemp("lab")) as info:
+        yield info

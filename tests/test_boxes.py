@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from fastloc_viz.core.maps import boxes_at_thresholds, map_to_box, normalize, scored_boxes
+from fastloc_viz.core.maps import boxes_at_thresholds, map_to_box, normalize, scored_boxes, threshold_mask
 from fastloc_viz.evaluation.metrics import component_boxes, iou, iou_matrix, sweep_all, sweep_ious
 
 maps = arrays(
@@ -52,17 +52,70 @@ def test_box_covers_the_peak(m, t, components):
     assert x0 <= x < x1 and y0 <= y < y1
 
 
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """The 8-connected components of a mask by plain flood fill, in raster order of each
+    component's first pixel: the oracle the box code is checked against (no scipy)."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    out = []
+    for y0 in range(h):
+        for x0 in range(w):
+            if not mask[y0, x0] or seen[y0, x0]:
+                continue
+            seen[y0, x0] = True
+            todo, comp = [(y0, x0)], []
+            while todo:
+                y, x = todo.pop()
+                comp.append((y, x))
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        v, u = y + dy, x + dx
+                        if 0 <= v < h and 0 <= u < w and mask[v, u] and not seen[v, u]:
+                            seen[v, u] = True
+                            todo.append((v, u))
+            out.append(comp)
+    return out
+
+
+def _extent(pixels) -> tuple[int, int, int, int]:
+    ys, xs = zip(*pixels)
+    return (min(xs), min(ys), max(xs) + 1, max(ys) + 1)
+
+
+def _oracle_box(m: np.ndarray, t: float, components: str):
+    """The box by definition: the pixels at or above ``t * max``; ``"merged"`` all of them,
+    ``"largest"`` the biggest component (the first on a tie), ``"peak"`` the one holding the
+    first maximum in raster order."""
+    top = float(m.max())
+    if top <= 0:
+        return None
+    mask = m >= t * top
+    comps = _components(mask)
+    if components == "merged":
+        return _extent([p for c in comps for p in c])
+    if components == "largest":
+        return _extent(max(comps, key=len))  # max keeps the first of equal sizes
+    at = np.unravel_index(int(np.argmax(m)), m.shape)
+    return _extent(next(c for c in comps if at in c))
+
+
 @settings(max_examples=200, deadline=None)
 @given(maps, thresholds)
 def test_scored_boxes_are_the_components_best_first(m, t):
-    scored = scored_boxes(m, t)
-    boxes, _ = component_boxes(m >= t * m.max() if m.max() > 0 else np.zeros(m.shape, bool))
-    assert sorted(b for b, _ in scored) == sorted(tuple(int(v) for v in b) for b in boxes)
-    scores = [sc for _, sc in scored]
-    assert scores == sorted(scores, reverse=True)
-    if scored:
-        assert scores[0] == 1.0 and scored[0][0] == map_to_box(m, t, "peak")
-        assert all(t - 1e-6 <= sc <= 1.0 for sc in scores)
+    top = float(m.max())
+    comps = _components(m >= t * top) if top > 0 else []
+    # the score in the map's own precision (float32), as a fraction of its maximum
+    expected = [(_extent(c), round(float(max(m[p] for p in c) / m.max()), 6)) for c in comps]
+    expected.sort(key=lambda bs: -bs[1])  # stable: raster order among equal scores
+    assert scored_boxes(m, t) == expected
+
+
+def test_threshold_mask_keeps_the_pixels_at_or_above_the_fraction():
+    m = np.array([[0.0, 0.2, 0.5], [0.6, 1.0, 0.49]], dtype=np.float32) * 4
+    assert threshold_mask(m, 0.5).tolist() == [[False, False, True], [True, True, False]]
+    assert threshold_mask(m, 0.0).all()  # a threshold of 0 keeps every pixel, zeros too
+    assert threshold_mask(m, 1.0).tolist() == [[False, False, False], [False, True, False]]
+    assert not threshold_mask(np.zeros((2, 3), np.float32), 0.0).any()  # an all-zero map: none
 
 
 @settings(max_examples=200, deadline=None)
@@ -96,14 +149,21 @@ def test_higher_threshold_gives_a_nested_box_with_all_components(m, t1, t2):
 @given(maps, thresholds, thresholds)
 def test_higher_threshold_keeps_fewer_pixels(m, t1, t2):
     lo, hi = sorted((t1, t2))
-    top = m.max()
-    assert np.count_nonzero(m >= hi * top) <= np.count_nonzero(m >= lo * top)
+    a, b = threshold_mask(m, lo), threshold_mask(m, hi)
+    assert not (b & ~a).any()  # nested
+    assert b.sum() <= a.sum() and (b.any() == (m.max() > 0))  # the peak always stays
+
+
+@settings(max_examples=200, deadline=None)
+@given(maps, thresholds, st.sampled_from(["peak", "largest", "merged"]))
+def test_map_to_box_is_the_box_of_its_definition(m, t, components):
+    assert map_to_box(m, t, components) == _oracle_box(m, t, components)
 
 
 @settings(max_examples=100, deadline=None)
 @given(maps, st.lists(thresholds, min_size=1, max_size=5), st.sampled_from(["peak", "largest", "merged"]))
-def test_boxes_at_thresholds_matches_map_to_box(m, ts, components):
-    assert boxes_at_thresholds(m, ts, components) == [map_to_box(m, t, components) for t in ts]
+def test_boxes_at_thresholds_are_the_boxes_of_their_definition(m, ts, components):
+    assert boxes_at_thresholds(m, ts, components) == [_oracle_box(m, t, components) for t in ts]
 
 
 @settings(max_examples=150, deadline=None)

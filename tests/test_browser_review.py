@@ -1,6 +1,7 @@
 """BoxReview in a real browser (issue 12): accept one box, reject one, restart the kernel,
-and find both decisions kept. Same recipe and skip rules as ``test_browser.py`` (JupyterLab
-with a token, the apt Chromium driven by Playwright; no browser is ever downloaded)."""
+and find both decisions kept. Same recipe and skip rules as ``test_browser.py`` (the session's
+Jupyter server with a token, the apt Chromium driven by Playwright; no browser is ever
+downloaded)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import os
 
 import pytest
-from test_browser import CHROMIUM, CHROMIUM_ARGS, lab  # noqa: F401 - the JupyterLab fixture
+from browser_support import CHROMIUM, CHROMIUM_ARGS, shutdown_kernels
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -65,7 +66,7 @@ def _kernel_pid(page) -> str:
     return text.split("kernel", 1)[1].split()[0]
 
 
-def test_box_review_decisions_survive_a_kernel_restart(lab, tmp_path):  # noqa: F811
+def test_box_review_decisions_survive_a_kernel_restart(lab, tmp_path):
     from playwright.sync_api import sync_playwright
 
     work = lab["work"]
@@ -75,7 +76,7 @@ def test_box_review_decisions_survive_a_kernel_restart(lab, tmp_path):  # noqa: 
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1600})
         try:
-            page.goto(f"{lab['url']}/lab/tree/review.ipynb?token={lab['token']}")
+            page.goto(f"{lab['url']}/lab/workspaces/review/tree/review.ipynb?token={lab['token']}")
             # the lab may also reopen 01_quickstart (the shared fixture's notebook): find ours
             page.locator(".jp-NotebookPanel .jp-Cell", has_text="BoxReview").first.wait_for(timeout=90_000)
             try:
@@ -122,4 +123,5 @@ def test_box_review_decisions_survive_a_kernel_restart(lab, tmp_path):  # noqa: 
             ) from None
         finally:
             browser.close()
+            shutdown_kernels(lab)
     assert os.path.exists(decisions)

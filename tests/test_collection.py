@@ -115,7 +115,7 @@ def test_boxes_runs_every_new_method(tiny, tmp_path):
     for method in ("gradcam_pp", "xgradcam", "layercam", "scorecam", "eigencam", "saliency",
                    "integrated_gradients", "smoothgrad", "occlusion"):
         out = tmp_path / method / "boxes.json"
-        s = run_boxes(src, out, tiny, method=method, batch_size=2, workers=0, progress=False, **small)
+        s = boxes(tiny, src, out, method=method, batch_size=2, workers=0, progress=False, **small)
         doc = json.loads(out.read_text())
         assert s["images"] == 3 and doc["info"]["method"] == method, method
         assert s["boxed"] + len([k for k in s["skipped"] if "all zero" in k["reason"]]) == 3, (method, s["skipped"])

@@ -1,7 +1,8 @@
 """``fastloc-viz evaluate``: the pipeline on a stub, then the real model on the shared images.
 
-The data tests read ``../shared/data/imagenet-val-wsol`` seen from the repository root and are
-skipped when it (or the ``lite0`` extra) is absent.
+The data tests read ``../shared/data/imagenet-val-wsol`` seen from the repository root (or
+``$FASTLOC_SHARED_DATA``) and are skipped when it (or the ``lite0`` extra) is absent, except
+under CI, where that fails (``conftest.skip_or_fail``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA as DATA
+from conftest import require
 
 from fastloc_viz.core.parallel import Dist
 from fastloc_viz.core.results import Explanation, Prediction
@@ -29,7 +32,6 @@ from fastloc_viz.views.evaluation_plots import evaluation_pages
 from fastloc_viz.imaging.dataset import LocalizationDataset, parse_boxes
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "imagenet-val-wsol"
 SCHEMA = {
     "maxboxacc_30", "maxboxacc_50", "maxboxacc_70", "maxboxacc_v2", "gt_known_loc",
     "top1_loc", "pointing", "centre_in_box", "sec_per_image",
@@ -192,9 +194,7 @@ def test_outputs_are_written(stub_data, tmp_path):
 
 
 # ------------------------------------------------------------------ the real model
-needs_data = pytest.mark.skipif(
-    not (DATA / "annotations.csv").is_file(), reason=f"shared data set not found at {DATA}"
-)
+needs_data = pytest.mark.usefixtures("shared_data")  # skipped without it; a failure under CI
 
 
 def _cli(*args: str, env: dict | None = None) -> list[str]:
@@ -214,7 +214,7 @@ def _stable(results: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def bundle():
-    pytest.importorskip("efficientnet_lite_pytorch", reason="needs the lite0 extra")
+    require("efficientnet_lite_pytorch")
     from fastloc_viz import load_model
 
     return load_model("efficientnet_lite0")

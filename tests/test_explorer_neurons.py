@@ -3,23 +3,16 @@ fv.ablate on the worker), sorting by drop, the without-line, the atlas strips.""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pytest
-import torch
 
 import fastloc_viz as fv
 from fastloc_viz.neurons.ablation import ablate_channels
 from fastloc_viz.widgets import NeuronExplorer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +64,19 @@ def test_cards_show_activation_maps_drops_and_atlas_strips(explorer, bundle, atl
     e, a = explorer.explanation, explorer.ablation
     ref = fv.ablate(bundle, explorer.base_explanation)
     np.testing.assert_allclose(a.channel_drops, ref.channel_drops, rtol=1e-4, atol=1e-6)
+    captions = []
     for card, d, n in zip(explorer._cards, a.channel_drops, e.neurons):
         assert f"data-drop='{d:.6f}'" in card["drop"].value and "drop" in card["drop"].value
         assert card["activation"].value and card["activation"].value != card["image"].value
         assert card["atlas"].value and card["atlas"].layout.display is None
-        sign = -1 if n.activation < 0 else 1
-        assert atlas.top(n.channel, 1, sign)[0].image.lstrip("#") in card["atlas_text"].value or "#" in card["atlas_text"].value
+        # the card's own channel, its most negative units for a negative activation (when
+        # the atlas holds them), the labels of its top four in order
+        sign = -1 if n.activation < 0 and -1 in atlas.signs else 1
+        words = [", ".join(u.labels) or u.image.rsplit("/", 1)[-1] for u in atlas.top(n.channel, 4, sign)]
+        expected = ("top" if sign > 0 else "most negative") + ": " + " · ".join(html.escape(w) for w in words)
+        assert words and expected in card["atlas_text"].value, (n.channel, card["atlas_text"].value)
+        captions.append(expected)
+    assert len(set(captions)) > 1  # the cards' captions differ: a mix-up of channels would show
     assert "guided-backprop maps correlate" in explorer.similarity.value
 
 

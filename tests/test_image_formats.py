@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require, skip_or_fail
 from PIL import Image
 from torch import nn
 
@@ -185,7 +186,7 @@ def test_bad_options_are_named():
 
 
 def test_tiff_multi_page_tiled_16_bit_and_float(tmp_path, bundle):
-    tifffile = pytest.importorskip("tifffile")
+    tifffile = require("tifffile")
     a = _ramp(64, 64, 4095).astype(np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([a, a[::-1] // 2, a * 0 + 7]), tile=(32, 32), photometric="minisblack")
     first = fv.read_image(tmp_path / "stack.tif")
@@ -235,12 +236,12 @@ def test_cli_missing_extra_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def _dicom(name):
-    pytest.importorskip("pydicom")
+    require("pydicom")
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file(name)
     if path is None:
-        pytest.skip(f"pydicom test file {name} is not installed")
+        skip_or_fail(f"pydicom test file {name} is not installed")
     return path
 
 
@@ -296,10 +297,10 @@ def test_dicom_explains_end_to_end(name, bundle, tmp_path):
 
 
 def _fits(rel):
-    astropy = pytest.importorskip("astropy")
+    astropy = require("astropy")
     path = Path(astropy.__path__[0]) / rel
     if not path.exists():
-        pytest.skip(f"astropy test file {rel} is not installed")
+        skip_or_fail(f"astropy test file {rel} is not installed")
     return path
 
 

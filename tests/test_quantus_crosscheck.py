@@ -29,12 +29,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import fastloc_viz as fv
 from fastloc_viz.evaluation.faithfulness import faithfulness, pixel_order
 from fastloc_viz.evaluation.sanity import sanity_check
 
-quantus = pytest.importorskip("quantus", minversion="0.6")
+quantus = require("quantus", minversion="0.6")
 pytestmark = pytest.mark.slow
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import assert_same_state, model_state
+from conftest import assert_same_state, model_state, require
 from torch import nn
 
 import fastloc_viz as fv
@@ -22,7 +22,7 @@ from fastloc_viz.model.layers import default_layer, probe_layer_options
 from fastloc_viz.model.state import preserved
 from fastloc_viz.model.tokens import TokenGrid, token_grid
 
-timm = pytest.importorskip("timm")
+timm = require("timm")
 
 IMG = np.random.default_rng(0).random((90, 120, 3)).astype(np.float32)
 

@@ -10,22 +10,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import require
 
 import fastloc_viz as fv
 from fastloc_viz import widgets
 from fastloc_viz.widgets import MethodComparison, NeuronExplorer
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # one torch thread here (restored after): on the shared 2-core machine, two OpenMP
-    # threads made each explain() call many times slower under load (see test_notebooks.py)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -332,7 +323,7 @@ def test_first_toggle_is_immediate_and_close_ends_the_worker(bundle, photo):
 
 
 def test_png_export_when_kaleido_finds_a_chromium(explorer, tmp_path):
-    pytest.importorskip("kaleido")
+    require("kaleido")
     import shutil
 
     if not (shutil.which("chromium") or shutil.which("google-chrome") or shutil.which("chrome")):

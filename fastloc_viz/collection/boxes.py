@@ -362,8 +362,7 @@ def _probability(e) -> float:
 def _mask_original(e) -> np.ndarray:
     """The thresholded map (the pixels the box came from) in the photo's pixels, nearest."""
     p = e.params
-    mask = M.select_components(M.threshold_mask(e.saliency, float(p.get("threshold", 0.3))),
-                               p.get("components", "peak"), e.saliency)
+    mask = M.select_components(M.threshold_mask(e.saliency, float(p["threshold"])), p["components"], e.saliency)
     h, w = mask.shape
     w0, h0 = e.photo_size
     cols = np.minimum((np.arange(w0) + 0.5) * w / w0, w - 1).astype(int)

@@ -141,13 +141,14 @@ def select_components(
 
 
 def map_to_box(
-    saliency: np.ndarray, threshold: float = 0.3, components: Components = "peak"
+    saliency: np.ndarray, threshold: float, components: Components = "peak"
 ) -> Box | None:
     """Box of the pixels at or above ``threshold * max(saliency)``.
 
     Args:
         saliency: ``H x W`` map (any non-negative scale).
-        threshold: fraction of the map's maximum, in ``[0, 1]``.
+        threshold: fraction of the map's maximum, in ``[0, 1]`` (no default here: a method's
+            default threshold lives in its registered parameters).
         components: see :data:`COMPONENTS`; ``"all"`` gives the peak's component here (its
             other boxes come from :func:`scored_boxes`).
 
@@ -158,7 +159,7 @@ def map_to_box(
     return mask_to_box(select_components(threshold_mask(saliency, threshold), which, saliency))
 
 
-def scored_boxes(saliency: np.ndarray, threshold: float = 0.3) -> list[tuple[Box, float]]:
+def scored_boxes(saliency: np.ndarray, threshold: float) -> list[tuple[Box, float]]:
     """One box per connected component of the thresholded map, with the component's score.
 
     The score is the map's maximum inside the component, as a fraction of the map's maximum

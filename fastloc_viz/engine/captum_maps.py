@@ -131,15 +131,20 @@ def smoothgrad(
 ) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the mean ``|gradient|`` over ``samples`` noisy copies
     of ``x`` (Gaussian, standard deviation ``stdev`` in the model's input space), Captum's
-    ``NoiseTunnel(Saliency)``; about ``batch_size`` inputs per pass. The noise is drawn from
-    ``seed`` on a forked RNG (the caller's random state is left as it was): ``N x 3 x H x W``."""
+    ``NoiseTunnel(Saliency)``; about ``batch_size`` noisy copies per pass. Each image's noise is
+    drawn from ``seed`` on a forked RNG (the caller's random state is left as it was), so an
+    image's map does not depend on the other images of its batch: ``N x 3 x H x W``."""
     devices = [x.device.index or 0] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return NoiseTunnel(Saliency(_forward(model, as_logits))).attribute(
-            x.detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples,
-            nt_samples_batch_size=max(1, batch_size // len(x)), stdevs=float(stdev), target=targets, abs=True,
-        ).detach()
+    tunnel = NoiseTunnel(Saliency(_forward(model, as_logits)))
+    out = []
+    for i in range(len(x)):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out.append(tunnel.attribute(
+                x[i:i + 1].detach().requires_grad_(True), nt_type="smoothgrad", nt_samples=samples,
+                nt_samples_batch_size=max(1, batch_size), stdevs=float(stdev), target=targets[i:i + 1], abs=True,
+            ).detach())
+    return torch.cat(out)
 
 
 def occlusion(

@@ -20,6 +20,7 @@ from typing import Any
 from ..core.files import make_dir, write_text_atomic
 from ..core.parallel import Dist, barrier, init_distributed
 from ..imaging.dataset import LocalizationDataset
+from ..methods import defaults_text
 from . import boxfree, localization
 from .base import MethodSpec, Metric, parse_methods
 from .boxfree import BOX_FREE_KEYS, Faithfulness, Sanity
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--methods", default="fastloc,gradcam",
         help="comma-separated methods, each NAME or NAME[key=value,...] with explain() "
         "keyword arguments, e.g. 'gradcam,fastloc[k=10,rank_grad=plain]'; 'all': every registered "
-        "method (default: %(default)s)",
+        "method; what is not given is the method's own default (box threshold: "
+        f"{defaults_text('threshold')}) (default: %(default)s)",
     )
     parser.add_argument(
         "--metrics", default="localization",

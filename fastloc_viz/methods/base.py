@@ -40,6 +40,8 @@ __all__ = [
     "Context",
     "Method",
     "MethodParams",
+    "default_of",
+    "defaults_text",
     "get_method",
     "methods_where",
     "register_method",
@@ -265,3 +267,22 @@ def get_method(name: str) -> Method:
 def methods_where(predicate: Callable[[Method], bool]) -> tuple[str, ...]:
     """The names of the registered methods for which ``predicate(method)`` holds."""
     return tuple(n for n, m in _REGISTRY.items() if predicate(m))
+
+
+def default_of(method: str, name: str) -> Any:
+    """The registered ``method``'s default for its parameter ``name`` (the one source of
+    every default: the API, the CLI, the report and the widgets all ask here)."""
+    defaults = get_method(method).defaults()
+    if name not in defaults:
+        raise ValueError(f"method {method!r} has no parameter {name!r}; it takes {sorted(defaults)}")
+    return defaults[name]
+
+
+def defaults_text(name: str) -> str:
+    """Each registered method's default for ``name``, in words for ``--help``: ``"fastloc
+    0.54, gradcam 0.44, ..."`` (methods without that parameter left out; one value when they
+    all agree)."""
+    values = {n: m.defaults()[name] for n, m in _REGISTRY.items() if name in m.defaults()}
+    if len(set(map(repr, values.values()))) == 1:
+        return str(next(iter(values.values())))
+    return ", ".join(f"{n} {v}" for n, v in values.items())

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 from ..core.checks import check_threshold
 from ..core.maps import box_fields
 from ..core.results import Box, Explanation
-from ..methods import METHODS, select_methods
+from ..methods import METHODS, default_of, select_methods
 from ..model.bundle import ModelBundle
 from ..views import plots
 from .base import CSS, WidgetBase
@@ -36,7 +36,9 @@ class MethodComparison(WidgetBase):
     Shared controls: the methods shown (a tag box over the registry; "default" and "all"
     buttons; a method added is computed on the worker, one removed is dropped), the class
     (top-5 first, then all; type a name, part of one or an index) and the box threshold
-    (re-boxes each method's map; no model call).
+    (re-boxes each method's map; no model call). At first each method boxes at its own
+    default threshold (the registry's, as ``explain``); moving the slider boxes every method
+    at that one threshold, and "each method's default" goes back.
 
     Args:
         model_or_bundle: a :class:`~fastloc_viz.model.bundle.ModelBundle` or an ``nn.Module``.
@@ -46,6 +48,7 @@ class MethodComparison(WidgetBase):
             :data:`fastloc_viz.methods.DEFAULT_METHODS` and any you registered; see
             :func:`fastloc_viz.methods.select_methods`).
         gt_box: ``(x0, y0, x1, y1)`` ground truth on the model's input grid, or ``None``.
+        threshold: one box threshold for every method; ``None`` (default): each method's own.
         explanations: method -> explanation already computed for ``image`` (same model and
             class): reused instead of computed again.
         faithfulness_steps: deletion / insertion steps of the faithfulness view.
@@ -68,7 +71,7 @@ class MethodComparison(WidgetBase):
         gt_box: Box | None = None,
         *,
         target: int | str | None = None,
-        threshold: float = 0.3,
+        threshold: float | None = None,
         debounce: float = 0.25,
         explanations: Mapping[str, Explanation] | None = None,
         faithfulness_steps: int = 16,
@@ -79,11 +82,12 @@ class MethodComparison(WidgetBase):
         methods = select_methods(methods)
         if gt_box is not None and len(tuple(gt_box)) != 4:
             raise ValueError(f"gt_box={gt_box!r} must be (x0, y0, x1, y1)")
-        check_threshold(threshold)
+        if threshold is not None:
+            check_threshold(threshold)
         self._methods = self._want_m = methods
         self._gt = None if gt_box is None else tuple(int(v) for v in gt_box)
         self._kwargs = explain_kwargs
-        self._threshold = float(threshold)
+        self._threshold = None if threshold is None else float(threshold)
         self._want_t: int | None = None if target is None else self.bundle.class_index(target)
         self._base: dict[str, Explanation] = {}
         self._current: dict[str, Explanation] = {}
@@ -128,14 +132,16 @@ class MethodComparison(WidgetBase):
             self._render()
 
     @property
-    def threshold(self) -> float:
+    def threshold(self) -> float | None:
+        """The one box threshold of every method; ``None``: each method's own default."""
         return self._threshold
 
     @threshold.setter
-    def threshold(self, value: float) -> None:
-        check_threshold(value)
+    def threshold(self, value: float | None) -> None:
+        if value is not None:
+            check_threshold(value)
         with self._lock:
-            self._threshold = float(value)
+            self._threshold = None if value is None else float(value)
             self._rebox()
             self._render()
 
@@ -164,7 +170,7 @@ class MethodComparison(WidgetBase):
             if seed is not None and seed.target == target:
                 out[m] = seed
                 continue
-            out[m] = _explain(self.bundle, self.image, method=m, target=target, threshold=self._threshold, **self._kwargs)
+            out[m] = _explain(self.bundle, self.image, method=m, target=target, **self._kwargs)
             self.stats["explain_calls"] += 1
         if hasattr(self, "widget"):
             self._set_progress(None)
@@ -174,13 +180,15 @@ class MethodComparison(WidgetBase):
             self.checks.invalidate()  # the curves and maps belonged to the old class
 
     def _rebox(self) -> None:
-        self._current = {
-            m: e.replace(
-                **box_fields(e.saliency, self._threshold, e.params.get("components", "peak"), f"the {m} map"),
-                params={**e.params, "threshold": self._threshold},
+        """The boxes at the shared threshold (the explanations as computed, at each method's
+        own default, when there is none)."""
+        out = {}
+        for m, e in self._base.items():
+            t = default_of(m, "threshold") if self._threshold is None else self._threshold
+            out[m] = e if e.params["threshold"] == t else e.replace(
+                **box_fields(e.saliency, t, e.params["components"], f"the {m} map"), params={**e.params, "threshold": t},
             )
-            for m, e in self._base.items()
-        }
+        self._current = out
 
     def _want_target(self, index: int) -> None:
         self._want_t = index
@@ -227,6 +235,14 @@ class MethodComparison(WidgetBase):
         self._guarded(self._render, "drawing")
         self._set_progress(None)
 
+    def _slider_value(self) -> float:
+        """The shared threshold, or (each method at its own) the first method's default."""
+        return default_of(self.methods[0], "threshold") if self._threshold is None else self._threshold
+
+    def _own_thresholds(self, on: bool) -> None:
+        """Tick: each method at its own default; untick: every method at the slider's value."""
+        self.threshold = None if on else float(self.threshold_slider.value)
+
     def _first(self) -> Explanation:
         return next(iter(self._current.values()))
 
@@ -250,10 +266,10 @@ class MethodComparison(WidgetBase):
 
     def _build(self) -> None:
         self.threshold_slider = W.FloatSlider(
-            value=self._threshold,
+            value=self._slider_value(),
             min=0.0,
             max=1.0,
-            step=0.05,
+            step=0.01,  # the defaults (0.54, 0.23, ...) sit on the grid
             description="box threshold",
             readout_format=".2f",
             style={"description_width": "initial"},
@@ -267,13 +283,26 @@ class MethodComparison(WidgetBase):
             ),
             "value",
         )
+        self.own_thresholds = W.Checkbox(
+            value=self._threshold is None, description="each method's default", indent=False,
+            layout=W.Layout(width="auto", margin="0 0 0 12px"),
+        )
+        self.own_thresholds.observe(
+            lambda c: (
+                None
+                if self._muted
+                else self._guarded(lambda: self._own_thresholds(c["new"]), "changing the threshold")
+            ),
+            "value",
+        )
         self.grid_fig = go.FigureWidget(plots.method_grid(self._current, gt_box=self._gt, cell=230))
         self.table = W.HTML()
         self.widget = W.VBox(
             [
                 W.HTML(CSS + f"<p class='flv-title'>MethodComparison · {html.escape(self.bundle.name)}</p>"),
                 self._build_method_picker(),
-                W.HBox([self.class_box, self.threshold_slider], layout=W.Layout(flex_flow="row wrap")),
+                W.HBox([self.class_box, self.threshold_slider, self.own_thresholds],
+                       layout=W.Layout(flex_flow="row wrap", align_items="center")),
                 self.class_message,
                 W.HBox([self.progress, self.status], layout=W.Layout(align_items="center")),
                 self.error,
@@ -298,12 +327,14 @@ class MethodComparison(WidgetBase):
             old.close()
         self._show_class_options(e0)
         self._set_quiet(self.class_box, value=self._class_label(e0, e0.target))
-        self._set_quiet(self.threshold_slider, value=self._threshold)
+        self._set_quiet(self.threshold_slider, value=self._slider_value())
+        self._set_quiet(self.own_thresholds, value=self._threshold is None)
         self._set_quiet(self.method_box, allowed_tags=list(METHODS), value=list(self._methods))
         ious = self.ious()
         rows = "".join(
             f"<tr><td>{html.escape(plots.method_label(m))}</td>"
             f"<td style='text-align:right'>{e.time_s * 1000:.0f} ms</td>"
+            f"<td style='text-align:right'>{e.params['threshold']:.2f}</td>"
             f"<td style='text-align:right'>{'no box' if e.box is None else tuple(e.box)}</td>"
             + (f"<td style='text-align:right'>{ious[m]:.2f}</td>" if ious else "")
             + "</tr>"
@@ -311,7 +342,7 @@ class MethodComparison(WidgetBase):
         )
         self.table.value = (
             "<table class='flv-stat' style='border-collapse:collapse'><tr><th style='text-align:left'>method</th>"
-            "<th>time</th><th>box</th>"
+            "<th>time</th><th>threshold</th><th>box</th>"
             + ("<th>IoU vs GT</th>" if ious else "")
             + "</tr>"
             + rows

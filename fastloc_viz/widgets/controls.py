@@ -72,7 +72,7 @@ def _layer_dropdown(ex) -> W.Widget:
 
 def _threshold_slider(ex) -> W.Widget:
     return W.FloatSlider(
-        value=ex.threshold, min=0.0, max=1.0, step=0.05, description="box threshold",
+        value=ex.threshold, min=0.0, max=1.0, step=0.01, description="box threshold",
         continuous_update=True, readout_format=".2f", layout=W.Layout(width="300px"),
         style={"description_width": "initial"},
     )  # fmt: skip

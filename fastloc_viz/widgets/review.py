@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 
 from ..collection.review_store import ReviewStore
 from ..core.raster import encode, image_uri
+from ..methods import default_of, get_method
 
 COLORS = {None: (0, 229, 255), "accepted": (40, 200, 80), "rejected": (230, 50, 50)}
 SCORE_TIP = "the box&#39;s score: the share of the map&#39;s mass inside the box"
@@ -237,14 +238,22 @@ class BoxReview(W.VBox):
                           bboxes=[{"x": x0 * f_disp, "y": y0 * f_disp, "width": (x1 - x0) * f_disp,
                                    "height": (y1 - y0) * f_disp, "label": p.category}])
         self.bbox_widget, self._edit_scale, self._edit_file = bbox, f_disp, f
-        slider = W.FloatSlider(value=(p.decision or {}).get("threshold", p.params.get("threshold", 0.3)), min=0.05,
-                               max=0.95, step=0.05, description="threshold", disabled=self.bundle is None)
+        slider = W.FloatSlider(value=self._threshold(p), min=0.05, max=0.95, step=0.01, description="threshold",
+                               disabled=self.bundle is None)
         slider.observe(lambda ch: self._rethreshold(ch["new"]), names="value")
         self.threshold_slider = slider
         save = W.Button(description="accept this box", button_style="success")
         save.on_click(lambda _: self.accept_edit())
         self.editor.children = [W.HTML(f"<b>{p.file}</b> · {p.category} · drag the box's corners"), bbox,
                                 W.HBox([slider, save])]
+
+    def _threshold(self, p) -> float:
+        """The image's threshold: the one decided, else the run's, else the method's default."""
+        if p.decision and p.decision.get("threshold") is not None:
+            return float(p.decision["threshold"])
+        if "threshold" in p.params:
+            return float(p.params["threshold"])
+        return float(default_of(self.store.info.get("method", "fastloc"), "threshold"))
 
     def edited_box(self) -> tuple[int, int, int, int]:
         b = self.bbox_widget.bboxes[0]
@@ -265,10 +274,14 @@ class BoxReview(W.VBox):
 
         p = self.store[self._edit_file]
         if self._edit_file not in self._maps:
-            e = explain(self.bundle, p.path, method=self.store.info.get("method", "fastloc"), target=p.category_id)
+            # the run's own parameters (k, combine, ...): the map the proposed box came from
+            method = self.store.info.get("method", "fastloc")
+            own = get_method(method).defaults()
+            e = explain(self.bundle, p.path, method=method, target=p.category_id,
+                        **{k: v for k, v in p.params.items() if k in own})
             self._maps[self._edit_file] = e
         e = self._maps[self._edit_file]
-        grid_box = M.map_to_box(e.saliency, t, e.params.get("components", "peak"))
+        grid_box = M.map_to_box(e.saliency, t, e.params["components"])
         if grid_box is None:
             self.bbox_widget.bboxes = []
             return
