@@ -348,6 +348,9 @@ def _cmd_boxes(args) -> int:
         print(f"{summary['boxed']} of {summary['images']} images boxed, {summary['boxes']} boxes "
               f"({summary['new_this_run']} this run, "
               f"{summary['images_per_s']:.1f} images/s); {len(summary['skipped'])} skipped")
+        kinds = summary["kinds"]
+        print(f"  boxes: {kinds['object']} on an object, {kinds['whole']} covering the whole image, "
+              f"{kinds['diffuse']} from a diffuse map (the kind column of the CSV)")
         for s in summary["skipped"]:
             print(f"  skipped {s['file']}: {s['reason']}")
         print(f"  COCO: {summary['out']}\n  CSV:  {summary['csv']}")

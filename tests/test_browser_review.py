@@ -22,6 +22,7 @@ for i, (w, h) in enumerate([(300, 200), (120, 240), (200, 200)]):
     Image.new("RGB", (w, h), (40 * i, 120, 200 - 50 * i)).save(f"p{i}.png")
     rows.append({"key": f"p{i}.png", "index": i, "file": f"p{i}.png", "status": "ok", "width": w, "height": h,
                  "target": i % 2, "target_name": "ab"[i % 2], "given": False, "probability": 0.9 - 0.2 * i,
+                 "score": 0.9 - 0.2 * i, "kind": "object",
                  "box": [0, 0, 8, 8], "box_original": [10, 10, w // 2, h // 2]})
 if not os.path.exists("review-boxes.json"):
     with open("review-boxes.json", "w") as f:

@@ -292,14 +292,15 @@ def test_report_cards_show_the_logit_change():
 
 # ------------------------------------------------------------------ titles and labels
 def test_explorer_title_follows_the_class_map():
+    from fastloc_viz.views.plots import box_caption
     from fastloc_viz.widgets import NeuronExplorer
 
     ex = NeuronExplorer(_tiny(), IMAGE, layer="conv3", k=3, debounce=0.01)
     try:
-        assert ex.explanation.params["combine"] == "refine_cam"
-        assert ex.overlay_fig.layout.title.text.endswith("· class map + neurons all")
+        assert ex.explanation.params["combine"] == "refine_cam"  # then the box's score (issue 20)
+        assert ex.overlay_fig.layout.title.text.endswith(f"· class map + neurons all · {box_caption(ex.explanation)}")
         ex.class_card["check"].value = False  # the class map unticked
-        assert ex.overlay_fig.layout.title.text.endswith("· neurons all")
+        assert ex.overlay_fig.layout.title.text.endswith(f"· neurons all · {box_caption(ex.explanation)}")
         assert "class map" not in ex.overlay_fig.layout.title.text
     finally:
         ex.close()

@@ -15,11 +15,11 @@ from fastloc_viz.collection.review_store import ReviewStore
 def _boxes_file(tmp_path):
     rows = [
         {"key": "a.jpg", "index": 0, "file": "a.jpg", "status": "ok", "width": 600, "height": 400, "target": 1,
-         "target_name": "dog", "given": False, "probability": 0.9, "box": [1, 2, 3, 4], "box_original": [10, 20, 300, 200]},
+         "target_name": "dog", "given": False, "probability": 0.9, "score": 0.9, "kind": "object", "box": [1, 2, 3, 4], "box_original": [10, 20, 300, 200]},
         {"key": "b.jpg", "index": 1, "file": "sub/b.jpg", "status": "ok", "width": 100, "height": 300, "target": 0,
-         "target_name": "cat", "given": False, "probability": 0.4, "box": [1, 2, 3, 4], "box_original": [0, 0, 50, 80]},
+         "target_name": "cat", "given": False, "probability": 0.4, "score": 0.4, "kind": "object", "box": [1, 2, 3, 4], "box_original": [0, 0, 50, 80]},
         {"key": "c.jpg", "index": 2, "file": "c.jpg", "status": "ok", "width": 50, "height": 50, "target": 1,
-         "target_name": "dog", "given": True, "probability": 0.7, "box": [1, 2, 3, 4], "box_original": [5, 5, 45, 45]},
+         "target_name": "dog", "given": True, "probability": 0.7, "score": 0.7, "kind": "object", "box": [1, 2, 3, 4], "box_original": [5, 5, 45, 45]},
         {"key": "bad.png", "index": 3, "file": "bad.png", "status": "skipped", "reason": "ValueError: not an image"},
     ]
     path = tmp_path / "boxes.json"

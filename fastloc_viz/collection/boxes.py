@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core import maps as M
 from ..core.files import (
     check_writable,
     make_dir,
@@ -74,6 +75,9 @@ from .coco import coco_document, csv_text, mask_rle, unique_rows
 log = logging.getLogger("fastloc_viz")
 
 LAYOUTS = ("auto", "folder", "imagefolder", "csv")
+ROW_FORMAT = 2
+"""The rows' format, kept in the run's ``spec.json``: 2 adds each box's ``score`` and ``kind``, so
+parts written before cannot be resumed into a run that needs them."""
 TARGETS = ("top1", "positive")
 
 
@@ -261,7 +265,7 @@ def _read_parts(parts: Path) -> list[dict]:
 
 
 def _spec(bundle: Any, method: str, params: dict, layout: str, source: Path, masks: bool, targets) -> dict:
-    return {"model": bundle.name, "input_size": list(bundle.input_size), "method": method,
+    return {"rows": ROW_FORMAT, "model": bundle.name, "input_size": list(bundle.input_size), "method": method,
             "params": {k: v for k, v in sorted(params.items())}, "layout": layout,
             "source": str(source.resolve()), "masks": masks, "targets": targets, "output": bundle.output,
             "label_threshold": bundle.label_threshold}
@@ -339,10 +343,11 @@ def _row(item: Item, e, masks: bool, asked: int | None) -> dict:
     d = {"key": key, "item": item.key, "index": item.index, "file": item.file, "status": "ok",
          "width": e.photo_size[0], "height": e.photo_size[1], "target": e.target, "target_name": e.target_name,
          "given": item.label is not None, "probability": _probability(e), "box": list(e.box),
-         "box_original": list(e.box_original),
+         "box_original": list(e.box_original), "score": e.box_score, "kind": e.box_kind,
          "params": {k: v for k, v in e.to_dict()["params"].items() if k != "image"}}
-    if e.boxes is not None:  # components="all": every component, scored
-        d["boxes"] = e.to_dict()["boxes"]
+    if e.boxes is not None:  # components="all": every component, with its own box score and kind
+        d["boxes"] = [dict(b, box_score=M.box_score(e.saliency, b["box"]), kind=M.box_kind(e.saliency, b["box"]))
+                      for b in e.to_dict()["boxes"]]
     if masks:
         d["rle"] = mask_rle(_mask_original(e))
     return d
@@ -356,8 +361,6 @@ def _probability(e) -> float:
 
 def _mask_original(e) -> np.ndarray:
     """The thresholded map (the pixels the box came from) in the photo's pixels, nearest."""
-    from ..core import maps as M
-
     p = e.params
     mask = M.select_components(M.threshold_mask(e.saliency, float(p["threshold"])), p["components"], e.saliency)
     h, w = mask.shape
@@ -426,6 +429,7 @@ def boxes(
         return {"out": str(out), "csv": str(run.csv_out), "parts": str(run.parts), "images": len(items),
                 "boxed": len({r["item"] for r in rows if r["status"] == "ok"}),
                 "boxes": sum(r["status"] == "ok" for r in rows),
+                "kinds": {k: sum(r.get("kind") == k for r in rows if r["status"] == "ok") for k in M.BOX_KINDS},
                 "skipped": [{"file": r["file"], "reason": r["reason"]} for r in rows if r["status"] != "ok"],
                 "new_this_run": new, "seconds": elapsed, "images_per_s": new * dist.world_size / elapsed,
                 "steady_images_per_s": steady, "machine": machine_info(bundle.device), "world_size": dist.world_size}
@@ -461,7 +465,9 @@ class _Run:
         self.info = {"description": f"fastloc-viz boxes: {method} on {source.name}", "model": bundle.name,
                      "method": method, "params": spec["params"], "layout": spec["layout"], "source": str(source),
                      "root": str(self.root), "date_created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                     "category_ids": "the model's class indices (0-based); score: the target's probability"}
+                     "category_ids": "the model's class indices (0-based)",
+                     "score": "the share of the map's mass inside the box (core.maps.box_score); probability: the "
+                              "target's probability; kind: object, whole or diffuse (core.maps.box_kind)"}
         self.done: set[str] = set()
         self.mine: list[Item] = []
 

@@ -11,18 +11,21 @@ A *row* (what :mod:`fastloc_viz.collection.boxes` records per image, one JSON li
   ``target_name``, ``given`` (whether the target came from the source, else top-1),
   ``probability`` (the model's probability of the target), ``box`` (``x0 y0 x1 y1`` on the
   model's grid), ``box_original`` (the same in the photo's pixels, see
-  :func:`fastloc_viz.core.results.box_to_original`), ``params`` (the method's parameters),
-  optionally ``rle`` (the thresholded map as a COCO RLE in the photo's pixels), and with
-  ``components="all"`` ``boxes`` (every component: ``box``, ``box_original``, ``score``; the
-  COCO output then holds one detection per component).
+  :func:`fastloc_viz.core.results.box_to_original`), ``score`` (how sure the box is: the
+  share of the map's mass inside it, :func:`fastloc_viz.core.maps.box_score`), ``kind``
+  (``"object"``, ``"whole"`` or ``"diffuse"``, :func:`fastloc_viz.core.maps.box_kind`),
+  ``params`` (the method's parameters), optionally ``rle`` (the thresholded map as a COCO RLE
+  in the photo's pixels), and with ``components="all"`` ``boxes`` (every component: ``box``,
+  ``box_original``, ``score`` (its peak over the map's), ``box_score``, ``kind``; the COCO
+  output then holds one detection per component).
 
 COCO conventions used here: ``bbox`` is ``[x, y, width, height]`` in the photo's pixels
 (pixel-edge coordinates: ``x = x0``, ``width = x1 - x0``); ``category_id`` is the model's
 class index (0-based); image and annotation ids count from 1 in the order of the rows;
-``score`` is the target's probability (the softmax, or with sigmoid outputs the label's own
-sigmoid; times the component's score with
-``components="all"``). Skipped files are listed under the extra top-level
-key ``"skipped"`` (pycocotools ignores it).
+``score`` is the box's score (each component's own with ``components="all"``); each
+annotation also carries ``probability`` (the target's: the softmax, or with sigmoid outputs
+the label's own sigmoid) and ``kind``. Skipped files are listed under the extra top-level key
+``"skipped"`` (pycocotools ignores it).
 
 ``pycocotools`` is needed only for masks and AP (the ``coco`` extra).
 """
@@ -41,7 +44,7 @@ import numpy as np
 
 CSV_COLUMNS = (
     "file", "status", "reason", "width", "height", "target", "target_name", "given", "probability",
-    "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1", "path",
+    "score", "kind", "x0", "y0", "x1", "y1", "grid_x0", "grid_y0", "grid_x1", "grid_y1", "path",
 )
 
 
@@ -112,8 +115,9 @@ def coco_document(
             image_ids[r["file"]] = len(images) + 1
             images.append({"id": image_ids[r["file"]], "file_name": r["file"],
                            "width": int(r["width"]), "height": int(r["height"])})
-        # components="all": one detection per component, scored probability x component score
-        found = r.get("boxes") or [{"box": r["box"], "box_original": r["box_original"], "score": 1.0}]
+        # components="all": one detection per component, each with its own box score and kind
+        found = r.get("boxes") or [{"box": r["box"], "box_original": r["box_original"], "box_score": r["score"],
+                                    "kind": r["kind"]}]
         for j, b in enumerate(found):
             bbox = xyxy_to_xywh(b["box_original"])
             ann = {
@@ -123,7 +127,9 @@ def coco_document(
                 "bbox": bbox,
                 "area": float(bbox[2] * bbox[3]),
                 "iscrowd": 0,
-                "score": float(r["probability"]) * float(b["score"]),
+                "score": float(b["box_score"]),
+                "probability": float(r["probability"]),
+                "kind": b["kind"],
                 "target_given": bool(r.get("given", False)),
                 "box_grid": list(b["box"]),
                 "params": r.get("params", {}),
@@ -141,8 +147,9 @@ def coco_document(
 
 
 def csv_text(rows: Iterable[Mapping[str, Any]], root: str | os.PathLike | None = None) -> str:
-    """The rows as CSV (:data:`CSV_COLUMNS`; boxes in the photo's pixels, then on the grid;
-    ``path``: the file's absolute path, ``root / file``, empty without ``root``)."""
+    """The rows as CSV (:data:`CSV_COLUMNS`; ``score`` and ``kind`` are the box's, see the module's
+    docstring; boxes in the photo's pixels, then on the grid; ``path``: the file's absolute path,
+    ``root / file``, empty without ``root``)."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
@@ -152,7 +159,8 @@ def csv_text(rows: Iterable[Mapping[str, Any]], root: str | os.PathLike | None =
             w.writerow([r["file"], r["status"], r.get("reason", "")] + [""] * (len(CSV_COLUMNS) - 4) + [path])
             continue
         w.writerow([r["file"], "ok", "", r["width"], r["height"], r["target"], r["target_name"],
-                    int(bool(r.get("given"))), f"{float(r['probability']):.6g}", *r["box_original"], *r["box"], path])
+                    int(bool(r.get("given"))), f"{float(r['probability']):.6g}", f"{float(r['score']):.6g}", r["kind"],
+                    *r["box_original"], *r["box"], path])
     return out.getvalue()
 
 

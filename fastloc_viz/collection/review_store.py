@@ -38,9 +38,12 @@ SORTS = ("score", "-score", "file", "class")
 @dataclass(frozen=True)
 class Proposal:
     """One proposed box: the image (``file`` relative to the source, ``path`` to read),
-    its size, the class, the score (the class's probability) and the box in the photo's
-    pixels; ``decision`` is the saved decision (``None``: not reviewed yet); ``key`` names it
-    in the store: the file, or ``file#<class id>`` when the image has boxes for several classes."""
+    its size, the class, the score (the COCO ``score``: the box's own,
+    :func:`fastloc_viz.core.maps.box_score`, in files written since it exists; the class's
+    probability before) and the box in the photo's pixels; ``decision`` is the saved decision
+    (``None``: not reviewed yet); ``key`` names it in the store: the file, or
+    ``file#<class id>`` when the image has boxes for several classes; ``kind`` (``"object"``,
+    ``"whole"``, ``"diffuse"``) and ``probability`` (the class's) when the file has them."""
 
     file: str
     path: str
@@ -53,6 +56,8 @@ class Proposal:
     params: dict
     decision: dict | None = None
     key: str = ""
+    kind: str | None = None
+    probability: float | None = None
 
     @property
     def status(self) -> str | None:
@@ -103,7 +108,8 @@ class ReviewStore:
             self._proposals[key] = Proposal(
                 f, f if os.path.isabs(f) else str(self.root / f), int(im["width"]), int(im["height"]), c,
                 self.categories.get(c, str(c)), float(a.get("score", 0.0)),
-                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {})), key=key)
+                (int(x), int(y), int(x + w), int(y + h)), dict(a.get("params", {})), key=key, kind=a.get("kind"),
+                probability=a.get("probability"))
         self._decisions: dict[str, dict] = self._load()
 
     def _where(self, path: Path) -> Path:

@@ -1,4 +1,5 @@
-"""Every operation on maps, in one place: normalize, smooth, threshold, components, box, blobs.
+"""Every operation on maps, in one place: normalize, smooth, threshold, components, box, box
+score and kind, blobs.
 
 Pure NumPy/SciPy functions over ``H x W`` maps (no torch, no model). A box is
 ``(x0, y0, x1, y1)`` in pixel-edge coordinates: it covers columns ``x0 .. x1 - 1`` and rows
@@ -178,9 +179,69 @@ def scored_boxes(saliency: np.ndarray, threshold: float) -> list[tuple[Box, floa
     return [(tuple(int(v) for v in boxes[i]), round(float(scores[i]), 6)) for i in order]
 
 
+BoxKind = Literal["object", "whole", "diffuse"]
+BOX_KINDS = ("object", "whole", "diffuse")
+"""What a box is (:func:`box_kind`): ``"whole"`` covers (nearly) the whole image, ``"diffuse"``
+comes from a map that does not single it out, ``"object"`` is every other box."""
+WHOLE_AREA = 0.9
+"""A box covering at least this share of the image's area is a ``"whole"`` box."""
+DIFFUSE_RATIO = 0.5
+"""A box is ``"diffuse"`` when the map's mean outside it is at least this share of its mean
+inside it."""
+
+
+def _box_masses(saliency: np.ndarray, box: Box) -> tuple[float, float, int, int]:
+    """``(mass inside, mass outside, pixels inside, pixels outside)`` of the map clipped at 0."""
+    m = np.clip(np.asarray(saliency, dtype=np.float64), 0, None)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    inside = float(m[y0:y1, x0:x1].sum())
+    n_in = max(0, x1 - x0) * max(0, y1 - y0)
+    return inside, max(float(m.sum()) - inside, 0.0), n_in, m.size - n_in
+
+
+def box_score(saliency: np.ndarray, box: Box | None) -> float | None:
+    """How sure a box is: the share of the map's mass inside it, in ``[0, 1]``.
+
+    The map is the one the box came from (``Explanation.saliency``), clipped at 0; the score is
+    its sum inside the box over its sum over the image, rounded to 6 digits (``None`` without a
+    box, 0 for an all-zero map). It needs no forward pass, and it measures what makes a box
+    unsure: evidence for the class that the box leaves out (another instance, a part the
+    threshold cut off, a map spread over the image). A box covering the whole image holds all
+    the mass by construction, so it scores about 1 whatever the map: :func:`box_kind` marks it
+    ``"whole"``. This is the COCO ``score`` and the CSV's ``score`` of ``fastloc-viz boxes``,
+    BoxReview's sort key and the explorer's caption.
+    """
+    if box is None:
+        return None
+    inside, outside, _, _ = _box_masses(saliency, box)
+    total = inside + outside
+    return round(inside / total, 6) if total > 0 else 0.0
+
+
+def box_kind(saliency: np.ndarray, box: Box | None) -> BoxKind | None:
+    """What a box is (``None`` without a box), by the first rule that holds:
+
+    * ``"whole"``: the box covers at least :data:`WHOLE_AREA` (90 %) of the image's area: it
+      says little about where the class is;
+    * ``"diffuse"``: outside the box the map's mean is at least :data:`DIFFUSE_RATIO` (half)
+      of its mean inside it: the map is spread over the image and does not single the box out
+      (an all-zero map counts as diffuse);
+    * ``"object"``: every other box.
+    """
+    if box is None:
+        return None
+    inside, outside, n_in, n_out = _box_masses(saliency, box)
+    if n_in >= WHOLE_AREA * (n_in + n_out):
+        return "whole"
+    if inside <= 0 or outside / n_out >= DIFFUSE_RATIO * inside / n_in:
+        return "diffuse"
+    return "object"
+
+
 def box_fields(saliency: np.ndarray, threshold: float, components: Components, what: str = "the map") -> dict:
-    """``Explanation``'s ``box`` and ``boxes`` for a map: the box of :func:`map_to_box`, and
-    with ``components="all"`` every component's scored box (else ``boxes=None``).
+    """``Explanation``'s ``box``, ``box_score``, ``box_kind`` and ``boxes`` for a map: the box of
+    :func:`map_to_box`, its :func:`box_score` and :func:`box_kind`, and with
+    ``components="all"`` every component's scored box (else ``boxes=None``).
 
     An all-zero map has nothing to box: ``box=None`` (``boxes=()``), with a warning naming
     ``what``.
@@ -194,7 +255,7 @@ def box_fields(saliency: np.ndarray, threshold: float, components: Components, w
             stacklevel=3,
         )
     boxes = tuple(scored_boxes(saliency, threshold)) if components == "all" else None
-    return {"box": box, "boxes": boxes}
+    return {"box": box, "box_score": box_score(saliency, box), "box_kind": box_kind(saliency, box), "boxes": boxes}
 
 
 def boxes_at_thresholds(

@@ -90,6 +90,11 @@ class Explanation:
         boxes: with ``components="all"``: one ``(box, score)`` per connected component of the
             thresholded map, best first; the score is the map's maximum inside the component
             over the map's maximum (the peak's component: 1.0). ``None`` otherwise.
+        box_score: how sure the box is: the share of ``saliency``'s mass inside it, in
+            ``[0, 1]`` (:func:`fastloc_viz.core.maps.box_score`; ``None`` without a box).
+        box_kind: ``"object"``, ``"whole"`` (the box covers at least 90 % of the image) or
+            ``"diffuse"`` (the map outside the box is, on average, at least half as strong as
+            inside): :func:`fastloc_viz.core.maps.box_kind`; ``None`` without a box.
         original_size: ``(width, height)`` of the photo before it was resized to the grid:
             a file's full size (``ImageInfo.size``), an array's or tensor's own size; ``None``
             when unknown (then the grid is taken as the photo). See :attr:`box_original`.
@@ -117,6 +122,8 @@ class Explanation:
     original_size: tuple[int, int] | None = None
     probability: float | None = None
     boxes: tuple[tuple[Box, float], ...] | None = None
+    box_score: float | None = None
+    box_kind: str | None = None
     output: str = "softmax"
     label_threshold: float | None = None
 
@@ -165,6 +172,8 @@ class Explanation:
             "layer_shape": list(self.layer_shape) if self.layer_shape else None,
             "input_size": list(self.input_size),
             "box": None if self.box is None else list(self.box),
+            "box_score": self.box_score,
+            "box_kind": self.box_kind,
             "original_size": list(self.photo_size),
             "box_original": None if self.box is None else list(self.box_original),
             "time_s": self.time_s,

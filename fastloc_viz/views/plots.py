@@ -46,6 +46,7 @@ __all__ = [
     "BOX_COLOR",
     "GT_COLOR",
     "DEFAULT_COLORSCALE",
+    "box_caption",
     "box_iou",
     "downsample",
     "image_uri",
@@ -113,6 +114,22 @@ def method_color(method: str) -> str:
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+KIND_WORDS = {"whole": "whole image", "diffuse": "diffuse map"}
+"""How a caption names a box kind other than ``"object"`` (:func:`fastloc_viz.core.maps.box_kind`)."""
+
+
+def box_caption(explanation: Explanation) -> str:
+    """The box's score and, for a whole-image box or one from a diffuse map, its kind:
+    ``"box score 0.87"``, ``"box score 0.99 (whole image)"``, ``"no box"``."""
+    e = explanation
+    if e.box is None:
+        return "no box"
+    if e.box_score is None:
+        return "box"
+    kind = KIND_WORDS.get(e.box_kind or "")
+    return f"box score {e.box_score:.2f}" + (f" ({kind})" if kind else "")
 
 
 def box_iou(box: Box | None, gt_box: Box) -> float:

@@ -276,6 +276,7 @@ def _lead_section(fig, lead: Explanation, gt_box: Box | None) -> str:
         + (
             f"<p class='muted'>box {tuple(lead.box)} (x0, y0, x1, y1, pixel edges of the {w}×{h} grid)"
             + f" · in the photo's pixels {tuple(lead.box_original)} ({pw}×{ph})"
+            + f" · {_esc(plots.box_caption(lead))} (the share of the map's mass inside the box)"
             if lead.box is not None
             else "<p class='muted'>no box: the map is all zero"
         )

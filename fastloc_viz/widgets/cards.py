@@ -1,7 +1,7 @@
 """The explorer's cards and buttons: one card per neuron (its guided-backprop map beside its
-activation map, numbers, the probability drop when its channel is zeroed, its channel's atlas
-strip, a **use** checkbox), the class-map card (the probe layer's Grad-CAM in the ``*_cam``
-rules), and the top-5 buttons. They call back into the explorer; they hold no state of their own beyond
+activation map, numbers, how much of the box it drew, the probability drop when its channel is
+zeroed, its channel's atlas strip, a **use** checkbox), the class-map card (the probe layer's
+Grad-CAM in the ``*_cam`` rules, and how much of the box it drew), and the top-5 buttons. They call back into the explorer; they hold no state of their own beyond
 which rank each card shows."""
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ def png(rgb_uint8: np.ndarray) -> bytes:
 
 
 def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card") -> dict:
-    """A card: ``{"image", "text", "check", "box", "rank"}`` and, for neuron cards,
+    """A card: ``{"image", "text", "share", "check", "box", "rank"}`` and, for neuron cards,
     ``"activation"`` (its activation map), ``"drop"`` (its probability drop) and ``"atlas"``
     / ``"atlas_text"`` (its channel's top patches and their labels); ``on_check(card, value)``
     runs when its checkbox changes."""
     neuron = css_class == "flv-card"
     size = "112px" if neuron else "150px"
     img = W.Image(format="png", layout=W.Layout(width=size, height=size))
-    text = W.HTML()
+    text, share = W.HTML(), W.HTML()
     check = W.Checkbox(value=True, description="use", indent=False, layout=W.Layout(width="auto"))
-    card = {"image": img, "text": text, "check": check, "rank": 0}
+    card = {"image": img, "text": text, "share": share, "check": check, "rank": 0}
     if neuron:
         act = W.Image(format="png", layout=W.Layout(width=size, height=size))
         act.add_class("flv-act")
@@ -44,10 +44,10 @@ def make_card(on_check: Callable[[dict, bool], None], css_class: str = "flv-card
         strip_text = W.HTML()
         card.update(activation=act, drop=drop, atlas=strip, atlas_text=strip_text)
         act.layout.margin = "0 0 0 4px"
-        children = [W.HBox([img, act]), text, drop, strip, strip_text, check]
+        children = [W.HBox([img, act]), text, share, drop, strip, strip_text, check]
         width = "244px"
     else:
-        children, width = [img, text, check], "162px"
+        children, width = [img, text, share, check], "162px"
     box = W.VBox(children, layout=W.Layout(padding="4px", width=width, margin="0 8px 8px 0", border=ON_BORDER))
     box.add_class(css_class)
     card["box"] = box
@@ -65,6 +65,16 @@ def drop_html(base, off, unit) -> str:
         f"channel zeroed at the probe layer ({unit.probability:.1%} with only its unit zeroed)'>channel off: "
         f"{base.probability:.1%} → {off.probability:.1%} (<b>drop {drop_points(base.probability, off.probability)} "
         f"pts</b>)<br><span class='flv-logit'>{logit_change(base.logit, off.logit)}</span></div>"
+    )
+
+
+def share_html(share: float | None) -> str:
+    """A card's share line: how much of the box's map it drew (:func:`fastloc_viz.methods.combine.neuron_shares`)."""
+    if share is None:
+        return ""
+    return (
+        f"<div class='flv-neuron flv-share' data-share='{share:.6f}' title='the share of the combined map&#39;s "
+        f"mass inside the box that this card&#39;s (weighted) map adds'>draws <b>{share:.0%}</b> of the box</div>"
     )
 
 
@@ -134,6 +144,14 @@ class Cards:
                 self.class_card["image"].value = png(to_photo_aspect(thumb, photo_aspect(e), max_side=112))
             row.insert(0, self.class_card["box"])
         self.row.children = row
+
+    def show_shares(self, e: Explanation, shares: dict | None) -> None:
+        """Each card's share of the box (``shares`` from :func:`~fastloc_viz.methods.combine.neuron_shares`;
+        ``None`` clears them), the class map's on its card."""
+        by_rank = shares["neurons"] if shares else {}
+        for card, n in zip(self.cards, e.neurons):
+            card["share"].value = share_html(by_rank.get(n.rank))
+        self.class_card["share"].value = share_html(shares["class_map"] if shares and e.class_map is not None else None)
 
     def show_drops(self, e: Explanation, ablation) -> None:
         """Each card's drop line from ``ablation`` (:func:`fastloc_viz.ablate` of ``e``)."""

@@ -57,13 +57,14 @@ def morph(fw: go.FigureWidget, new: go.Figure) -> None:
 
 
 def overlay_title(e: Explanation, enabled: Sequence[int]) -> str:
-    """What the map is made of: the class map when the combine rule uses it, and which neurons."""
+    """What the map is made of (the class map when the combine rule uses it, and which neurons),
+    then the box's score and, for a whole-image or diffuse box, its kind (:func:`plots.box_caption`)."""
     k = len(e.neurons)
     used = "all" if len(enabled) == k else f"{len(enabled)}/{k}: #" + ",#".join(map(str, enabled))
     made_of = f"neurons {used}"
     if e.params.get("combine") in cam_rules():
         made_of = f"class map + {made_of}"
-    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · {made_of}"
+    return f"{plots.method_label(e.method)} · {html.escape(e.target_name)} · {made_of} · {plots.box_caption(e)}"
 
 
 def overlay_figure(e: Explanation, enabled: Sequence[int], opacity: float, colorscale: str) -> go.Figure:

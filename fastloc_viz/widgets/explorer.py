@@ -20,7 +20,7 @@ from ..core.checks import check_choice, check_threshold
 from ..core.results import Explanation
 from ..engine.neuron_passes import RANK_GRADS
 from ..methods import get_method
-from ..methods.combine import cam_rules
+from ..methods.combine import cam_rules, neuron_shares
 from ..model.bundle import ModelBundle
 from ..views import plots
 from ..views.cards import check_atlas, similarity_note
@@ -42,8 +42,11 @@ def _seam(name: str):
 class NeuronExplorer(WidgetBase):
     """Explore a FastLoc explanation neuron by neuron.
 
-    Layout: the image with the combined map and box; one card per neuron (its guided-backprop
-    map beside where its channel fires, rank, score, activation, gradient, the probability
+    Layout: the image with the combined map and box (the title gives the box's score, and says
+    when it covers the whole image or comes from a diffuse map); one card per neuron (its
+    guided-backprop map beside where its channel fires, rank, score, activation, gradient, how
+    much of the box it drew (:func:`~fastloc_viz.methods.combine.neuron_shares`; the class map's
+    card says how much the class map drew), the probability
     drop when its channel is zeroed, with ``atlas`` its channel's top patches, and a
     checkbox; the cards can be sorted by rank or by drop); under the cards, what the model
     predicts without the unticked neurons; the rank-score bar chart; the top-5 predictions.
@@ -87,6 +90,7 @@ class NeuronExplorer(WidgetBase):
         self.atlas = atlas
         self.effects = Effects(self.bundle)
         self.sort_by = "rank"
+        self._shares_for: Explanation | None = None  # the explanation whose shares the cards show
         self.state = ExplorerState(
             self._settings(explanation, explain_kwargs),
             explain=lambda **kw: _seam("explain")(self.bundle, self.image, **kw),
@@ -304,6 +308,7 @@ class NeuronExplorer(WidgetBase):
                 else:
                     self._show_error(None)
             base = self.state.base
+            self._show_shares()
         if self.effects.ready(base):
             return
         # Outside this widget's lock (its passes wait for the model's): a toggle meanwhile
@@ -317,6 +322,13 @@ class NeuronExplorer(WidgetBase):
         with self._lock:
             if hasattr(self, "widget") and self.state.base is base:
                 self._show_effects()
+
+    def _show_shares(self) -> None:
+        """How much of the box each card drew (one smoothing, so off the toggle's own path)."""
+        e = self.explanation
+        if hasattr(self, "widget") and self._shares_for is not e:
+            self.cards.show_shares(e, neuron_shares(e))
+            self._shares_for = e
 
     def _show_effects(self) -> None:
         """Drops on the cards, their order, the without-line (when the ablation is known)."""
@@ -446,6 +458,7 @@ class NeuronExplorer(WidgetBase):
             return
         t0 = time.perf_counter()
         charts.update_light(self.overlay_fig, self.bars_fig, self.explanation, self.enabled)
+        self._debouncer.poke()  # the neurons' shares of the box: on the worker, after this display
         self._sync_controls()
         base = self.state.base
         a = self.effects.for_base(base)

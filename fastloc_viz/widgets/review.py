@@ -1,10 +1,12 @@
 """:class:`BoxReview`: a gallery for reviewing the boxes ``fastloc-viz boxes`` proposed.
 
 Pages of thumbnails, each photo at its own aspect ratio with its box (cyan: undecided,
-green: accepted, red: rejected), sorted by score and filtered by class (label) and status; an
-image boxed for several labels (``boxes(..., targets="positive")``) has one card per label. Per image:
-accept, reject, undo, adjust (drag the box with ``jupyter-bbox-widget``, or move a per-image
-threshold, which re-boxes the image's map), or open it in the :class:`NeuronExplorer`.
+green: accepted, red: rejected), sorted by the box's score (the share of the map's mass inside
+the box; a whole-image box or a box from a diffuse map is marked so) and filtered by class
+(label) and status; an image boxed for several labels (``boxes(..., targets="positive")``) has
+one card per label. Per image: accept, reject, undo, adjust (drag the box with
+``jupyter-bbox-widget``, or move a per-image threshold, which re-boxes the image's map), or
+open it in the :class:`NeuronExplorer`.
 Keyboard (``ipyevents``, on the gallery once clicked): ``a`` accept, ``r`` reject, ``u``
 undo, ``e`` edit, ``←`` / ``→`` select, ``n`` / ``p`` next / previous page. Decisions are
 kept by :class:`fastloc_viz.collection.review_store.ReviewStore`: saved atomically as they are made, read back
@@ -29,6 +31,9 @@ from ..core.raster import encode, image_uri
 from ..methods import default_of, get_method
 
 COLORS = {None: (0, 229, 255), "accepted": (40, 200, 80), "rejected": (230, 50, 50)}
+SCORE_TIP = "the box&#39;s score: the share of the map&#39;s mass inside the box"
+KIND_NOTE = {"whole": " <span class='fastloc-review-kind' style='color:#c62828'>whole image</span>",
+             "diffuse": " <span class='fastloc-review-kind' style='color:#c62828'>diffuse map</span>"}
 
 
 def _photo(path: str, side: int) -> Image.Image:
@@ -166,7 +171,8 @@ class BoxReview(W.VBox):
         img = W.Image(value=png, format="png", layout=W.Layout(max_width=f"{self.thumb}px"))
         why = f"<br><span style='color:#b71c1c' title='{html.escape(reason, quote=True)}'>cannot be read</span>" \
             if reason else ""
-        label = W.HTML(f"<div style='font-size:11px;line-height:1.25'><b>{p.category}</b> {p.score:.2f}<br>"
+        label = W.HTML(f"<div style='font-size:11px;line-height:1.25'><b>{p.category}</b> "
+                       f"<span title='{SCORE_TIP}'>{p.score:.2f}</span>{KIND_NOTE.get(p.kind, '')}<br>"
                        f"<span title='{html.escape(p.path, quote=True)}'>{html.escape(Path(p.file).name[:24])}</span>"
                        f"<br>{p.status or 'undecided'}{why}</div>")
         buttons = []
