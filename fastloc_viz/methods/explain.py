@@ -44,12 +44,10 @@ def explain(
             ImageNet normalization and numbered class names are assumed).
         image: a path, PIL image, NumPy array or tensor in ``[0, 1]`` (see
             :mod:`fastloc_viz.imaging.batch`), or a list / 4-D batch of them.
-        method: a name in :data:`fastloc_viz.METHODS` (built in: ``"fastloc"``,
-            ``"fastloc_rescored"``, ``"gradcam"``, ``"guided_backprop"``,
-            ``"guided_gradcam"``; the CAM family ``"gradcam_pp"``, ``"xgradcam"``,
-            ``"layercam"``, ``"scorecam"``, ``"eigencam"``; the pixel attributions
-            ``"saliency"``, ``"integrated_gradients"``, ``"smoothgrad"``, ``"occlusion"``
-            (their parameters: docs/api.md); more with :func:`fastloc_viz.register_method`).
+        method: a name in :data:`fastloc_viz.METHODS`: fastloc and fastloc_rescored, Grad-CAM,
+            guided backprop and guided Grad-CAM, the CAM family and four pixel attributions
+            (all fourteen with their parameters in docs/api.md); more with
+            :func:`fastloc_viz.register_method`.
         target: class index, name or widget label (see :mod:`fastloc_viz.model.classes`), ``None``
             for the top-1 prediction (a single-logit model: its class; ``"not <name>"``
             explains the negated logit); for a batch, one value for all or one per image.
