@@ -412,10 +412,17 @@ def test_torchvision_architectures(name):
     before = model_state(bundle.model)
     img = torch.rand(3, 224, 224, generator=torch.Generator().manual_seed(0))
     expected_layer = {"vgg16": "features", "resnet50": "layer4"}[name]  # the stride-32 map
+    # the costly methods with few copies per image: Score-CAM at a 64-channel layer (one
+    # forward per channel: 512 / 2048 VGG / ResNet forwards at the default layer), occlusion
+    # with four windows, integrated gradients with 4 steps, SmoothGrad with 2 samples
+    small_scorecam = {"vgg16": "features.4", "resnet50": "maxpool"}[name]
+    cheap = {"scorecam": {"layer": small_scorecam, "batch_size": 32}, "occlusion": {"window": 112, "stride": 112},
+             "integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 2}}
     for method in fv.METHODS:
-        e = fv.explain(bundle, img, method=method, kmax=6)
+        e = fv.explain(bundle, img, method=method, kmax=6, **cheap.get(method, {}))
         assert e.saliency.shape == (224, 224)
-        assert e.layer == (expected_layer if fv.get_method(method).uses_layer else None)
+        layer = small_scorecam if method == "scorecam" else expected_layer
+        assert e.layer == (layer if fv.get_method(method).uses_layer else None)
         if method.startswith("fastloc"):
             assert e.neuron_maps.shape == (5, 224, 224) and e.class_map.shape == (224, 224)
             assert np.isfinite(e.neuron_maps).all() and e.neuron_maps.max() == 1
