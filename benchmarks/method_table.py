@@ -6,7 +6,9 @@ Reads the caches of ``fastloc-viz evaluate`` runs (``--out DIR`` keeps them in `
 ``--single`` and ``--coll`` hold localization runs (single images; collage class queries),
 ``--boxfree`` a ``--metrics faithfulness,sanity`` run. Each method is compared with the
 reference on the queries *both* have (a costly method may have been run on fewer), and the
-table says how many. Per cell: the method's score on those queries, then (below) its
+table says how many (for the randomization similarity: the images where neither map is
+constant on the randomized model; a constant map has no correlation and is left out, as
+``evaluate`` does). Per cell: the method's score on those queries, then (below) its
 difference from the reference with a paired percentile-bootstrap 95 % interval (the same
 resample of queries for both methods; MaxBoxAcc's threshold re-chosen in every resample).
 GT-known localization is read at each method's *current* default threshold (the registry's)
@@ -109,6 +111,10 @@ def box_free_cells(cache: Path, ref: str, n_boot: int, seed: int) -> dict[str, t
         for label in labels:
             mine, theirs = runs.get(label, {}), runs.get(ref, {})
             rows = sorted(set(mine) & set(theirs)) if label != ref and theirs else sorted(mine)
+            # a map that is constant on the randomized model has no correlation (None): such an
+            # image is left out of the mean (as evaluate does) and out of the pair
+            rows = [r for r in rows if mine[r].get(key) is not None
+                    and (label == ref or not theirs or theirs[r].get(key) is not None)]
             out[label][0][metric] = len(rows)
             if not rows:
                 out[label][1].append("-")
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     order = [m for m in METHODS if m in single] + [m for m in single if m not in METHODS]
     head = ["method", "images", *(t for _, t in LOCALIZATION)]
     if coll:
-        head += ["collage queries", "collage MaxBoxAcc@0.5", "collage pointing"]
+        head += ["collage queries", "collage MaxBoxAcc@0.5", "collage GT-known loc", "collage pointing"]
     if free:
         head += ["images (faith. / sanity)", *(t for _, _, t in BOX_FREE)]
     head.append("s / image")
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         row = [f"`{label}`", str(n), *cells]
         if coll:
             cn, ccells, _ = coll.get(label, (0, ["-", "-", "-"], 0.0))
-            row += [str(cn), ccells[0], ccells[2]]
+            row += [str(cn), *ccells]
         if free:
             counts, fcells = free.get(label, ({}, ["-"] * len(BOX_FREE)))
             row += [f"{counts.get('faithfulness', 0)} / {counts.get('sanity', 0)}", *fcells]
