@@ -8,6 +8,10 @@ Two steps, so the expensive one runs once per model:
     # 2. every candidate rule, every threshold, from the cache (no model)
     python benchmarks/defaults_search.py score --out /tmp/ds --models efficientnet_lite0,efficientnet_lite1 \
         --sets single,coll,collq=coll@/tmp/c_dev_quadrant
+    # 3. held out: the registered rules at their default thresholds against Grad-CAM at its own,
+    #    with paired 95 % intervals (and guided Grad-CAM from evaluate caches, paired by row)
+    python benchmarks/defaults_search.py compare --out /tmp/ds --models efficientnet_lite0 \
+        --sets ho,hocoll,hocollq=hocoll@/tmp/c_test_quadrant --rules within_cam,refine_cam,sum --cache /tmp/ds/gg
 
 The probe layer's Grad-CAM computed by fastloc from its ranking gradient *is* the ``gradcam``
 method's map at the same layer (tests/test_core.py checks it against Captum), so one pass
@@ -194,6 +198,65 @@ def score(args) -> None:
         print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
 
 
+def _per_query(z, data_dir, rule: str, threshold: float) -> dict[str, np.ndarray]:
+    """paired_bootstrap's per-query arrays for one registered rule (``"gradcam"``: the class map)
+    at its default ``threshold``, on the maps of a dump."""
+    by_row = {q.row: q for q in LocalizationDataset(data_dir or str(z["data"]))}
+    h, w = z["class_map"].shape[-2:]
+    cols: dict[str, list] = {"hits50": [], "hits_peak": [], "all": [], "pointing": [], "gt_known": []}
+    j = int(np.argmin(np.abs(THRESHOLDS - threshold)))
+    assert abs(THRESHOLDS[j] - threshold) < 1e-9, f"{threshold} is not on the sweep"
+    for i, row in enumerate(z["row"]):
+        q = by_row[int(row)]
+        assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
+        gt = q.boxes_at((h, w))
+        cam = M.normalize(z["class_map"][i].astype(np.float32))
+        sal = cam if rule == "gradcam" else combine_maps(z["neuron_maps"][i].astype(np.float32), rule=rule, class_map=cam)
+        largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
+        cols["hits50"].append(largest >= 0.5)
+        cols["hits_peak"].append(peak >= 0.5)
+        cols["all"].append(all_)
+        cols["pointing"].append(float(pointing_hit(sal, gt)))
+        cols["gt_known"].append(float(peak[j] >= 0.5))
+    every = np.array(cols.pop("all"))
+    out = {k: np.array(v) for k, v in cols.items()}
+    out["hits_all"] = np.stack([every >= level for level in IOU_LEVELS])
+    return out
+
+
+def compare(args) -> None:
+    """Held-out figures: each rule at its registered default threshold against Grad-CAM at its
+    own, per model and set, with paired 95 % intervals; ``--cache`` adds an ``evaluate`` run's
+    methods (guided Grad-CAM) on the single images, paired on the same rows."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from paired_bootstrap import differences, load, per_query
+
+    from fastloc_viz.methods import default_of
+    from fastloc_viz.methods.combine import RULES
+
+    rules = args.rules.split(",")
+    names = ("MaxBoxAcc@0.5", "GT-known loc", "pointing")
+    print("| model | set | rule | " + " | ".join(f"{n} (vs {args.ref})" for n in names) + " |")
+    print("|---|---|---|" + "---|" * len(names))
+    for model in args.models.split(","):
+        for spec in args.sets.split(","):
+            name, _, rest = spec.partition("=")
+            maps_from, _, csv_dir = rest.partition("@")
+            z = np.load(Path(args.out) / f"{model}__{maps_from or name}.npz")
+            q = {r: _per_query(z, csv_dir or None, r, RULES[r].threshold if r in RULES else default_of(r, "threshold"))
+                 for r in dict.fromkeys([args.ref, *rules])}
+            if args.cache and name == args.cache_set:
+                for label, run in load(Path(args.cache) / model / "cache").items():
+                    q[label] = per_query(run["results"], [int(r) for r in z["row"]])
+            for r, arrays in q.items():
+                if r == args.ref:
+                    continue
+                d = differences(arrays, q[args.ref], args.n_boot, 0)
+                cells = [f"{d[n]['a']:.3f} vs {d[n]['b']:.3f}: {d[n]['diff']:+.3f} [{d[n]['lo']:+.3f}, {d[n]['hi']:+.3f}]"
+                         for n in names]
+                print(f"| {model} | {name} | {r} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -208,8 +271,17 @@ def main(argv=None) -> int:
     s.add_argument("--sets", required=True, help="NAME[=MAPS_SET@CSV_DIR],...")
     s.add_argument("--rules", default=None, help="only these rules (comma-separated)")
     s.add_argument("--jobs", type=int, default=2)
+    c = sub.add_parser("compare", help="held-out: rules at their defaults vs a reference, paired intervals")
+    c.add_argument("--out", required=True)
+    c.add_argument("--models", required=True)
+    c.add_argument("--sets", required=True, help="NAME[=MAPS_SET@CSV_DIR],...")
+    c.add_argument("--rules", required=True, help="registered combine rules (and 'gradcam')")
+    c.add_argument("--ref", default="gradcam")
+    c.add_argument("--cache", default=None, help="DIR with DIR/<model>/cache from evaluate runs (guided Grad-CAM)")
+    c.add_argument("--cache-set", default="ho", help="the set those runs cover")
+    c.add_argument("--n-boot", type=int, default=2000)
     args = parser.parse_args(argv)
-    dump(args) if args.cmd == "dump" else score(args)
+    {"dump": dump, "score": score, "compare": compare}[args.cmd](args)
     return 0
 
 

@@ -28,6 +28,9 @@ class FakeMethod:
     def pass_settings(self):
         return tuple(n for n in self._defaults if n not in self.recombinable)
 
+    def settle(self, before, changes):  # its defaults depend on nothing else
+        return {**before, **changes}
+
 
 BOXING = ("threshold", "combine")
 REGISTRY = {

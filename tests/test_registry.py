@@ -15,8 +15,8 @@ from scipy import ndimage
 
 import fastloc_viz as fv
 from fastloc_viz import cli
-from fastloc_viz.core.maps import normalize
-from fastloc_viz.methods import combine
+from fastloc_viz.core.maps import map_to_box, normalize
+from fastloc_viz.methods import combine, default_of
 from fastloc_viz.model.bundle import imagenet_classes
 from fastloc_viz.model.classes import AmbiguousClass, UnknownClass, class_index
 
@@ -61,6 +61,20 @@ def _longhand(rule, maps, scores, sigma, cam):
             out |= blob
         return out.astype(np.float32)
     c = _norm(cam)
+    if rule == "within_cam":  # the neurons inside the class map's peak region, capped at their level at its peak
+        labels, _ = ndimage.label(c >= combine.WITHIN_REGION, np.ones((3, 3)))  # 8-connected, as the boxes
+        py, px = divmod(int(np.argmax(c)), w)
+        region = labels == labels[py, px]
+        grow = round(combine.WITHIN_GROW * min(h, w) / 224)
+        for _ in range(grow):  # one pixel further in the four directions, each step
+            region = region | np.pad(region, ((1, 0), (0, 0)))[:-1] | np.pad(region, ((0, 1), (0, 0)))[1:] \
+                | np.pad(region, ((0, 0), (1, 0)))[:, :-1] | np.pad(region, ((0, 0), (0, 1)))[:, 1:]
+        g = _blur(sum(maps[i] for i in range(k)) / k, sigma) * region * c**combine.WITHIN_POWER
+        out = np.zeros((h, w), np.float64)
+        for y in range(h):
+            for x in range(w):
+                out[y, x] = (min(g[y, x] / g[py, px], 1.0) + combine.WITHIN_TIE * c[y, x]) / (1 + combine.WITHIN_TIE)
+        return out
     if rule == "refine_cam":  # cam + 0.9 (1 - cam) G, G = the neurons weighted by cam squared
         g = _norm(_blur(sum(maps[i] * c * c for i in range(k)) / k, sigma))
         out = np.zeros((h, w), np.float64)
@@ -72,12 +86,12 @@ def _longhand(rule, maps, scores, sigma, cam):
     return _norm(_norm(_blur(sum(gated) / k, sigma)) + c)
 
 
-BUILT_IN_RULES = ("refine_cam", "gate_cam", "sum_cam", "sum", "max", "weighted", "union")
+BUILT_IN_RULES = ("refine_cam", "gate_cam", "sum_cam", "sum", "max", "weighted", "union", "within_cam")
 
 
 def test_the_built_in_rules_are_registered_in_order():
     assert tuple(fv.RULES)[: len(BUILT_IN_RULES)] == BUILT_IN_RULES
-    assert combine.cam_rules() == ("refine_cam", "gate_cam", "sum_cam")
+    assert combine.cam_rules() == ("refine_cam", "gate_cam", "sum_cam", "within_cam")
 
 
 def test_refine_cam_keeps_the_class_maps_peak_and_mask():
@@ -93,6 +107,42 @@ def test_refine_cam_keeps_the_class_maps_peak_and_mask():
         assert (out >= c - 1e-6).all()
         for t in (0.2, 0.5, 0.8):
             assert (out >= t)[c >= t].all()
+
+
+def test_each_rule_has_its_own_threshold_and_recombine_follows_it():
+    e = fv.explain(_tiny(), torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0)), k=2)
+    assert e.params["threshold"] == fv.RULES[e.params["combine"]].threshold == default_of("fastloc", "threshold")
+    assert len({r.threshold for r in fv.RULES.values()}) > 3  # chosen per rule, not one number
+    to_sum = fv.recombine(e, combine="sum")
+    assert to_sum.params["threshold"] == fv.RULES["sum"].threshold != e.params["threshold"]
+    assert fv.recombine(to_sum, combine="max").params["threshold"] == fv.RULES["max"].threshold
+    mine = fv.recombine(e, threshold=0.37)
+    assert fv.recombine(mine, combine="sum").params["threshold"] == 0.37  # the user's stays
+    assert fv.recombine(e, combine="sum", threshold=0.2).params["threshold"] == 0.2
+    assert fv.explain(_tiny(), torch.rand(3, 8, 8), k=2, combine="max").params["threshold"] == fv.RULES["max"].threshold
+    with pytest.raises(ValueError, match="threshold"):
+        fv.register_rule("bad_threshold", threshold=1.5)(lambda maps, **_: maps[0])
+    assert "bad_threshold" not in fv.RULES
+
+
+def test_within_cam_points_where_the_class_map_does_and_boxes_what_the_neurons_draw():
+    """The class map (two blobs, the stronger on the left) says where; the one neuron map fires
+    on a small square inside the left blob and on the right blob: the map's peak is the class
+    map's, the right blob is cut away (outside the peak's region), and the box at the rule's
+    threshold is the neurons' square, not the class map's larger blob."""
+    yy, xx = np.mgrid[0:40, 0:60]
+    cam = (np.exp(-((yy - 20) ** 2 + (xx - 15) ** 2) / 150.0) + 0.8 * np.exp(-((yy - 20) ** 2 + (xx - 48) ** 2) / 40.0))
+    neuron = np.zeros((1, 40, 60), np.float32)
+    neuron[0, 16:26, 12:22] = 1.0  # inside the left blob
+    neuron[0, 15:25, 44:54] = 1.0  # the right blob: another object
+    out = combine.combine_maps(neuron, rule="within_cam", sigma=1.0, class_map=cam.astype(np.float32))
+    assert np.unravel_index(np.argmax(out), out.shape) == np.unravel_index(np.argmax(cam), cam.shape)
+    assert out[:, 40:].max() <= combine.WITHIN_TIE  # only the tie-break of the class map there
+    box = map_to_box(out, fv.RULES["within_cam"].threshold)
+    cam_box = map_to_box(cam, fv.RULES["within_cam"].threshold)
+    x0, y0, x1, y1 = box
+    assert 10 <= x0 <= 13 and 20 <= x1 <= 24 and 14 <= y0 <= 17 and 25 <= y1 <= 28, box
+    assert (cam_box[2] - cam_box[0]) > (x1 - x0) + 4  # the class map's own box is wider
 
 
 @pytest.mark.parametrize("rule", BUILT_IN_RULES)

@@ -379,6 +379,20 @@ def test_a_batch_of_images_is_refused(bundle, photo):
         NeuronExplorer(bundle, [photo, photo])
 
 
+def test_the_threshold_follows_the_combine_rule_until_the_user_sets_it(explorer, counter):
+    """Each rule's map has its own default threshold (issue 20): switching the rule moves a
+    threshold left at its default to the new rule's; a threshold the user chose stays."""
+    explorer.method = "fastloc"
+    explorer.combine_dropdown.value = "sum"
+    assert explorer.threshold == explorer.threshold_slider.value == fv.RULES["sum"].threshold
+    explorer.combine_dropdown.value = "gate_cam"
+    assert explorer.threshold == explorer.threshold_slider.value == fv.RULES["gate_cam"].threshold
+    explorer.threshold_slider.value = 0.37
+    explorer.combine_dropdown.value = "max"
+    assert explorer.threshold == explorer.threshold_slider.value == 0.37
+    assert explorer.explanation.params["combine"] == "max" and counter.backward == 0
+
+
 def test_class_map_card_toggles_sum_cam_without_any_pass(explorer, counter):
     explorer.method = "fastloc"
     explorer.combine_dropdown.value = "refine_cam"

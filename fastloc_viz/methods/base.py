@@ -193,7 +193,7 @@ class Method:
                 f"{heavy[0]!r} of method {self.name!r} needs a new pass (explain); recombine "
                 f"changes only {list(self.recombinable)}"
             )
-        p = {**explanation.params, **{k: v for k, v in settings.items() if v is not None}}
+        p = self.settle(explanation.params, {k: v for k, v in settings.items() if v is not None})
         own = {f.name for f in dataclasses.fields(self.Params)}
         params = self.Params(**{k: v for k, v in p.items() if k in own})
         params.check()
@@ -202,6 +202,24 @@ class Method:
         what = f"the {self.name} map" + (f" of neurons {recorded['enabled']}" if "enabled" in recorded else "")
         fields = M.box_fields(saliency, params.threshold, params.components, what)
         return explanation.replace(saliency=saliency, params=p, **fields)
+
+    def settle(self, before: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        """``before`` (parameters as recorded) with ``changes`` applied, where a parameter left
+        unchanged that sat at its default follows its default under the new settings: a
+        threshold left at the combine rule's own default follows the rule when the rule
+        changes; a threshold the user set stays. Every entry point that changes settings
+        (:meth:`recombine`, the widgets' state) settles them here."""
+        own = {f.name for f in dataclasses.fields(self.Params)}
+        merged = {**before, **changes}
+        out = dict(merged)
+
+        def default(settings: Mapping[str, Any], name: str) -> Any:
+            return getattr(self.Params(**{k: v for k, v in settings.items() if k in own and k != name and v is not None}), name)
+
+        for name in sorted(own & set(before) - set(changes)):
+            if before[name] is not None and default(before, name) == before[name]:
+                out[name] = default(merged, name)
+        return out
 
     def remap(self, explanation: Explanation, enabled: Sequence[int] | None, params: MethodParams) -> tuple[np.ndarray, dict]:
         """The map for :meth:`recombine` from what ``explanation`` keeps, and the parameters

@@ -1,5 +1,10 @@
 """Combine rules: how k neuron maps become one localization map, and :func:`recombine`.
 
+Each rule carries its own default box threshold, chosen for its own map on the development
+split of three models (``benchmarks/defaults_search.py``, docs/results.md): refine_cam 0.54,
+gate_cam 0.36, sum_cam 0.46, sum 0.28, max 0.36, within_cam 0.18; union's map is 0 / 1 and
+weighted's was not chosen (0.5).
+
 Each rule is one function registered with :func:`register_rule`. It receives the
 ``k x H x W`` neuron maps (each scaled to ``[0, 1]``, ``k >= 1``) and keyword arguments
 ``scores`` (the k rank scores), ``sigma`` (the smoothing in pixels, resolved), ``class_map``
@@ -21,11 +26,17 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from ..core import maps as M
-from ..core.checks import check_choice
+from ..core.checks import check_choice, check_threshold
 from ..core.results import Explanation
 from .base import get_method
+
+
+UNCHOSEN = 0.5
+"""The box threshold of a rule registered without one: half its map's maximum (chosen on no
+data; pass ``threshold=`` to :func:`register_rule`)."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,8 @@ class Rule:
             gives the class map.
         doc: one line for menus and tooltips.
         parts: ``None``, or a function returning the rule's :class:`Parts`.
+        threshold: the rule's own default box threshold (a fraction of its map's maximum),
+            chosen for its map; fastloc's ``threshold=None`` means this one.
     """
 
     name: str
@@ -46,6 +59,7 @@ class Rule:
     uses_class_map: bool
     doc: str
     parts: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None
+    threshold: float = UNCHOSEN
 
 
 _RULES: dict[str, Rule] = {}
@@ -54,9 +68,12 @@ RULES: Mapping[str, Rule] = MappingProxyType(_RULES)
 :func:`register_rule`)."""
 
 
-def register_rule(name: str, *, uses_class_map: bool = False, parts: Callable | None = None) -> Callable:
+def register_rule(
+    name: str, *, uses_class_map: bool = False, parts: Callable | None = None, threshold: float = UNCHOSEN
+) -> Callable:
     """Register a combine rule under ``name`` (decorator); ``parts``: its additive parts, if it
-    has them (see the module's docstring).
+    has them (see the module's docstring); ``threshold``: its default box threshold, chosen for
+    its own map (:data:`UNCHOSEN` if not given).
 
     Re-running the same definition (a notebook cell) replaces it; another function under a
     taken name raises ``ValueError``.
@@ -67,7 +84,8 @@ def register_rule(name: str, *, uses_class_map: bool = False, parts: Callable | 
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"a combine rule named {name!r} is already registered ({old.fn.__qualname__})")
         doc = (fn.__doc__ or name).strip().splitlines()[0]
-        _RULES[name] = Rule(name, fn, uses_class_map, doc, parts)
+        check_threshold(threshold)
+        _RULES[name] = Rule(name, fn, uses_class_map, doc, parts, float(threshold))
         return fn
 
     return deco
@@ -147,7 +165,7 @@ def _refine_parts(maps, *, sigma, class_map, **_) -> Parts:
     return _linear_parts(maps * class_map**2 / len(maps), sigma, post=REFINE_LIFT * (1.0 - class_map), base=class_map)
 
 
-@register_rule("refine_cam", uses_class_map=True, parts=_refine_parts)
+@register_rule("refine_cam", uses_class_map=True, parts=_refine_parts, threshold=0.54)
 def refine_cam(maps, *, sigma, class_map, **_):
     """The class map, raised toward its peak where the neurons fire: the class map says where (default)."""
     # G: each neuron map weighted by the class map squared (the neurons' detail, kept where the
@@ -163,21 +181,21 @@ REFINE_LIFT = 0.9
 (below 1, so the peak stays the class map's)."""
 
 
-@register_rule("gate_cam", uses_class_map=True,
+@register_rule("gate_cam", uses_class_map=True, threshold=0.36,
                parts=lambda maps, *, sigma, class_map, **_: _cam_combine_parts(maps * class_map, sigma, class_map))
 def gate_cam(maps, *, sigma, class_map, **_):
     """Each neuron map times the class map, averaged, smoothed, plus the class map."""
     return _cam_combine(maps * class_map, sigma, class_map)
 
 
-@register_rule("sum_cam", uses_class_map=True,
+@register_rule("sum_cam", uses_class_map=True, threshold=0.46,
                parts=lambda maps, *, sigma, class_map, **_: _cam_combine_parts(maps, sigma, class_map))
 def sum_cam(maps, *, sigma, class_map, **_):
     """The mean of the neuron maps, smoothed, plus the class map."""
     return _cam_combine(maps, sigma, class_map)
 
 
-@register_rule("sum", parts=lambda maps, *, sigma, **_: _linear_parts(maps / len(maps), sigma))
+@register_rule("sum", threshold=0.28, parts=lambda maps, *, sigma, **_: _linear_parts(maps / len(maps), sigma))
 def sum_(maps, *, sigma, **_):
     """The mean of the neuron maps, smoothed."""
     return M.normalize(M.smooth(maps.mean(axis=0), sigma))
@@ -189,7 +207,7 @@ def _max_parts(maps, *, sigma, **_) -> Parts:
     return _linear_parts(maps * owner, sigma)
 
 
-@register_rule("max", parts=_max_parts)
+@register_rule("max", parts=_max_parts, threshold=0.36)
 def max_(maps, *, sigma, **_):
     """The pixel-wise maximum of the neuron maps, smoothed."""
     return M.normalize(M.smooth(maps.max(axis=0), sigma))
@@ -202,6 +220,7 @@ def _weights(scores, k: int) -> np.ndarray:
     return wts / wts.sum() if wts.sum() > 0 else np.full_like(wts, 1.0 / k)
 
 
+# weighted: UNCHOSEN (the development dumps keep no rank scores to weight by)
 @register_rule("weighted", parts=lambda maps, *, sigma, scores, **_: _linear_parts(
     _weights(scores, len(maps))[:, None, None] * maps, sigma))
 def weighted(maps, *, sigma, scores, **_):
@@ -215,10 +234,59 @@ def _union_parts(maps, *, blob_percentile, **_) -> Parts:
     return Parts(np.zeros(maps.shape[1:], dtype=np.float32), blobs / np.maximum(blobs.sum(axis=0), 1.0), 1.0, 0.0, 1.0)
 
 
-@register_rule("union", parts=_union_parts)
+@register_rule("union", parts=_union_parts, threshold=0.5)  # a 0 / 1 map: any threshold in (0, 1]
 def union(maps, *, blob_percentile, **_):
     """The authors' box: the union of each neuron map's blob (not smoothed)."""
     return np.any([M.blob_mask(m, blob_percentile) for m in maps], axis=0).astype(np.float32)
+
+
+def _within_parts(maps, *, sigma, class_map, **_) -> Parts:
+    # the map is (min(g / v, 1) + TIE * cam) / (1 + TIE) with g = smooth(mean maps) * R * cam^p and
+    # v = g at the class map's peak: linear in the smoothed maps with the weight
+    # R * cam^p / (max(g, v) * (1 + TIE)), which is exact on the capped plateau too
+    k = len(maps)
+    weight = _cam_region(class_map) * class_map**WITHIN_POWER
+    g = M.smooth(maps.mean(axis=0), sigma) * weight
+    v = float(g[M.peak(class_map)]) if class_map.max() > 0 else 0.0
+    base = (WITHIN_TIE * class_map / (1 + WITHIN_TIE)).astype(np.float32)
+    if v <= 0:  # the neurons are silent at the class map's peak: the class map alone
+        return Parts(class_map.astype(np.float32), maps / k, 0.0, sigma, 1.0)
+    post = (weight / (np.maximum(g, v) * (1 + WITHIN_TIE))).astype(np.float32)
+    return Parts(base, maps / k, post, sigma, 1.0)
+
+
+def _cam_region(class_map: np.ndarray) -> np.ndarray:
+    """The connected component of ``class_map >= WITHIN_REGION`` (of its max) that holds its
+    peak, grown by :data:`WITHIN_GROW` px at 224 px (scaled with the map's short side)."""
+    region = M.select_components(M.threshold_mask(class_map, WITHIN_REGION), "peak", class_map)
+    steps = round(WITHIN_GROW * min(class_map.shape) / 224)
+    return (ndimage.binary_dilation(region, iterations=steps) if steps > 0 else region).astype(np.float32)
+
+
+@register_rule("within_cam", uses_class_map=True, parts=_within_parts, threshold=0.18)
+def within_cam(maps, *, sigma, class_map, **_):
+    """The neurons' map inside the class map's region, capped at its level at the class map's peak."""
+    # The class map says where: its peak (the map's peak, by construction) and the component of
+    # its upper part that holds it. The neurons say what: inside that region the map is the
+    # smoothed mean of the k neuron maps weighted by the class map, divided by its value at the
+    # class map's peak and capped at 1, so the box at a threshold is where the neurons fire at
+    # least that share of what they fire at the class's peak. A tie-break of TIE * cam keeps the
+    # class map's peak the single maximum.
+    parts = _within_parts(maps, sigma=sigma, class_map=class_map)
+    return (parts.base + parts.post * M.smooth(parts.terms.sum(axis=0), sigma)).astype(np.float32)
+
+
+WITHIN_REGION = 0.5
+"""``"within_cam"``: the class-map level (a fraction of its max) whose peak component the neurons
+draw in."""
+WITHIN_GROW = 8
+"""``"within_cam"``: how far the region grows beyond the class map's level (pixels at 224 px, a
+4-connected dilation), so the neurons may draw a little past it."""
+WITHIN_POWER = 1.0
+"""``"within_cam"``: the power of the class map that weights the neurons' map inside the region."""
+WITHIN_TIE = 1e-3
+"""``"within_cam"``: the class map's weight that breaks ties on the capped plateau, so the
+map's single peak is the class map's."""
 
 
 def combine_maps(

@@ -64,8 +64,8 @@ def explain(
         **params: the method's parameters (its ``Params`` dataclass; ``None`` means the
             default). Every method takes ``sigma`` (smoothing in pixels before boxing;
             default 16 px at 224 px, 0 for Grad-CAM), ``threshold`` (box threshold, a
-            fraction of the map's maximum; each method's own default, chosen on a development split:
-            ``fv.get_method(method).defaults()``) and ``components`` (``"peak"``: the
+            fraction of the map's maximum; each method's own default, chosen on a development split,
+            fastloc's the combine rule's own: ``fv.get_method(method).defaults()``) and ``components`` (``"peak"``: the
             connected component holding the map's peak; ``"largest"``; ``"all"``: one scored
             box per component in ``Explanation.boxes``; ``"merged"``: one box around all).
             An all-zero map gets no box (``box=None``) and a warning. ``fastloc`` also takes ``k`` (5),

@@ -24,9 +24,9 @@ class FastLoc(Method):
     The combined map (``combine="refine_cam"``) starts from the probe layer's Grad-CAM,
     computed from the ranking's own gradient at no extra cost, and raises it toward its peak
     where the k neuron maps (weighted by that Grad-CAM squared, averaged, smoothed) fire: the
-    class map decides where, the neurons how far (see :mod:`fastloc_viz.methods.combine`). The default
-    threshold, 0.54, was chosen for the box users get on a development split of three models
-    (docs/results.md).
+    class map decides where, the neurons how far (see :mod:`fastloc_viz.methods.combine`). The box
+    threshold is the combine rule's own (0.54 for ``refine_cam``), chosen for the box users get
+    on a development split of three models (docs/results.md).
     """
 
     name = "fastloc"
@@ -44,8 +44,12 @@ class FastLoc(Method):
         k: int = 5
         rank_grad: str = "plain"
         combine: str = "refine_cam"
-        threshold: float = 0.54
+        threshold: float | None = None  # None: the combine rule's own (RULES[combine].threshold)
         passes: str = "auto"
+
+        def __post_init__(self) -> None:
+            if self.threshold is None and self.combine in RULES:  # an unknown rule: check() says so
+                object.__setattr__(self, "threshold", RULES[self.combine].threshold)
 
         def check(self) -> None:
             check_choice("rank_grad", self.rank_grad, RANK_GRADS)

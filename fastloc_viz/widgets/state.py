@@ -117,7 +117,7 @@ class ExplorerState:
         if method != self.wanted["method"]:
             new = {**self._switched(self.wanted["method"], method), **changes}
         else:
-            new = {**self.wanted, **changes}
+            new = self._method_of(method).settle(self.wanted, changes)
         if self.key(new) != self.key(self.wanted) and "enabled" not in changes:
             new["enabled"] = None
         self.wanted = new
