@@ -198,16 +198,22 @@ def score(args) -> None:
         print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
 
 
-def _per_query(z, data_dir, rule: str, threshold: float) -> dict[str, np.ndarray]:
+def _kept(z, data_dir, one_box: bool) -> list[int]:
+    """The dump's indices to score: all, or (``one_box``) those whose image has one box."""
+    by_row = {q.row: q for q in LocalizationDataset(data_dir or str(z["data"]))}
+    return [i for i, row in enumerate(z["row"]) if not one_box or len(by_row[int(row)].boxes) == 1]
+
+
+def _per_query(z, data_dir, rule: str, threshold: float, kept: list[int]) -> dict[str, np.ndarray]:
     """paired_bootstrap's per-query arrays for one registered rule (``"gradcam"``: the class map)
-    at its default ``threshold``, on the maps of a dump."""
+    at its default ``threshold``, on the maps of a dump (its indices ``kept``)."""
     by_row = {q.row: q for q in LocalizationDataset(data_dir or str(z["data"]))}
     h, w = z["class_map"].shape[-2:]
     cols: dict[str, list] = {"hits50": [], "hits_peak": [], "all": [], "pointing": [], "gt_known": []}
     j = int(np.argmin(np.abs(THRESHOLDS - threshold)))
     assert abs(THRESHOLDS[j] - threshold) < 1e-9, f"{threshold} is not on the sweep"
-    for i, row in enumerate(z["row"]):
-        q = by_row[int(row)]
+    for i in kept:
+        q = by_row[int(z["row"][i])]
         assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
         gt = q.boxes_at((h, w))
         cam = M.normalize(z["class_map"][i].astype(np.float32))
@@ -243,18 +249,19 @@ def compare(args) -> None:
             name, _, rest = spec.partition("=")
             maps_from, _, csv_dir = rest.partition("@")
             z = np.load(Path(args.out) / f"{model}__{maps_from or name}.npz")
-            q = {r: _per_query(z, csv_dir or None, r, RULES[r].threshold if r in RULES else default_of(r, "threshold"))
+            kept = _kept(z, csv_dir or None, args.one_box)
+            q = {r: _per_query(z, csv_dir or None, r, RULES[r].threshold if r in RULES else default_of(r, "threshold"), kept)
                  for r in dict.fromkeys([args.ref, *rules])}
             if args.cache and name == args.cache_set:
                 for label, run in load(Path(args.cache) / model / "cache").items():
-                    q[label] = per_query(run["results"], [int(r) for r in z["row"]])
+                    q[label] = per_query(run["results"], [int(z["row"][i]) for i in kept])
             for r, arrays in q.items():
                 if r == args.ref:
                     continue
                 d = differences(arrays, q[args.ref], args.n_boot, 0)
                 cells = [f"{d[n]['a']:.3f} vs {d[n]['b']:.3f}: {d[n]['diff']:+.3f} [{d[n]['lo']:+.3f}, {d[n]['hi']:+.3f}]"
                          for n in names]
-                print(f"| {model} | {name} | {r} | " + " | ".join(cells) + " |", flush=True)
+                print(f"| {model} | {name} (n={len(kept)}) | {r} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main(argv=None) -> int:
@@ -280,6 +287,7 @@ def main(argv=None) -> int:
     c.add_argument("--cache", default=None, help="DIR with DIR/<model>/cache from evaluate runs (guided Grad-CAM)")
     c.add_argument("--cache-set", default="ho", help="the set those runs cover")
     c.add_argument("--n-boot", type=int, default=2000)
+    c.add_argument("--one-box", action="store_true", help="only the images with one ground-truth box")
     args = parser.parse_args(argv)
     {"dump": dump, "score": score, "compare": compare}[args.cmd](args)
     return 0
