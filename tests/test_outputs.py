@@ -233,8 +233,10 @@ def test_boxes_positive_gives_one_box_per_label_found(quadrants, scans, tmp_path
     doc = json.loads(out.read_text())
     ids = {im["id"]: im["file_name"] for im in doc["images"]}
     assert sorted(ids.values()) == ["a_left.png", "b_both.png"]  # one image entry per file
-    got = sorted((ids[a["image_id"]], a["category_id"], round(a["score"], 6)) for a in doc["annotations"])
+    # each label's own probability beside the box; the COCO score is the box's score (issue 20)
+    got = sorted((ids[a["image_id"]], a["category_id"], round(a["probability"], 6)) for a in doc["annotations"])
     assert got == sorted((f, c, round(float(want[f][c]), 6)) for f, cs in found.items() for c in cs)
+    assert all(0 < a["score"] <= 1 and a["kind"] in ("object", "diffuse", "whole") for a in doc["annotations"])
     assert [c["name"] for c in doc["categories"]] == LABELS
     left = next(a for a in doc["annotations"] if ids[a["image_id"]] == "a_left.png")
     x, y, w, h = left["bbox"]
