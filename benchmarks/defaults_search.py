@@ -198,16 +198,10 @@ def score(args) -> None:
         print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
 
 
-def _kept(z, data_dir, one_box: bool) -> list[int]:
-    """The dump's indices to score: all, or (``one_box``) those whose image has one box."""
-    by_row = {q.row: q for q in LocalizationDataset(data_dir or str(z["data"]))}
-    return [i for i, row in enumerate(z["row"]) if not one_box or len(by_row[int(row)].boxes) == 1]
-
-
-def _per_query(z, data_dir, rule: str, threshold: float, kept: list[int]) -> dict[str, np.ndarray]:
+def _per_query(z, by_row: dict, rule: str, threshold: float, kept: list[int]) -> dict[str, np.ndarray]:
     """paired_bootstrap's per-query arrays for one registered rule (``"gradcam"``: the class map)
-    at its default ``threshold``, on the maps of a dump (its indices ``kept``)."""
-    by_row = {q.row: q for q in LocalizationDataset(data_dir or str(z["data"]))}
+    at its default ``threshold``, on the maps of a dump (its indices ``kept``; ``by_row``: the
+    ground truth's queries by row)."""
     h, w = z["class_map"].shape[-2:]
     cols: dict[str, list] = {"hits50": [], "hits_peak": [], "all": [], "pointing": [], "gt_known": []}
     j = int(np.argmin(np.abs(THRESHOLDS - threshold)))
@@ -249,8 +243,10 @@ def compare(args) -> None:
             name, _, rest = spec.partition("=")
             maps_from, _, csv_dir = rest.partition("@")
             z = np.load(Path(args.out) / f"{model}__{maps_from or name}.npz")
-            kept = _kept(z, csv_dir or None, args.one_box)
-            q = {r: _per_query(z, csv_dir or None, r, RULES[r].threshold if r in RULES else default_of(r, "threshold"), kept)
+            by_row = {q.row: q for q in LocalizationDataset(csv_dir or str(z["data"]))}
+            # every query, or (--one-box) those whose image has one ground-truth box
+            kept = [i for i, row in enumerate(z["row"]) if not args.one_box or len(by_row[int(row)].boxes) == 1]
+            q = {r: _per_query(z, by_row, r, RULES[r].threshold if r in RULES else default_of(r, "threshold"), kept)
                  for r in dict.fromkeys([args.ref, *rules])}
             if args.cache and name == args.cache_set:
                 for label, run in load(Path(args.cache) / model / "cache").items():

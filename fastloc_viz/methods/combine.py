@@ -1,9 +1,8 @@
 """Combine rules: how k neuron maps become one localization map, and :func:`recombine`.
 
-Each rule carries its own default box threshold, chosen for its own map on the development
-split of three models (``benchmarks/defaults_search.py``, docs/results.md): refine_cam 0.54,
-gate_cam 0.36, sum_cam 0.46, sum 0.28, max 0.36, within_cam 0.18; union's map is 0 / 1 and
-weighted's was not chosen (0.5).
+Each rule carries its own default box threshold (``RULES[name].threshold``, given where it is
+registered below), chosen for its own map on the development split of three models
+(``benchmarks/defaults_search.py``, docs/results.md).
 
 Each rule is one function registered with :func:`register_rule`. It receives the
 ``k x H x W`` neuron maps (each scaled to ``[0, 1]``, ``k >= 1``) and keyword arguments
@@ -240,19 +239,25 @@ def union(maps, *, blob_percentile, **_):
     return np.any([M.blob_mask(m, blob_percentile) for m in maps], axis=0).astype(np.float32)
 
 
-def _within_parts(maps, *, sigma, class_map, **_) -> Parts:
-    # the map is (min(g / v, 1) + TIE * cam) / (1 + TIE) with g = smooth(mean maps) * R * cam^p and
-    # v = g at the class map's peak: linear in the smoothed maps with the weight
-    # R * cam^p / (max(g, v) * (1 + TIE)), which is exact on the capped plateau too
-    k = len(maps)
+def _within_terms(maps, sigma, class_map) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(weight, g, v)`` of ``"within_cam"``: the region times the class map's power, the
+    smoothed mean neuron map times that weight, and ``g`` at the class map's peak (0 when the
+    class map is all zero)."""
     weight = _cam_region(class_map) * class_map**WITHIN_POWER
     g = M.smooth(maps.mean(axis=0), sigma) * weight
-    v = float(g[M.peak(class_map)]) if class_map.max() > 0 else 0.0
-    base = (WITHIN_TIE * class_map / (1 + WITHIN_TIE)).astype(np.float32)
+    at = M.peak(class_map)
+    return weight, g, float(g[at]) if at is not None else 0.0
+
+
+def _within_parts(maps, *, sigma, class_map, **_) -> Parts:
+    # the map is (min(g / v, 1) + TIE * cam) / (1 + TIE): linear in the smoothed maps with the
+    # weight / (max(g, v) * (1 + TIE)), which is exact on the capped plateau too
+    weight, g, v = _within_terms(maps, sigma, class_map)
     if v <= 0:  # the neurons are silent at the class map's peak: the class map alone
-        return Parts(class_map.astype(np.float32), maps / k, 0.0, sigma, 1.0)
+        return Parts(class_map.astype(np.float32), maps / len(maps), 0.0, sigma, 1.0)
+    base = (WITHIN_TIE * class_map / (1 + WITHIN_TIE)).astype(np.float32)
     post = (weight / (np.maximum(g, v) * (1 + WITHIN_TIE))).astype(np.float32)
-    return Parts(base, maps / k, post, sigma, 1.0)
+    return Parts(base, maps / len(maps), post, sigma, 1.0)
 
 
 def _cam_region(class_map: np.ndarray) -> np.ndarray:
@@ -272,8 +277,10 @@ def within_cam(maps, *, sigma, class_map, **_):
     # class map's peak and capped at 1, so the box at a threshold is where the neurons fire at
     # least that share of what they fire at the class's peak. A tie-break of TIE * cam keeps the
     # class map's peak the single maximum.
-    parts = _within_parts(maps, sigma=sigma, class_map=class_map)
-    return (parts.base + parts.post * M.smooth(parts.terms.sum(axis=0), sigma)).astype(np.float32)
+    _, g, v = _within_terms(maps, sigma, class_map)
+    if v <= 0:  # the neurons are silent at the class map's peak: the class map alone
+        return class_map.astype(np.float32)
+    return ((np.minimum(g / v, 1.0) + WITHIN_TIE * class_map) / (1 + WITHIN_TIE)).astype(np.float32)
 
 
 WITHIN_REGION = 0.5

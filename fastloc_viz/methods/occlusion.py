@@ -39,8 +39,8 @@ class Occlusion(Method):
                 check_int("window", self.window, 1)
             if self.stride is not None:
                 check_int("stride", self.stride, 1)
-            if None not in (self.window, self.stride) and self.stride > self.window:
-                raise ValueError(f"stride={self.stride} must be at most window={self.window} (else pixels go unoccluded)")
+            if None not in (self.window, self.stride):
+                _check_stride(self.stride, self.window)
             check_choice("baseline", self.baseline, BASELINES)
 
     def attribute(self, ctx, x, targets, params):
@@ -49,7 +49,12 @@ class Occlusion(Method):
         stride = params.stride or max(1, window // 2)
         if window > min(h, w):
             raise ValueError(f"window={window} is larger than the {h} x {w} input; pass a window of at most {min(h, w)}")
-        if stride > window:
-            raise ValueError(f"stride={stride} must be at most window={window} (else pixels go unoccluded)")
+        _check_stride(stride, window)
         base = baseline_input(ctx.bundle, x, params.baseline)
         return captum_maps.occlusion(ctx.model, x, targets, base, window, stride, as_logits, ctx.batch_size)
+
+
+def _check_stride(stride: int, window: int) -> None:
+    """Given or derived from the input's size, the step may not exceed the square."""
+    if stride > window:
+        raise ValueError(f"stride={stride} must be at most window={window} (else pixels go unoccluded)")
