@@ -132,13 +132,15 @@ def _score_one(job) -> dict:
     z = np.load(Path(out) / f"{model}__{maps_from}.npz")
     data = LocalizationDataset(csv_dir or str(z["data"]))
     by_row = {q.row: q for q in data}
-    h, w = z["class_map"].shape[-2:]
+    # an NpzFile reads the whole array on every z[key]: read each once, not once per query
+    neuron_maps, class_maps = z["neuron_maps"], z["class_map"]
+    h, w = class_maps.shape[-2:]
     acc: dict[str, dict[str, list]] = {}
     for i, row in enumerate(z["row"]):
         q = by_row[int(row)]
         assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
         gt = q.boxes_at((h, w))
-        for rule, sal in rules(z["neuron_maps"][i].astype(np.float32), z["class_map"][i].astype(np.float32)).items():
+        for rule, sal in rules(neuron_maps[i].astype(np.float32), class_maps[i].astype(np.float32)).items():
             if wanted and rule not in wanted.split(","):
                 continue
             largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
@@ -202,7 +204,8 @@ def _per_query(z, by_row: dict, rule: str, threshold: float, kept: list[int]) ->
     """paired_bootstrap's per-query arrays for one registered rule (``"gradcam"``: the class map)
     at its default ``threshold``, on the maps of a dump (its indices ``kept``; ``by_row``: the
     ground truth's queries by row)."""
-    h, w = z["class_map"].shape[-2:]
+    neuron_maps, class_maps = z["neuron_maps"], z["class_map"]  # once: an NpzFile re-reads per z[key]
+    h, w = class_maps.shape[-2:]
     cols: dict[str, list] = {"hits50": [], "hits_peak": [], "all": [], "pointing": [], "gt_known": []}
     j = int(np.argmin(np.abs(THRESHOLDS - threshold)))
     assert abs(THRESHOLDS[j] - threshold) < 1e-9, f"{threshold} is not on the sweep"
@@ -210,8 +213,8 @@ def _per_query(z, by_row: dict, rule: str, threshold: float, kept: list[int]) ->
         q = by_row[int(z["row"][i])]
         assert q.label == int(z["label"][i]), "maps and ground truth from different collages"
         gt = q.boxes_at((h, w))
-        cam = M.normalize(z["class_map"][i].astype(np.float32))
-        sal = cam if rule == "gradcam" else combine_maps(z["neuron_maps"][i].astype(np.float32), rule=rule, class_map=cam)
+        cam = M.normalize(class_maps[i].astype(np.float32))
+        sal = cam if rule == "gradcam" else combine_maps(neuron_maps[i].astype(np.float32), rule=rule, class_map=cam)
         largest, all_, peak = sweep_all(sal, gt, THRESHOLDS)
         cols["hits50"].append(largest >= 0.5)
         cols["hits_peak"].append(peak >= 0.5)
