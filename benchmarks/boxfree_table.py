@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     for metric, key, _ in COLUMNS:
         runs = data[metric]
         rows = sorted(set.intersection(*(set(runs.get(lb, {})) for lb in labels))) if runs else []
+        # a map that is constant on the randomized model has no correlation (None): such an
+        # image is left out for every method (as evaluate and method_table.py do), not a nan mean
+        rows = [r for r in rows if all(runs[lb][r].get(key) is not None for lb in labels)]
         counts[metric] = len(rows)
         if not rows:
             for label in labels:
