@@ -224,8 +224,8 @@ def test_the_built_in_methods_and_their_declarations():
     # each method's own default box threshold, chosen on the development split (results.md)
     assert {n: m.defaults()["threshold"] for n, m in fv.METHODS.items()} == {
         "fastloc": 0.54, "fastloc_rescored": 0.54, "gradcam": 0.44, "guided_backprop": 0.25, "guided_gradcam": 0.23,
-        "gradcam_pp": 0.30, "xgradcam": 0.20, "layercam": 0.34, "scorecam": 0.13, "eigencam": 0.05,
-        "saliency": 0.26, "integrated_gradients": 0.24, "smoothgrad": 0.33, "occlusion": 0.18,
+        "gradcam_pp": 0.30, "xgradcam": 0.20, "layercam": 0.34, "scorecam": 0.46, "eigencam": 0.05,
+        "saliency": 0.26, "integrated_gradients": 0.24, "smoothgrad": 0.33, "occlusion": 0.30,
     }
     assert not fv.get_method("guided_backprop").uses_layer
     with pytest.raises(TypeError):
