@@ -152,12 +152,19 @@ def _score_one(job) -> dict:
     return {rule: {k: np.array(v) for k, v in a.items()} for rule, a in acc.items()}
 
 
-def score(args) -> None:
+def _sets(spec: str) -> dict[str, tuple[str, str | None]]:
+    """``NAME[=MAPS_SET@CSV_DIR],...`` -> ``{name: (the dump's set, the ground truth's CSV
+    directory or None: the dump's own)}``."""
     sets = {}
-    for spec in args.sets.split(","):
-        name, _, rest = spec.partition("=")
+    for item in spec.split(","):
+        name, _, rest = item.partition("=")
         maps_from, _, csv_dir = rest.partition("@")
         sets[name] = (maps_from or name, csv_dir or None)
+    return sets
+
+
+def score(args) -> None:
+    sets = _sets(args.sets)
     models = args.models.split(",")
     jobs = [(args.out, model, name, maps_from, csv_dir, args.rules) for model in models
             for name, (maps_from, csv_dir) in sets.items()]
@@ -200,11 +207,11 @@ def score(args) -> None:
         print(f"- {rule}: best t = {THRESHOLDS[j]:.2f} ({curve[j]:.3f}); {near}")
 
 
-def _per_query(z, by_row: dict, rule: str, threshold: float, kept: list[int]) -> dict[str, np.ndarray]:
+def _per_query(z: dict, by_row: dict, rule: str, threshold: float, kept: list[int]) -> dict[str, np.ndarray]:
     """paired_bootstrap's per-query arrays for one registered rule (``"gradcam"``: the class map)
-    at its default ``threshold``, on the maps of a dump (its indices ``kept``; ``by_row``: the
+    at its default ``threshold``, on the arrays of a dump (its indices ``kept``; ``by_row``: the
     ground truth's queries by row)."""
-    neuron_maps, class_maps = z["neuron_maps"], z["class_map"]  # once: an NpzFile re-reads per z[key]
+    neuron_maps, class_maps = z["neuron_maps"], z["class_map"]
     h, w = class_maps.shape[-2:]
     cols: dict[str, list] = {"hits50": [], "hits_peak": [], "all": [], "pointing": [], "gt_known": []}
     j = int(np.argmin(np.abs(THRESHOLDS - threshold)))
@@ -242,10 +249,10 @@ def compare(args) -> None:
     print("| model | set | rule | " + " | ".join(f"{n} (vs {args.ref})" for n in names) + " |")
     print("|---|---|---|" + "---|" * len(names))
     for model in args.models.split(","):
-        for spec in args.sets.split(","):
-            name, _, rest = spec.partition("=")
-            maps_from, _, csv_dir = rest.partition("@")
-            z = np.load(Path(args.out) / f"{model}__{maps_from or name}.npz")
+        for name, (maps_from, csv_dir) in _sets(args.sets).items():
+            # read every array once per set (an NpzFile re-reads the whole array per z[key])
+            with np.load(Path(args.out) / f"{model}__{maps_from}.npz") as npz:
+                z = {key: npz[key] for key in ("neuron_maps", "class_map", "row", "label", "data")}
             by_row = {q.row: q for q in LocalizationDataset(csv_dir or str(z["data"]))}
             # every query, or (--one-box) those whose image has one ground-truth box
             kept = [i for i, row in enumerate(z["row"]) if not args.one_box or len(by_row[int(row)].boxes) == 1]
